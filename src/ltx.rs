@@ -1,0 +1,1 @@
+//! LTX v3 codec (placeholder).

@@ -1,0 +1,1 @@
+//! WAL reader (placeholder).
