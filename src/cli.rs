@@ -1,0 +1,520 @@
+//! Command-line interface: flags, config-file merging and dispatch.
+//!
+//! Usage errors (unknown flag, missing argument, bad value) exit 2, not
+//! argh's default 1; `--help` prints to standard output and exits 0.
+
+use crate::config::{self, ConfigFile};
+use crate::error::{Error, Result};
+use crate::names::{self, NamedDb};
+use crate::replicate::{self, WatchOptions};
+use crate::shipper::{Settings, Shipper};
+use crate::storage::{self, s3::S3Options, Storage};
+use argh::FromArgs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(FromArgs, Debug)]
+/// Continuous replication of SQLite WAL databases to S3-compatible storage,
+/// and restore to any point in time. Litestream 0.5 compatible.
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Watch(WatchCmd),
+    Snapshot(SnapshotCmd),
+    Restore(RestoreCmd),
+    List(ListCmd),
+    Verify(VerifyCmd),
+    Pragma(PragmaCmd),
+    Version(VersionCmd),
+}
+
+#[derive(FromArgs, Debug)]
+/// Replicate databases continuously until SIGINT/SIGTERM.
+#[argh(subcommand, name = "watch")]
+pub struct WatchCmd {
+    /// database files to replicate (or use [[databases]] in --config)
+    #[argh(positional)]
+    pub databases: Vec<PathBuf>,
+    /// replica URL: s3://bucket/prefix or file:///path
+    #[argh(option, short = 'b')]
+    pub bucket: Option<String>,
+    /// config file (walsync.toml)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// S3 endpoint URL for non-AWS providers (env AWS_ENDPOINT_URL_S3)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// S3 region (env AWS_REGION, default us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+    /// force path-style (true) or virtual-hosted (false) S3 addressing
+    #[argh(option)]
+    pub force_path_style: Option<bool>,
+    /// how often each WAL is polled, e.g. 1s or 50ms (default 1s)
+    #[argh(option, from_str_fn(duration))]
+    pub sync_interval: Option<Duration>,
+    /// how often a level-9 snapshot is taken, e.g. 1h or 3600 (default 1h)
+    #[argh(option, from_str_fn(duration))]
+    pub snapshot_interval: Option<Duration>,
+    /// WAL pages after which walsync runs a PASSIVE checkpoint (default 1000)
+    #[argh(option)]
+    pub min_checkpoint_pages: Option<u64>,
+    /// WAL pages after which walsync runs a TRUNCATE checkpoint (default 121359, about 500 MB at 4 KiB pages)
+    #[argh(option)]
+    pub truncate_checkpoint_pages: Option<u64>,
+    /// poller threads (default min(4, cores))
+    #[argh(option)]
+    pub pollers: Option<usize>,
+    /// uploader threads (default 4)
+    #[argh(option)]
+    pub uploaders: Option<usize>,
+    /// how long a shutdown waits for uploads in flight (default 30s)
+    #[argh(option, from_str_fn(duration))]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Store a level-9 snapshot of a database now (after shipping its WAL).
+#[argh(subcommand, name = "snapshot")]
+pub struct SnapshotCmd {
+    /// database file
+    #[argh(positional)]
+    pub database: PathBuf,
+    /// replica URL: s3://bucket/prefix or file:///path
+    #[argh(option, short = 'b')]
+    pub bucket: Option<String>,
+    /// replica name (default: the file stem)
+    #[argh(option)]
+    pub name: Option<String>,
+    /// config file (walsync.toml) for [s3] settings
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// S3 region (env AWS_REGION, default us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+    /// force path-style (true) or virtual-hosted (false) S3 addressing
+    #[argh(option)]
+    pub force_path_style: Option<bool>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Restore a database from its replica, latest or at a point in time.
+#[argh(subcommand, name = "restore")]
+pub struct RestoreCmd {
+    /// replica name of the database (see `walsync list`)
+    #[argh(positional)]
+    pub name: String,
+    /// output database file
+    #[argh(option, short = 'o')]
+    pub output: PathBuf,
+    /// replica URL: s3://bucket/prefix or file:///path
+    #[argh(option, short = 'b')]
+    pub bucket: Option<String>,
+    /// config file (walsync.toml) for [s3] settings
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// S3 region (env AWS_REGION, default us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+    /// force path-style (true) or virtual-hosted (false) S3 addressing
+    #[argh(option)]
+    pub force_path_style: Option<bool>,
+    /// restore the state as of this TXID (decimal, or hex with 0x)
+    #[argh(option, from_str_fn(txid))]
+    pub txid: Option<u64>,
+    /// restore the state as of this time (RFC 3339, e.g. 2026-01-02T15:04:05Z)
+    #[argh(option)]
+    pub point_in_time: Option<String>,
+    /// replace the output file if it exists
+    #[argh(switch)]
+    pub force: bool,
+    /// exit 0 without doing anything when the output file already exists
+    #[argh(switch)]
+    pub if_db_not_exists: bool,
+    /// exit 0 without doing anything when the replica holds no backup
+    #[argh(switch)]
+    pub if_replica_exists: bool,
+    /// parallel downloads (default 8)
+    #[argh(option, default = "8")]
+    pub parallelism: usize,
+}
+
+#[derive(FromArgs, Debug)]
+/// List the databases in a replica.
+#[argh(subcommand, name = "list")]
+pub struct ListCmd {
+    /// replica URL: s3://bucket/prefix or file:///path
+    #[argh(option, short = 'b')]
+    pub bucket: Option<String>,
+    /// config file (walsync.toml) for [s3] settings
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// S3 region (env AWS_REGION, default us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+    /// force path-style (true) or virtual-hosted (false) S3 addressing
+    #[argh(option)]
+    pub force_path_style: Option<bool>,
+    /// print JSON for scripts
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Check that a replica restores, without writing a database.
+#[argh(subcommand, name = "verify")]
+pub struct VerifyCmd {
+    /// replica name of the database (omit with --all)
+    #[argh(positional)]
+    pub name: Option<String>,
+    /// verify every database under the replica URL
+    #[argh(switch)]
+    pub all: bool,
+    /// replica URL: s3://bucket/prefix or file:///path
+    #[argh(option, short = 'b')]
+    pub bucket: Option<String>,
+    /// config file (walsync.toml) for [s3] settings
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// S3 region (env AWS_REGION, default us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+    /// force path-style (true) or virtual-hosted (false) S3 addressing
+    #[argh(option)]
+    pub force_path_style: Option<bool>,
+    /// parallel downloads (default 8)
+    #[argh(option, default = "8")]
+    pub parallelism: usize,
+    /// print JSON for scripts
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Print the SQLite settings recommended for applications replicated by walsync.
+#[argh(subcommand, name = "pragma")]
+pub struct PragmaCmd {}
+
+#[derive(FromArgs, Debug)]
+/// Print the walsync version and its SQLite version.
+#[argh(subcommand, name = "version")]
+pub struct VersionCmd {}
+
+fn duration(s: &str) -> std::result::Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+fn txid(s: &str) -> std::result::Result<u64, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("'{s}' is not a TXID (a positive number, decimal or 0x-hex)"))
+}
+
+/// Parses the process arguments; usage errors exit 2, help exits 0.
+pub fn parse() -> Cli {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cmd = strs.first().map_or("walsync", |c| {
+        std::path::Path::new(c)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("walsync")
+    });
+    match Cli::from_args(&[cmd], strs.get(1..).unwrap_or(&[])) {
+        Ok(cli) => cli,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                std::process::exit(0);
+            }
+            Err(()) => {
+                eprintln!("{}", early.output.trim_end());
+                eprintln!("Run `walsync help` or `walsync <command> --help` for usage.");
+                std::process::exit(2);
+            }
+        },
+    }
+}
+
+/// The connection flags every command has, borrowed from its flag struct.
+macro_rules! target {
+    ($c:expr) => {
+        Target {
+            bucket: &$c.bucket,
+            config: &$c.config,
+            endpoint: &$c.endpoint,
+            region: &$c.region,
+            force_path_style: $c.force_path_style,
+        }
+    };
+}
+
+/// Connection settings shared by every command.
+struct Target<'a> {
+    bucket: &'a Option<String>,
+    config: &'a Option<PathBuf>,
+    endpoint: &'a Option<String>,
+    region: &'a Option<String>,
+    force_path_style: Option<bool>,
+}
+
+impl Target<'_> {
+    fn load_config(&self) -> Result<ConfigFile> {
+        match self.config {
+            Some(p) => ConfigFile::load(p),
+            None => Ok(ConfigFile::default()),
+        }
+    }
+
+    /// Opens the replica storage; flags win over the config file, which wins
+    /// over the environment.
+    fn open(&self, cfg: &ConfigFile) -> Result<Arc<dyn Storage>> {
+        let url = self.bucket.clone().or_else(|| cfg.s3.bucket.clone()).ok_or_else(|| {
+            Error::Usage(
+                "no replica URL: pass -b s3://bucket/prefix (or file:///path), or set bucket in [s3] of the config file".into(),
+            )
+        })?;
+        let options = S3Options {
+            endpoint: self.endpoint.clone().or_else(|| cfg.s3.endpoint.clone()),
+            region: self.region.clone().or_else(|| cfg.s3.region.clone()),
+            force_path_style: self.force_path_style.or(cfg.s3.force_path_style),
+            max_retries: cfg.retry.max_retries,
+            ..S3Options::default()
+        }
+        .with_env_defaults();
+        Ok(Arc::from(storage::open(&url, &options)?))
+    }
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Watch(c) => watch(c),
+        Command::Snapshot(c) => snapshot(c),
+        Command::Restore(c) => restore(c),
+        Command::List(c) => list(c),
+        Command::Verify(c) => verify(c),
+        Command::Pragma(_) => {
+            print!("{}", PRAGMAS);
+            Ok(())
+        }
+        Command::Version(_) => {
+            println!(
+                "walsync {} (SQLite {})",
+                env!("CARGO_PKG_VERSION"),
+                rusqlite::version()
+            );
+            Ok(())
+        }
+    }
+}
+
+const PRAGMAS: &str = "\
+-- Settings for applications whose databases walsync replicates.
+PRAGMA journal_mode = WAL;      -- required: walsync ships the write-ahead log
+PRAGMA busy_timeout = 5000;     -- wait, rather than fail, while walsync checkpoints
+PRAGMA synchronous = NORMAL;    -- safe in WAL mode, and faster
+-- Leave wal_autocheckpoint at its default: walsync holds a read lock so
+-- SQLite cannot restart the WAL under frames not yet shipped, and runs
+-- its own checkpoints once everything is stored.
+";
+
+fn watch(c: WatchCmd) -> Result<()> {
+    let target = target!(c);
+    let cfg = target.load_config()?;
+    let storage = target.open(&cfg)?;
+    let base = Settings {
+        sync_interval: c
+            .sync_interval
+            .or(cfg.sync.sync_interval.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(1)),
+        snapshot_interval: c
+            .snapshot_interval
+            .or(cfg.sync.snapshot_interval.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(3600)),
+        min_checkpoint_pages: c
+            .min_checkpoint_pages
+            .or(cfg.sync.min_checkpoint_pages)
+            .unwrap_or(1000),
+        truncate_checkpoint_pages: c
+            .truncate_checkpoint_pages
+            .or(cfg.sync.truncate_checkpoint_pages)
+            .unwrap_or(121_359),
+    };
+    let dbs = databases(&c.databases, &cfg, &base)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let options = WatchOptions {
+        pollers: c
+            .pollers
+            .or(cfg.sync.pollers)
+            .unwrap_or(cores.min(4))
+            .max(1),
+        uploaders: c.uploaders.or(cfg.sync.uploaders).unwrap_or(4).max(1),
+        shutdown_timeout: c.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+    };
+    replicate::watch(storage, dbs, &options)
+}
+
+/// The databases to watch: command-line paths plus config entries (globs
+/// expanded), named per `names`, each with its settings.
+fn databases(
+    cli_paths: &[PathBuf],
+    cfg: &ConfigFile,
+    base: &Settings,
+) -> Result<Vec<(NamedDb, Settings)>> {
+    let mut entries: Vec<(PathBuf, Option<String>, Settings)> = cli_paths
+        .iter()
+        .map(|p| (p.clone(), None, base.clone()))
+        .collect();
+    for entry in &cfg.databases {
+        let matched = config::expand_glob(&entry.path)?;
+        if matched.is_empty() {
+            return Err(Error::Database(format!(
+                "config entry path '{}' matches no database file",
+                entry.path
+            )));
+        }
+        if entry.name.is_some() && matched.len() > 1 {
+            return Err(Error::Usage(format!(
+                "config entry '{}' sets a name but matches {} files; a name fits one database only",
+                entry.path,
+                matched.len()
+            )));
+        }
+        let settings = Settings {
+            sync_interval: entry.sync_interval.map_or(base.sync_interval, |d| d.0),
+            snapshot_interval: entry
+                .snapshot_interval
+                .map_or(base.snapshot_interval, |d| d.0),
+            min_checkpoint_pages: entry
+                .min_checkpoint_pages
+                .unwrap_or(base.min_checkpoint_pages),
+            truncate_checkpoint_pages: entry
+                .truncate_checkpoint_pages
+                .unwrap_or(base.truncate_checkpoint_pages),
+        };
+        for path in matched {
+            entries.push((path, entry.name.clone(), settings.clone()));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut unique = Vec::new();
+    for (path, name, settings) in entries {
+        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if seen.insert(key) {
+            unique.push((path, name, settings));
+        }
+    }
+    let named = names::assign(
+        &unique
+            .iter()
+            .map(|(p, n, _)| (absolute(p), n.clone()))
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(named
+        .into_iter()
+        .zip(unique)
+        .map(|(mut db, (path, _, settings))| {
+            db.path = path;
+            (db, settings)
+        })
+        .collect())
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn snapshot(c: SnapshotCmd) -> Result<()> {
+    let target = target!(c);
+    let cfg = target.load_config()?;
+    let storage = target.open(&cfg)?;
+    let name = match &c.name {
+        Some(n) => {
+            names::validate(n)?;
+            n.clone()
+        }
+        None => names::default_name(&c.database),
+    };
+    let mut shipper = Shipper::open(&c.database, &name, storage, Settings::default())?;
+    let id = shipper.snapshot_now(crate::fsutil::now_ms())?;
+    println!(
+        "snapshot of {} stored as {} (TXID {})",
+        c.database.display(),
+        name,
+        id.max_txid
+    );
+    shipper.close()
+}
+
+fn restore(c: RestoreCmd) -> Result<()> {
+    let target = target!(c);
+    let cfg = target.load_config()?;
+    let storage = target.open(&cfg)?;
+    let point_in_time_ms = c
+        .point_in_time
+        .as_deref()
+        .map(crate::fsutil::parse_rfc3339_ms)
+        .transpose()?;
+    if c.txid.is_some() && point_in_time_ms.is_some() {
+        return Err(Error::Usage(
+            "use --txid or --point-in-time, not both".into(),
+        ));
+    }
+    crate::restore::run(
+        storage.as_ref(),
+        &crate::restore::RestoreOptions {
+            name: c.name,
+            output: c.output,
+            txid: c.txid,
+            point_in_time_ms,
+            force: c.force,
+            if_db_not_exists: c.if_db_not_exists,
+            if_replica_exists: c.if_replica_exists,
+            parallelism: c.parallelism.max(1),
+        },
+    )
+}
+
+fn list(c: ListCmd) -> Result<()> {
+    let target = target!(c);
+    let cfg = target.load_config()?;
+    let storage = target.open(&cfg)?;
+    crate::list::run(storage.as_ref(), c.json)
+}
+
+fn verify(c: VerifyCmd) -> Result<()> {
+    let target = target!(c);
+    let cfg = target.load_config()?;
+    let storage = target.open(&cfg)?;
+    let names = match (&c.name, c.all) {
+        (Some(n), false) => vec![n.clone()],
+        (None, true) => crate::list::database_names(storage.as_ref())?,
+        _ => {
+            return Err(Error::Usage(
+                "verify takes a database name or --all (not both)".into(),
+            ))
+        }
+    };
+    crate::verify::run(storage.as_ref(), &names, c.parallelism.max(1), c.json)
+}

@@ -1,0 +1,281 @@
+//! The `walsync.toml` configuration file, duration parsing and path globs.
+//!
+//! The file is parsed strictly: an unknown section or key is a usage error
+//! (exit 2) rather than a setting silently ignored. Command-line flags win
+//! over the file; the file wins over built-in defaults.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub s3: S3Section,
+    #[serde(default)]
+    pub sync: SyncSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    #[serde(default)]
+    pub databases: Vec<DatabaseEntry>,
+}
+
+/// `[s3]`: where replicas go and how to reach it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// Replica URL: `s3://bucket/prefix` or `file:///path`.
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+}
+
+/// `[sync]`: timing and checkpoint thresholds (also per database).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// How often each WAL is polled, e.g. "1s", "50ms" or seconds as a number.
+    pub sync_interval: Option<DurationValue>,
+    /// How often a full level-9 snapshot is taken, e.g. "1h" or seconds.
+    pub snapshot_interval: Option<DurationValue>,
+    /// WAL size in pages past which walsync runs a PASSIVE checkpoint.
+    pub min_checkpoint_pages: Option<u64>,
+    /// WAL size in pages past which walsync runs a TRUNCATE checkpoint.
+    pub truncate_checkpoint_pages: Option<u64>,
+    /// Number of poller threads (whole process; ignored per database).
+    pub pollers: Option<usize>,
+    /// Number of uploader threads (whole process; ignored per database).
+    pub uploaders: Option<usize>,
+}
+
+/// `[retry]`: how storage requests are retried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub max_retries: Option<u32>,
+}
+
+/// One `[[databases]]` entry: a path or glob, an optional name and overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseEntry {
+    pub path: String,
+    pub name: Option<String>,
+    pub sync_interval: Option<DurationValue>,
+    pub snapshot_interval: Option<DurationValue>,
+    pub min_checkpoint_pages: Option<u64>,
+    pub truncate_checkpoint_pages: Option<u64>,
+}
+
+/// A duration written as a string with a unit ("50ms", "1s", "5m", "1h") or
+/// as a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(n) => n.to_string(),
+            Raw::Float(f) => f.to_string(),
+            Raw::Text(s) => s,
+        };
+        parse_duration(&text)
+            .map(DurationValue)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Usage(format!(
+                "cannot read config file {}: {e}; check the --config path",
+                path.display()
+            ))
+        })?;
+        ConfigFile::parse(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<ConfigFile> {
+        toml::from_str(text).map_err(|e| {
+            Error::Usage(format!(
+                "bad config file: {}; see README \"Config file\" for the keys walsync knows",
+                e.to_string().trim()
+            ))
+        })
+    }
+}
+
+/// Parses "250ms", "1s", "1.5s", "5m", "2h" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (try 50ms, 1s, 5m, 1h)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("'{text}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(format!("'{text}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Expands a path that may hold `*` and `?` in any component into the
+/// existing files it matches, sorted. A path without wildcards is returned
+/// as it is (whether or not it exists: the caller reports missing files).
+pub fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>> {
+    if !pattern.contains(['*', '?']) {
+        return Ok(vec![PathBuf::from(pattern)]);
+    }
+    let absolute = pattern.starts_with('/');
+    let mut current = vec![PathBuf::from(if absolute { "/" } else { "." })];
+    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let mut next = Vec::new();
+        for dir in &current {
+            if !part.contains(['*', '?']) {
+                let p = dir.join(part);
+                if p.exists() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if wildcard_match(part, name) && (last || is_dir) && !name.starts_with('.') {
+                    next.push(entry.path());
+                }
+            }
+        }
+        current = next;
+    }
+    let mut found: Vec<PathBuf> = current
+        .into_iter()
+        .map(|p| p.strip_prefix("./").map(Path::to_path_buf).unwrap_or(p))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Matches one path component against a pattern with `*` and `?`.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("50ms").unwrap(), Duration::from_millis(50));
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 days").is_err());
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*.db", "app.db"));
+        assert!(wildcard_match("a?p.db", "app.db"));
+        assert!(!wildcard_match("*.db", "app.db-wal"));
+        assert!(wildcard_match("*", "x"));
+    }
+
+    #[test]
+    fn config_parses_and_rejects_unknown_keys() {
+        let c = ConfigFile::parse(
+            r#"
+            [s3]
+            bucket = "s3://b/p"
+            endpoint = "http://127.0.0.1:9000"
+            [sync]
+            sync_interval = "50ms"
+            snapshot_interval = 600
+            [[databases]]
+            path = "/data/*/app.db"
+            [[databases]]
+            path = "/data/main.db"
+            name = "main"
+            sync_interval = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.s3.bucket.as_deref(), Some("s3://b/p"));
+        assert_eq!(
+            c.sync.sync_interval,
+            Some(DurationValue(Duration::from_millis(50)))
+        );
+        assert_eq!(c.databases.len(), 2);
+        let err = ConfigFile::parse("[sync]\nsync_intervall = 1").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("sync_intervall"));
+    }
+
+    #[test]
+    fn globs_expand_to_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["a", "b"] {
+            std::fs::create_dir(dir.path().join(t)).unwrap();
+            std::fs::write(dir.path().join(t).join("app.db"), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("a").join("app.db-wal"), b"x").unwrap();
+        let pattern = format!("{}/*/app.db", dir.path().display());
+        let found = expand_glob(&pattern).unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(found[0].ends_with("a/app.db"));
+    }
+}

@@ -1,0 +1,341 @@
+//! The `watch` engine: a fixed pool of poller threads shares all databases,
+//! a small uploader pool stores what they build, bounded crossbeam channels
+//! run between them and acknowledgements flow back. No thread per database.
+//!
+//! Each poller owns a shard of [`Shipper`]s and wakes at the next due poll or
+//! when an acknowledgement arrives. A shipper has at most one batch in flight.
+//! On the first SIGINT/SIGTERM the pollers ship what is committed, wait (up to
+//! a timeout) for the uploads, release their databases and the process exits
+//! 0; a second signal exits at once.
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::names::NamedDb;
+use crate::shipper::{self, Settings, Shipper};
+use crate::storage::Storage;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How `watch` runs.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub pollers: usize,
+    pub uploaders: usize,
+    /// How long a shutdown waits for uploads in flight.
+    pub shutdown_timeout: Duration,
+}
+
+/// An upload handed from a poller to the uploader pool.
+struct Job {
+    poller: usize,
+    db: usize,
+    batch: shipper::UploadRequest,
+}
+
+/// An uploader's answer.
+struct Ack {
+    db: usize,
+    result: Result<()>,
+}
+
+/// Signals received so far (shared with the signal handler).
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+/// Replicates `dbs` until a signal arrives.
+pub fn watch(
+    storage: Arc<dyn Storage>,
+    dbs: Vec<(NamedDb, Settings)>,
+    options: &WatchOptions,
+) -> Result<()> {
+    if dbs.is_empty() {
+        return Err(Error::Usage(
+            "no databases to watch: name them on the command line or in [[databases]] of the config file".into(),
+        ));
+    }
+    raise_open_files_limit(dbs.len())?;
+    install_signal_handler()?;
+    let pollers = options.pollers.clamp(1, dbs.len());
+    let shippers = open_all(&storage, dbs, pollers)?;
+    eprintln!(
+        "walsync: watching {} database(s) to {} with {} poller(s) and {} uploader(s)",
+        shippers.iter().map(Vec::len).sum::<usize>(),
+        storage.describe(),
+        pollers,
+        options.uploaders
+    );
+
+    let (job_tx, job_rx) = bounded::<Job>(options.uploaders.max(1) * 2);
+    let mut ack_txs = Vec::new();
+    let mut ack_rxs = Vec::new();
+    for _ in 0..pollers {
+        let (tx, rx) = unbounded::<Ack>();
+        ack_txs.push(tx);
+        ack_rxs.push(rx);
+    }
+    let uploaders: Vec<_> = (0..options.uploaders.max(1))
+        .map(|_| {
+            let rx = job_rx.clone();
+            let acks = ack_txs.clone();
+            let storage = Arc::clone(&storage);
+            thread::spawn(move || upload_loop(storage.as_ref(), &rx, &acks))
+        })
+        .collect();
+    drop(job_rx);
+    drop(ack_txs);
+
+    let poller_threads: Vec<_> = shippers
+        .into_iter()
+        .zip(ack_rxs)
+        .enumerate()
+        .map(|(i, (shard, acks))| {
+            let jobs = job_tx.clone();
+            let timeout = options.shutdown_timeout;
+            thread::spawn(move || Poller::new(i, shard, jobs, acks).run(timeout))
+        })
+        .collect();
+    drop(job_tx);
+
+    let mut clean = true;
+    for t in poller_threads {
+        clean &= t.join().unwrap_or(false);
+    }
+    for t in uploaders {
+        let _ = t.join();
+    }
+    if clean {
+        eprintln!("walsync: stopped; everything committed was stored");
+    } else {
+        eprintln!("walsync: stopped with uploads unfinished; a restart resumes them");
+    }
+    Ok(())
+}
+
+/// Opens every database in parallel (one thread per shard), refusing the
+/// whole run when one of them cannot be replicated.
+fn open_all(
+    storage: &Arc<dyn Storage>,
+    dbs: Vec<(NamedDb, Settings)>,
+    pollers: usize,
+) -> Result<Vec<Vec<Shipper>>> {
+    let mut shards: Vec<Vec<(NamedDb, Settings)>> = (0..pollers).map(|_| Vec::new()).collect();
+    for (i, db) in dbs.into_iter().enumerate() {
+        shards[i % pollers].push(db);
+    }
+    let opened: Vec<Result<Vec<Shipper>>> = thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .into_iter()
+            .map(|shard| {
+                scope.spawn(move || {
+                    shard
+                        .into_iter()
+                        .map(|(db, settings)| {
+                            Shipper::open(&db.path, &db.name, Arc::clone(storage), settings)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Other("a database failed to open".into())))
+            })
+            .collect()
+    });
+    opened.into_iter().collect()
+}
+
+struct Poller {
+    index: usize,
+    shippers: Vec<Shipper>,
+    next_poll: Vec<Instant>,
+    jobs: Sender<Job>,
+    acks: Receiver<Ack>,
+}
+
+impl Poller {
+    fn new(index: usize, shippers: Vec<Shipper>, jobs: Sender<Job>, acks: Receiver<Ack>) -> Poller {
+        let now = Instant::now();
+        Poller {
+            index,
+            next_poll: vec![now; shippers.len()],
+            shippers,
+            jobs,
+            acks,
+        }
+    }
+
+    /// Polls until the first signal, then flushes. Returns whether every
+    /// batch was stored before the timeout.
+    fn run(mut self, shutdown_timeout: Duration) -> bool {
+        while SIGNALS.load(Ordering::SeqCst) == 0 {
+            self.tick(Instant::now());
+            let wait = self.until_next_poll();
+            self.wait_for_ack(wait);
+        }
+        // Shutdown: ship what is committed, then wait for the uploads.
+        let deadline = Instant::now() + shutdown_timeout;
+        for i in 0..self.shippers.len() {
+            self.next_poll[i] = Instant::now();
+        }
+        self.tick(Instant::now());
+        while self.shippers.iter().any(Shipper::has_pending) && Instant::now() < deadline {
+            self.wait_for_ack(Duration::from_millis(100));
+            self.resend_due(Instant::now());
+        }
+        let clean = !self.shippers.iter().any(Shipper::has_pending);
+        for s in self.shippers {
+            let name = s.name.clone();
+            if let Err(e) = s.close() {
+                shipper::log(&name, &format!("closing: {e}"));
+            }
+        }
+        clean
+    }
+
+    fn until_next_poll(&self) -> Duration {
+        let now = Instant::now();
+        let next = self.next_poll.iter().min().copied().unwrap_or(now);
+        next.saturating_duration_since(now)
+            .min(Duration::from_millis(250))
+            .max(Duration::from_millis(1))
+    }
+
+    fn wait_for_ack(&mut self, wait: Duration) {
+        match self.acks.recv_timeout(wait) {
+            Ok(ack) => self.handle_ack(ack),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        while let Ok(ack) = self.acks.try_recv() {
+            self.handle_ack(ack);
+        }
+    }
+
+    fn handle_ack(&mut self, ack: Ack) {
+        let s = &mut self.shippers[ack.db];
+        match ack.result {
+            Ok(()) => {
+                if let Err(e) = s.uploaded() {
+                    shipper::log(&s.name, &format!("recording the upload: {e}"));
+                }
+                // Poll again at once: more may have been committed meanwhile.
+                self.next_poll[ack.db] =
+                    self.next_poll[ack.db].min(Instant::now() + s.settings().sync_interval / 4);
+            }
+            Err(e) => {
+                let backoff = s.upload_failed(Instant::now());
+                shipper::log(
+                    &s.name,
+                    &format!("{e}; retrying in {:.1}s (nothing is lost: the WAL is kept until it is stored)", backoff.as_secs_f64()),
+                );
+            }
+        }
+    }
+
+    fn resend_due(&mut self, now: Instant) {
+        for db in 0..self.shippers.len() {
+            if self.shippers[db].retry_due(now) {
+                if let Some(req) = self.shippers[db]
+                    .take_retry()
+                    .map(shipper::UploadRequest::from)
+                {
+                    self.send(db, req);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.resend_due(now);
+        let now_ms = fsutil::now_ms();
+        for db in 0..self.shippers.len() {
+            if now < self.next_poll[db] || self.shippers[db].has_pending() {
+                continue;
+            }
+            let s = &mut self.shippers[db];
+            self.next_poll[db] = now + s.settings().sync_interval;
+            let built = s.poll(now_ms).map(|b| b.map(shipper::UploadRequest::from));
+            match built {
+                Ok(Some(req)) => self.send(db, req),
+                Ok(None) => {
+                    if let Err(e) = s.maybe_checkpoint(now_ms) {
+                        shipper::log(&s.name, &format!("checkpoint: {e}"));
+                    }
+                }
+                Err(e) => {
+                    shipper::log(&s.name, &format!("{e}; will try again"));
+                    self.next_poll[db] =
+                        now + s.settings().sync_interval.max(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, db: usize, batch: shipper::UploadRequest) {
+        let job = Job {
+            poller: self.index,
+            db,
+            batch,
+        };
+        if self.jobs.send(job).is_err() {
+            shipper::log(&self.shippers[db].name, "uploader pool is gone");
+        }
+    }
+}
+
+fn upload_loop(storage: &dyn Storage, jobs: &Receiver<Job>, acks: &[Sender<Ack>]) {
+    for job in jobs {
+        let result = job.batch.upload(storage);
+        let _ = acks[job.poller].send(Ack { db: job.db, result });
+    }
+}
+
+fn install_signal_handler() -> Result<()> {
+    let r = ctrlc::set_handler(|| {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+            eprintln!("walsync: second signal, exiting at once");
+            std::process::exit(1);
+        }
+        eprintln!(
+            "walsync: stopping: shipping what is committed (send the signal again to exit at once)"
+        );
+    });
+    match r {
+        Ok(()) | Err(ctrlc::Error::MultipleHandlers) => Ok(()),
+        Err(e) => Err(Error::Other(format!(
+            "cannot install the signal handler: {e}"
+        ))),
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; fails when even that
+/// is too low for `dbs` databases (each needs about six descriptors).
+fn raise_open_files_limit(dbs: usize) -> Result<()> {
+    let needed = (dbs as u64) * 6 + 64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    if (lim.rlim_cur as u64) < needed {
+        return Err(Error::Usage(format!(
+            "watching {dbs} databases needs about {needed} open files but the limit is {}; raise it (`ulimit -n {needed}`, or LimitNOFILE= in the systemd unit)",
+            lim.rlim_cur
+        )));
+    }
+    Ok(())
+}
