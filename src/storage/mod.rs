@@ -9,7 +9,7 @@ pub mod file;
 pub mod s3;
 
 use crate::error::{Error, Result};
-use std::io::Read;
+use std::io::{Read, Seek};
 
 /// Metadata stored with every object walsync writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,14 +40,26 @@ pub struct Download {
     pub body: Box<dyn Read + Send>,
 }
 
+/// A request body that can be rewound, so a failed upload can be retried.
+///
+/// Implemented for everything that is `Read + Seek` (files, `io::Cursor`).
+pub trait ReadSeek: Read + Seek {}
+
+impl<T: Read + Seek + ?Sized> ReadSeek for T {}
+
 /// The operations walsync needs from a place that stores objects.
 pub trait Storage: Send + Sync {
     /// Stores `len` bytes read from `body` under `key`, with `meta`.
     /// Returns only once the object is durably stored.
-    fn put(&self, key: &str, body: &mut dyn Read, len: u64, meta: &ObjectMeta) -> Result<()>;
+    ///
+    /// The body is read from its current position; a backend that retries
+    /// seeks back to that position before each new attempt.
+    fn put(&self, key: &str, body: &mut dyn ReadSeek, len: u64, meta: &ObjectMeta) -> Result<()>;
     /// Streams the object, or `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Download>>;
     /// Reads `len` bytes at `offset`, or `None` when the object does not exist.
+    /// Returns fewer bytes (possibly none) when the object ends before
+    /// `offset + len`.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>>;
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ListedObject>>;
