@@ -1008,6 +1008,42 @@ mod tests {
     }
 
     #[test]
+    fn env_fills_only_unset_fields() {
+        // The only test of this crate that touches these variables.
+        std::env::set_var("AWS_ENDPOINT_URL", "http://fallback:1");
+        std::env::set_var("AWS_ENDPOINT_URL_S3", "http://s3-specific:2");
+        std::env::remove_var("AWS_REGION");
+        std::env::set_var("AWS_DEFAULT_REGION", "eu-west-3");
+        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDENV");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "secretenv");
+        let o = S3Options::from_env();
+        assert_eq!(o.endpoint.as_deref(), Some("http://s3-specific:2"));
+        assert_eq!(o.region.as_deref(), Some("eu-west-3"));
+        assert_eq!(o.access_key.as_deref(), Some("AKIDENV"));
+        assert_eq!(o.secret_key.as_deref(), Some("secretenv"));
+        let o = S3Options {
+            endpoint: Some("http://flag:3".into()),
+            access_key: Some("AKIDFLAG".into()),
+            ..Default::default()
+        }
+        .with_env_defaults();
+        assert_eq!(o.endpoint.as_deref(), Some("http://flag:3"));
+        assert_eq!(o.access_key.as_deref(), Some("AKIDFLAG"));
+        std::env::remove_var("AWS_ENDPOINT_URL_S3");
+        std::env::remove_var("AWS_DEFAULT_REGION");
+        let o = S3Options::from_env();
+        assert_eq!(o.endpoint.as_deref(), Some("http://fallback:1"));
+        assert_eq!(o.region.as_deref(), Some(DEFAULT_REGION));
+        for v in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            std::env::remove_var(v);
+        }
+    }
+
+    #[test]
     fn backoff_is_capped() {
         let s = S3Storage::open("s3://bkt", &S3Options::default()).unwrap();
         for n in 0..40 {

@@ -7,10 +7,13 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use walsync::storage::s3::S3Options;
+use walsync::storage::Storage;
 
+const PROBE_BUCKET: &str = "walsync-probe";
 const INSTALL_HINT: &str = "run scripts/test.sh, which installs the test tools";
 
 /// A running s3s-fs server on a loopback port, killed on drop.
@@ -28,12 +31,18 @@ impl S3Server {
     /// Starts s3s-fs on a free port and waits until it accepts connections.
     pub fn start() -> S3Server {
         let bin = s3s_fs_bin();
-        let root = tempfile::tempdir().expect("create a temporary folder for s3s-fs");
-        let access_key = "walsync-test-key".to_string();
-        let secret_key = "walsync-test-secret-0123456789".to_string();
+        // Unique keys per server: a client that reached another test's server
+        // (port reuse race) fails to authenticate instead of mixing data.
+        static SERVERS: AtomicUsize = AtomicUsize::new(0);
+        let n = SERVERS.fetch_add(1, Ordering::SeqCst);
+        let access_key = format!("walsync-test-key-{}-{n}", std::process::id());
+        let secret_key = format!("walsync-test-secret-{}-{n}-0123456789", std::process::id());
         // s3s-fs may lose the race for the port to another process between
         // our probe and its bind: try a few ports.
         for _ in 0..5 {
+            let root = tempfile::tempdir().expect("create a temporary folder for s3s-fs");
+            std::fs::create_dir_all(root.path().join(PROBE_BUCKET))
+                .expect("create the probe bucket");
             let port = free_port();
             let mut child = Command::new(&bin)
                 .arg("--host")
@@ -57,14 +66,20 @@ impl S3Server {
                     break; // exited, probably the port was taken
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return S3Server {
+                    let server = S3Server {
                         endpoint: format!("http://127.0.0.1:{port}"),
-                        access_key,
-                        secret_key,
+                        access_key: access_key.clone(),
+                        secret_key: secret_key.clone(),
                         region: "us-east-1".to_string(),
                         child,
                         root,
                     };
+                    if server.answers_as_itself() {
+                        return server;
+                    }
+                    // Another server owns the port: drop ours, try another.
+                    drop(server);
+                    break;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -74,7 +89,23 @@ impl S3Server {
                 std::thread::sleep(Duration::from_millis(25));
             }
         }
-        panic!("s3s-fs ({}) kept exiting at startup", bin.display());
+        panic!(
+            "could not start {} on a free loopback port in 5 tries \
+             (it exited at startup, or another server answered on its port)",
+            bin.display()
+        );
+    }
+
+    /// Whether the server on our port is ours: it knows our keys and has
+    /// our probe bucket.
+    fn answers_as_itself(&self) -> bool {
+        let opts = S3Options {
+            max_retries: Some(0),
+            ..self.options()
+        };
+        walsync::storage::s3::S3Storage::open(&format!("s3://{PROBE_BUCKET}"), &opts)
+            .and_then(|s| s.list(""))
+            .is_ok()
     }
 
     /// Creates a bucket (s3s-fs stores buckets as folders of its root).
