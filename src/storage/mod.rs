@@ -173,7 +173,8 @@ pub fn open(url: &str, options: &s3::S3Options) -> Result<Box<dyn Storage>> {
         Ok(Box::new(s3::S3Storage::open(url, options)?))
     } else {
         Err(Error::Usage(format!(
-            "bad replica URL '{url}': use s3://bucket/prefix or file:///path"
+            "bad replica URL '{}': use s3://bucket/prefix or file:///path",
+            s3::redact_url(url)
         )))
     }
 }

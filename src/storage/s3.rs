@@ -131,12 +131,26 @@ impl fmt::Debug for S3Storage {
     }
 }
 
+/// `url` fit for a message: any `user:password@` part is replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Splits `s3://bucket/prefix/parts` into the bucket and the prefix (without
 /// leading or trailing slashes).
 pub fn parse_url(url: &str) -> Result<(String, String)> {
     let bad = |why: &str| {
         Error::Usage(format!(
-            "bad S3 URL '{url}': {why}; use s3://bucket/prefix, like s3://my-backups/walsync/app"
+            "bad S3 URL '{}': {why}; use s3://bucket/prefix, like s3://my-backups/walsync/app",
+            redact_url(url)
         ))
     };
     let rest = url
@@ -590,14 +604,15 @@ fn parse_endpoint(endpoint: &str) -> Result<Url> {
     } else {
         format!("https://{endpoint}")
     };
+    let shown = redact_url(endpoint);
     let url = Url::parse(&with_scheme).map_err(|e| {
         Error::Usage(format!(
-            "bad S3 endpoint '{endpoint}' ({e}): use a URL like http://127.0.0.1:9000 or https://s3.example.com"
+            "bad S3 endpoint '{shown}' ({e}): use a URL like http://127.0.0.1:9000 or https://s3.example.com"
         ))
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::Usage(format!(
-            "bad S3 endpoint '{endpoint}': use an http:// or https:// URL with a host, like http://127.0.0.1:9000"
+            "bad S3 endpoint '{shown}': use an http:// or https:// URL with a host, like http://127.0.0.1:9000"
         )));
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -927,6 +942,8 @@ mod tests {
             parse_url("s3://b/").unwrap(),
             ("b".to_string(), String::new())
         );
+        assert_eq!(redact_url("s3://k:s@b/x@y"), "s3://***@b/x@y");
+        assert_eq!(redact_url("s3://b/x@y"), "s3://b/x@y");
         for bad in [
             "s3://",
             "s3:///x",
@@ -965,6 +982,65 @@ mod tests {
         assert_eq!(s.bucket.base_url().as_str(), "http://127.0.0.1:9000/bkt/");
         assert_eq!(s.describe(), "s3://bkt/pre");
         assert_eq!(s.full_key("a/b").unwrap(), "pre/a/b");
+    }
+
+    #[test]
+    fn metadata_headers_are_signed() {
+        let o = S3Options {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            access_key: Some("AKID".into()),
+            secret_key: Some("secret".into()),
+            ..Default::default()
+        };
+        let s = S3Storage::open("s3://bkt/pre", &o).unwrap();
+        let mut action = PutObject::new(&s.bucket, s.creds(), "pre/k");
+        action.headers_mut().insert(META_SHA256, "ab");
+        action
+            .headers_mut()
+            .insert(META_TIMESTAMP, "2025-01-01T00:00:00Z");
+        let url = action.sign(SIGNATURE_TTL);
+        assert!(
+            url.as_str().contains(
+                "X-Amz-SignedHeaders=host%3Bx-amz-meta-litestream-timestamp%3Bx-amz-meta-sha256"
+            ),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn env_fills_only_unset_fields() {
+        // The only test of this crate that touches these variables.
+        std::env::set_var("AWS_ENDPOINT_URL", "http://fallback:1");
+        std::env::set_var("AWS_ENDPOINT_URL_S3", "http://s3-specific:2");
+        std::env::remove_var("AWS_REGION");
+        std::env::set_var("AWS_DEFAULT_REGION", "eu-west-3");
+        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDENV");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "secretenv");
+        let o = S3Options::from_env();
+        assert_eq!(o.endpoint.as_deref(), Some("http://s3-specific:2"));
+        assert_eq!(o.region.as_deref(), Some("eu-west-3"));
+        assert_eq!(o.access_key.as_deref(), Some("AKIDENV"));
+        assert_eq!(o.secret_key.as_deref(), Some("secretenv"));
+        let o = S3Options {
+            endpoint: Some("http://flag:3".into()),
+            access_key: Some("AKIDFLAG".into()),
+            ..Default::default()
+        }
+        .with_env_defaults();
+        assert_eq!(o.endpoint.as_deref(), Some("http://flag:3"));
+        assert_eq!(o.access_key.as_deref(), Some("AKIDFLAG"));
+        std::env::remove_var("AWS_ENDPOINT_URL_S3");
+        std::env::remove_var("AWS_DEFAULT_REGION");
+        let o = S3Options::from_env();
+        assert_eq!(o.endpoint.as_deref(), Some("http://fallback:1"));
+        assert_eq!(o.region.as_deref(), Some(DEFAULT_REGION));
+        for v in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            std::env::remove_var(v);
+        }
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use walsync::storage::Storage;
 use tempfile::TempDir;
 use walsync::storage::s3::S3Options;
+use walsync::storage::Storage;
 
 const PROBE_BUCKET: &str = "walsync-probe";
 const INSTALL_HINT: &str = "run scripts/test.sh, which installs the test tools";
@@ -89,7 +89,11 @@ impl S3Server {
                 std::thread::sleep(Duration::from_millis(25));
             }
         }
-        panic!("s3s-fs ({}) kept exiting at startup", bin.display());
+        panic!(
+            "could not start {} on a free loopback port in 5 tries \
+             (it exited at startup, or another server answered on its port)",
+            bin.display()
+        );
     }
 
     /// Whether the server on our port is ours: it knows our keys and has
