@@ -107,6 +107,8 @@ pub struct Shipper {
     /// until the log grew by the threshold again (a checkpoint that could
     /// not restart the log would otherwise repeat at every poll).
     last_checkpoint: Option<(u32, u64)>,
+    /// The replica's newest TXID when the database was opened.
+    remote_max_txid: u64,
     page: Vec<u8>,
 }
 
@@ -150,6 +152,7 @@ impl Shipper {
             covers_read_mark: false,
             force_full: false,
             last_checkpoint: None,
+            remote_max_txid: 0,
             page: Vec::new(),
         };
         shipper.state = shipper.usable_saved_state()?;
@@ -176,8 +179,13 @@ impl Shipper {
     /// The saved state, if it still describes this database and replica:
     /// page checksums consistent, and the replica's newest TXID equal to it
     /// (or one above: an upload that landed just before a crash, which the
-    /// next batch overwrites with the same frames).
+    /// next batch overwrites with the same frames). Also remembers the
+    /// replica's newest TXID, which a first snapshot continues from. Listing
+    /// the replica here makes a bad endpoint or bad credentials fail at start.
     fn usable_saved_state(&mut self) -> Result<Option<LocalState>> {
+        let remote = crate::remote::list_ltx(self.storage.as_ref(), &self.name)?;
+        let max = remote.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
+        self.remote_max_txid = max;
         let replica = self.storage.describe();
         let Some(saved) = self.state_dir.load(&replica, &self.name) else {
             return Ok(None);
@@ -190,14 +198,9 @@ impl Shipper {
             .pagesums
             .xor_all_and_clean(saved.db_pages, saved.txid, lock)?;
         if ltx::checksum_flag(xor) != saved.db_checksum {
-            log(
-                &self.name,
-                "local page checksums do not match the saved state; taking a fresh snapshot",
-            );
+            log(&self.name, "local page checksums do not match the saved state; taking a fresh snapshot");
             return Ok(None);
         }
-        let remote = crate::remote::list_ltx(self.storage.as_ref(), &self.name)?;
-        let max = remote.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
         let has_snapshot = remote.iter().any(|f| f.id.min_txid == 1);
         if !has_snapshot || (max != saved.txid && max != saved.txid + 1) {
             log(
@@ -599,7 +602,7 @@ impl Shipper {
         let (committed, txid) = match (&self.state, kind) {
             (Some(s), BatchKind::Snapshot) => (s.txid, s.txid),
             (Some(s), _) => (s.txid, s.txid + 1),
-            (None, _) => (0, self.remote_max_txid()? + 1),
+            (None, _) => (0, self.remote_max_txid + 1),
         };
         let id = match kind {
             BatchKind::Snapshot => LtxId {
@@ -690,11 +693,6 @@ impl Shipper {
             done += n;
         }
         Ok(())
-    }
-
-    fn remote_max_txid(&self) -> Result<u64> {
-        let files = crate::remote::list_ltx(self.storage.as_ref(), &self.name)?;
-        Ok(files.iter().map(|f| f.id.max_txid).max().unwrap_or(0))
     }
 
     fn header(&self, id: LtxId, commit: u32, pre: u64, now_ms: i64) -> Header {

@@ -165,7 +165,7 @@ pub fn open(url: &str, options: &s3::S3Options) -> Result<Box<dyn Storage>> {
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() || !path.starts_with('/') {
             return Err(Error::Usage(format!(
-                "bad replica URL '{url}': a file URL needs an absolute path, like file:///var/backups/walsync"
+                "bad replica URL '{url}': a file URL needs an absolute path: use file:///var/backups/walsync (or s3://bucket/prefix)"
             )));
         }
         Ok(Box::new(file::FileStorage::open(path)?))
