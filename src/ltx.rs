@@ -31,7 +31,11 @@
 //!   header, its 4-byte size prefix (block format only) and its *uncompressed*
 //!   data; the zero page header; the index triples, terminator and length u64;
 //!   the post-apply checksum field. The compressed bytes are not covered (they
-//!   are covered indirectly: they must decompress to the covered data).
+//!   are covered indirectly: they must decompress to the covered data). So,
+//!   exactly as with Go's decoder, a change to an LZ4 stream that still
+//!   decompresses to the very same page (e.g. a match offset moved by one
+//!   inside a run of zeros) goes unnoticed — harmlessly, since the pages are
+//!   what matter. Every other single-byte change is an error.
 //! * **Page checksum** — [`page_checksum`]: CRC of `pgno (u32 BE) ‖ page`.
 //! * **Database checksum** — the XOR of the page checksums of every page of
 //!   the database except the lock page, with bit 63 forced on. It starts at
