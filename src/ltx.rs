@@ -31,7 +31,11 @@
 //!   header, its 4-byte size prefix (block format only) and its *uncompressed*
 //!   data; the zero page header; the index triples, terminator and length u64;
 //!   the post-apply checksum field. The compressed bytes are not covered (they
-//!   are covered indirectly: they must decompress to the covered data).
+//!   are covered indirectly: they must decompress to the covered data). So,
+//!   exactly as with Go's decoder, a change to an LZ4 stream that still
+//!   decompresses to the very same page (e.g. a match offset moved by one
+//!   inside a run of zeros) goes unnoticed — harmlessly, since the pages are
+//!   what matter. Every other single-byte change is an error.
 //! * **Page checksum** — [`page_checksum`]: CRC of `pgno (u32 BE) ‖ page`.
 //! * **Database checksum** — the XOR of the page checksums of every page of
 //!   the database except the lock page, with bit 63 forced on. It starts at
@@ -91,8 +95,6 @@ pub const PENDING_BYTE: u64 = 0x4000_0000;
 
 /// Offset of the reserved, zero-filled tail of the header.
 const HEADER_RESERVED_START: usize = 80;
-/// Varint scratch size: three u64 uvarints.
-const MAX_VARINT_LEN: usize = 10;
 
 static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
 
@@ -1138,8 +1140,11 @@ fn decompress_exact(input: &[u8], out: &mut [u8], dict: &[u8], pgno: u32) -> Res
     Ok(())
 }
 
+/// Pages as `(pgno, page bytes)` pairs, in file order.
+pub type PageList = Vec<(u32, Vec<u8>)>;
+
 /// Decodes a whole LTX file into memory, verified. For tests and small files.
-pub fn decode_all<R: Read>(r: R) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer)> {
+pub fn decode_all<R: Read>(r: R) -> Result<(Header, PageList, Trailer)> {
     let mut dec = Decoder::new(r)?;
     let header = *dec.header();
     let mut pages = Vec::new();
