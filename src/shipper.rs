@@ -251,6 +251,9 @@ impl Shipper {
             },
         };
         self.pending = batch;
+        // The page buffer is only needed while building: an idle database
+        // costs no page of memory.
+        self.page = Vec::new();
         Ok(self.pending.as_ref())
     }
 

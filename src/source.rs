@@ -78,6 +78,8 @@ impl Source {
                 return Err(e.into());
             }
             self.reading = true;
+            // Keep nothing cached: the connection exists to hold the lock.
+            self.conn.release_memory()?;
         }
         Ok(())
     }
