@@ -349,6 +349,18 @@ fn fetch_and_apply(
     })
 }
 
+/// The next step when a stored object is damaged.
+fn damaged_hint(f: &RemoteLtx) -> String {
+    if f.id.min_txid > 1 {
+        format!(
+            "; the replica copy is damaged: restore the state before it with --txid {}, and take a fresh snapshot of the source (`walsync snapshot`)",
+            f.id.min_txid - 1
+        )
+    } else {
+        "; the replica copy of this snapshot is damaged: restore from an older snapshot with --txid, and take a fresh snapshot of the source (`walsync snapshot`)".into()
+    }
+}
+
 /// Streams one object into `dest`, checking its length and SHA-256.
 fn download(storage: &dyn Storage, f: &RemoteLtx, dest: &Path, cancel: &AtomicBool) -> Result<()> {
     let dl = storage.get(&f.key)?.ok_or_else(|| {
@@ -394,8 +406,9 @@ fn download(storage: &dyn Storage, f: &RemoteLtx, dest: &Path, cancel: &AtomicBo
     if let Some(want) = &dl.head.meta.sha256 {
         if !want.eq_ignore_ascii_case(&sha) {
             return Err(Error::Integrity(format!(
-                "object {} is corrupt: its SHA-256 is {sha}, the metadata says {want}",
-                f.key
+                "object {} is corrupt: its SHA-256 is {sha}, the metadata says {want}{}",
+                f.key,
+                damaged_hint(f)
             )));
         }
     }
