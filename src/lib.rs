@@ -9,6 +9,7 @@ pub mod list;
 pub mod ltx;
 pub mod names;
 pub mod pagesums;
+pub mod plan;
 pub mod remote;
 pub mod replicate;
 pub mod restore;

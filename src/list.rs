@@ -1,9 +1,312 @@
-//! List (in progress).
+//! `walsync list`: the databases under a replica URL, with their latest TXID,
+//! last change, snapshot count, file count and bytes stored.
+//!
+//! Names are discovered from one listing of the whole replica: every key that
+//! parses as an LTX file of the storage's layout names its database
+//! (`<name>/<level %04x>/<min>-<max>.ltx` on S3, `<name>/ltx/<level>/...` in a
+//! file replica; the name may contain `/`). Anything else is ignored.
+
 use crate::error::{Error, Result};
-use crate::storage::Storage;
-pub fn run(_s: &dyn Storage, _json: bool) -> Result<()> {
-    Err(Error::Other("list is not built yet".into()))
+use crate::fsutil;
+use crate::plan;
+use crate::remote::RemoteLtx;
+use crate::storage::{parse_ltx_filename, Layout, LtxId, Storage, SNAPSHOT_LEVEL};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Threads reading last-change timestamps (one small request per database).
+const LOOKUP_THREADS: usize = 8;
+
+/// Splits a key relative to the replica root into (database name, LTX id)
+/// for `layout`; `None` for anything that is not an LTX file.
+pub fn parse_key(layout: Layout, key: &str) -> Option<(String, LtxId)> {
+    if key.starts_with(".walsync-meta/") {
+        return None;
+    }
+    let (rest, file) = key.rsplit_once('/')?;
+    parse_ltx_filename(file)?;
+    // `rest` ends with the level folder; what is before it names the database.
+    let name = rest.rsplit_once('/').map_or("", |(n, _)| n);
+    let name = match layout {
+        Layout::S3 => name,
+        Layout::File => match name.rsplit_once('/') {
+            Some((n, "ltx")) => n,
+            None if name == "ltx" => "",
+            _ => return None,
+        },
+    };
+    let id = layout.parse_ltx_key(name, key)?;
+    // Only canonical spellings (e.g. no "00A0" vs "00a0" duplicates).
+    (layout.ltx_key(name, id) == key).then(|| (name.to_string(), id))
 }
-pub fn database_names(_s: &dyn Storage) -> Result<Vec<String>> {
-    Err(Error::Other("list is not built yet".into()))
+
+/// Every database in the replica with its LTX files, by name.
+fn scan(storage: &dyn Storage) -> Result<BTreeMap<String, Vec<RemoteLtx>>> {
+    let layout = storage.layout();
+    let mut dbs: BTreeMap<String, Vec<RemoteLtx>> = BTreeMap::new();
+    for o in storage.list("")? {
+        if let Some((name, id)) = parse_key(layout, &o.key) {
+            dbs.entry(name).or_default().push(RemoteLtx {
+                id,
+                key: o.key,
+                size: o.size,
+            });
+        }
+    }
+    Ok(dbs)
+}
+
+/// The names of every database in the replica, sorted.
+pub fn database_names(storage: &dyn Storage) -> Result<Vec<String>> {
+    Ok(scan(storage)?.into_keys().collect())
+}
+
+/// One row of `walsync list`.
+#[derive(Debug, Serialize)]
+pub struct DbSummary {
+    pub name: String,
+    pub txid: u64,
+    pub txid_hex: String,
+    /// RFC 3339 time of the newest file (`null` when it cannot be read).
+    pub last_change: Option<String>,
+    pub snapshots: usize,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Summaries of every database in the replica, sorted by name.
+pub fn summaries(storage: &dyn Storage) -> Result<Vec<DbSummary>> {
+    let dbs: Vec<(String, Vec<RemoteLtx>)> = scan(storage)?.into_iter().collect();
+    // The newest file of each database: highest max TXID, lowest level.
+    let newest: Vec<RemoteLtx> = dbs
+        .iter()
+        .map(|(_, files)| {
+            files
+                .iter()
+                .max_by_key(|f| (f.id.max_txid, std::cmp::Reverse(f.id.level)))
+                .expect("a listed database has files")
+                .clone()
+        })
+        .collect();
+    let times = parallel_times(storage, &newest)?;
+    Ok(dbs
+        .into_iter()
+        .zip(newest)
+        .zip(times)
+        .map(|(((name, files), newest), time)| DbSummary {
+            name,
+            txid: newest.id.max_txid,
+            txid_hex: format!("{:016x}", newest.id.max_txid),
+            last_change: time.map(fsutil::rfc3339_ms),
+            snapshots: files
+                .iter()
+                .filter(|f| f.id.level == SNAPSHOT_LEVEL)
+                .count(),
+            files: files.len(),
+            bytes: files.iter().map(|f| f.size).sum(),
+        })
+        .collect())
+}
+
+/// The commit time of each file, looked up by a few threads. A file whose
+/// header cannot be read gets `None`; storage failures are errors.
+fn parallel_times(storage: &dyn Storage, files: &[RemoteLtx]) -> Result<Vec<Option<i64>>> {
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
+    let (res_tx, res_rx) = crossbeam_channel::unbounded::<(usize, Result<Option<i64>>)>();
+    for i in 0..files.len() {
+        let _ = job_tx.send(i);
+    }
+    drop(job_tx);
+    std::thread::scope(|s| {
+        for _ in 0..LOOKUP_THREADS.min(files.len()) {
+            let job_rx = job_rx.clone();
+            let res_tx = res_tx.clone();
+            s.spawn(move || {
+                for i in job_rx {
+                    let r = match plan::file_time_ms(storage, &files[i]) {
+                        Ok(t) => Ok(Some(t)),
+                        Err(Error::Integrity(_)) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    let _ = res_tx.send((i, r));
+                }
+            });
+        }
+    });
+    drop(res_tx);
+    let mut out = vec![None; files.len()];
+    for (i, r) in res_rx {
+        out[i] = r?;
+    }
+    Ok(out)
+}
+
+pub fn run(storage: &dyn Storage, json: bool) -> Result<()> {
+    let rows = summaries(storage)?;
+    if json {
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no databases in {}", storage.describe());
+        return Ok(());
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// The human table, columns aligned.
+fn table(rows: &[DbSummary]) -> String {
+    let header = ["NAME", "TXID", "LAST CHANGE", "SNAPSHOTS", "FILES", "SIZE"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                if r.name.is_empty() {
+                    "\"\"".to_string()
+                } else {
+                    r.name.clone()
+                },
+                r.txid_hex.clone(),
+                r.last_change
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or_else(|| "-".to_string(), |t| format!("{t:.0}")),
+                r.snapshots.to_string(),
+                r.files.to_string(),
+                human_bytes(r.bytes),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: &[&str]| -> String {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            // Text left-aligned, numbers right-aligned.
+            if i >= 3 {
+                s.push_str(&format!("{c:>w$}"));
+            } else {
+                s.push_str(&format!("{c:<w$}"));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header);
+    for row in &cells {
+        let cols: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cols));
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_both_layouts() {
+        let id = |level, min, max| LtxId {
+            level,
+            min_txid: min,
+            max_txid: max,
+        };
+        assert_eq!(
+            parse_key(
+                Layout::S3,
+                "tenants/a/app/0009/0000000000000001-0000000000000010.ltx"
+            ),
+            Some(("tenants/a/app".into(), id(9, 1, 16)))
+        );
+        assert_eq!(
+            parse_key(Layout::S3, "0000/0000000000000002-0000000000000002.ltx"),
+            Some((String::new(), id(0, 2, 2)))
+        );
+        assert_eq!(
+            parse_key(
+                Layout::File,
+                "smiths/app/ltx/0/0000000000000002-0000000000000003.ltx"
+            ),
+            Some(("smiths/app".into(), id(0, 2, 3)))
+        );
+        for (layout, key) in [
+            (
+                Layout::S3,
+                "app/ltx/0/0000000000000002-0000000000000002.ltx",
+            ),
+            (Layout::S3, "app/000A/0000000000000002-0000000000000002.ltx"),
+            (Layout::S3, "app/0000/0000000000000002-0000000000000001.ltx"),
+            (
+                Layout::File,
+                "app/0000/0000000000000002-0000000000000002.ltx",
+            ),
+            (
+                Layout::File,
+                "app/ltx/00/0000000000000002-0000000000000002.ltx",
+            ),
+            (
+                Layout::File,
+                ".walsync-meta/app/ltx/0/0000000000000002-0000000000000002.ltx",
+            ),
+            (Layout::File, "app/ltx/0/notes.txt"),
+        ] {
+            assert_eq!(parse_key(layout, key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn table_aligns() {
+        let rows = vec![
+            DbSummary {
+                name: "app".into(),
+                txid: 255,
+                txid_hex: format!("{:016x}", 255),
+                last_change: Some("2026-01-02T03:04:05.123000000Z".into()),
+                snapshots: 2,
+                files: 10,
+                bytes: 123_456,
+            },
+            DbSummary {
+                name: "smiths/app".into(),
+                txid: 3,
+                txid_hex: format!("{:016x}", 3),
+                last_change: None,
+                snapshots: 1,
+                files: 3,
+                bytes: 999,
+            },
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("app         00000000000000ff  2026-01-02T03:04:05Z"));
+        assert!(lines[1].ends_with("123.5 KB"), "{t}");
+        assert!(lines[2].ends_with("999 B"), "{t}");
+    }
 }

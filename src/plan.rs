@@ -1,0 +1,393 @@
+//! Restore planning: which LTX files rebuild a database at a target TXID,
+//! and when each TXID was committed (for `--point-in-time` and `list`).
+//!
+//! A plan is one snapshot (a file with min TXID 1, normally level 9) followed
+//! by files of any level whose TXID ranges continue it without a gap
+//! (`next.min_txid == current_max + 1`) up to exactly the target TXID.
+
+use crate::error::{Error, Result};
+use crate::ltx::{Header, HEADER_SIZE};
+use crate::remote::RemoteLtx;
+use crate::storage::{Layout, Storage};
+use std::collections::HashMap;
+
+/// `%016x` with a `0x` prefix, the form TXIDs take in messages.
+pub fn txid_hex(txid: u64) -> String {
+    format!("0x{txid:016x}")
+}
+
+/// The files that restore the database to exactly `target`: the newest
+/// snapshot at or before `target` from which an unbroken chain reaches it,
+/// then the chain (fewest files, then fewest bytes).
+///
+/// `name` and `url` are for messages. Errors:
+/// - no snapshot at or before `target`, or `target` inside a compacted file
+///   that no finer files cover: [`Error::Restore`];
+/// - a gap in the TXIDs between the snapshot and `target`: [`Error::Integrity`].
+pub fn plan(files: &[RemoteLtx], target: u64, name: &str, url: &str) -> Result<Vec<RemoteLtx>> {
+    let latest = files.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
+    if files.is_empty() {
+        return Err(Error::Restore(format!(
+            "no backups for '{name}' in {url}; check the name with `walsync list -b {url}`"
+        )));
+    }
+    if target == 0 || target > latest {
+        return Err(Error::Restore(format!(
+            "nothing to restore at TXID {} for '{name}': the replica holds TXIDs up to {} ({latest}); pick a TXID in that range",
+            target,
+            txid_hex(latest)
+        )));
+    }
+    let mut snapshots: Vec<&RemoteLtx> = files
+        .iter()
+        .filter(|f| f.id.min_txid == 1 && f.id.max_txid <= target)
+        .collect();
+    if snapshots.is_empty() {
+        let oldest = files
+            .iter()
+            .filter(|f| f.id.min_txid == 1)
+            .map(|f| f.id.max_txid)
+            .min();
+        return Err(Error::Restore(match oldest {
+            Some(t) => format!(
+                "nothing to restore at that point for '{name}' in {url}: the oldest snapshot is at TXID {} ({t}), after the target TXID {} ({target})",
+                txid_hex(t),
+                txid_hex(target)
+            ),
+            None => format!(
+                "nothing to restore for '{name}' in {url}: the replica holds no snapshot (no file starting at TXID 1); run `walsync snapshot` on the source"
+            ),
+        }));
+    }
+    // Newest first; for equal TXIDs the smaller object.
+    snapshots.sort_by_key(|f| (std::cmp::Reverse(f.id.max_txid), f.size, f.id.level));
+    let mut incrementals: Vec<&RemoteLtx> = files
+        .iter()
+        .filter(|f| f.id.min_txid > 1 && f.id.max_txid <= target)
+        .collect();
+    incrementals.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
+
+    for snap in &snapshots {
+        if let Some(chain) = chain_from(snap, &incrementals, target) {
+            return Ok(chain);
+        }
+    }
+    Err(explain_failure(files, snapshots[0], target, name, url))
+}
+
+/// Shortest chain (files, then bytes) from `snap` to `target`, if any.
+fn chain_from(
+    snap: &RemoteLtx,
+    incrementals: &[&RemoteLtx],
+    target: u64,
+) -> Option<Vec<RemoteLtx>> {
+    // best[boundary] = (files, bytes, index of the file that reached it)
+    let mut best: HashMap<u64, (u64, u64, Option<usize>)> = HashMap::new();
+    best.insert(snap.id.max_txid, (1, snap.size, None));
+    // Sorted by min TXID: every file ending at `min - 1` is processed before
+    // any file starting at `min`, so best[min - 1] is final when used.
+    for (i, f) in incrementals.iter().enumerate() {
+        if f.id.min_txid <= snap.id.max_txid {
+            continue;
+        }
+        let Some(&(n, bytes, _)) = best.get(&(f.id.min_txid - 1)) else {
+            continue;
+        };
+        let cand = (n + 1, bytes + f.size, Some(i));
+        let better = match best.get(&f.id.max_txid) {
+            Some(&(bn, bb, _)) => (cand.0, cand.1) < (bn, bb),
+            None => true,
+        };
+        if better {
+            best.insert(f.id.max_txid, cand);
+        }
+    }
+    best.get(&target)?;
+    let mut chain = Vec::new();
+    let mut at = target;
+    while let Some(&(_, _, Some(i))) = best.get(&at) {
+        let f = incrementals[i];
+        chain.push(f.clone());
+        at = f.id.min_txid - 1;
+    }
+    chain.push(snap.clone());
+    chain.reverse();
+    Some(chain)
+}
+
+/// Why no chain reaches `target` from the newest usable snapshot.
+fn explain_failure(
+    files: &[RemoteLtx],
+    snap: &RemoteLtx,
+    target: u64,
+    name: &str,
+    url: &str,
+) -> Error {
+    // Every boundary reachable from the snapshot (ignoring the target limit),
+    // with the file that reached it.
+    let mut all: Vec<&RemoteLtx> = files.iter().filter(|f| f.id.min_txid > 1).collect();
+    all.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
+    let mut reached: HashMap<u64, &RemoteLtx> = HashMap::new();
+    reached.insert(snap.id.max_txid, snap);
+    for f in &all {
+        if f.id.min_txid > snap.id.max_txid && reached.contains_key(&(f.id.min_txid - 1)) {
+            reached.entry(f.id.max_txid).or_insert(f);
+        }
+    }
+    // The target inside a compacted file that the chain can reach the start of.
+    if let Some(f) = all.iter().find(|f| {
+        f.id.min_txid <= target
+            && target < f.id.max_txid
+            && reached.contains_key(&(f.id.min_txid - 1))
+    }) {
+        return Error::Restore(format!(
+            "TXID {} of '{name}' cannot be restored exactly: it lies inside {} (TXIDs {}..{}), and no finer files remain; restore --txid {} or --txid {} instead",
+            txid_hex(target),
+            f.key,
+            txid_hex(f.id.min_txid),
+            txid_hex(f.id.max_txid),
+            f.id.min_txid - 1,
+            f.id.max_txid
+        ));
+    }
+    let (&last, last_file) = reached
+        .iter()
+        .filter(|(&b, _)| b < target)
+        .max_by_key(|(&b, _)| b)
+        .expect("the snapshot boundary is below the target");
+    let next = files
+        .iter()
+        .map(|f| f.id.min_txid)
+        .filter(|&m| m > last + 1)
+        .min();
+    let missing = match next {
+        Some(n) => format!(
+            "TXIDs {}..{} are missing; the next file starts at {}",
+            txid_hex(last + 1),
+            txid_hex(n - 1),
+            txid_hex(n)
+        ),
+        None => format!(
+            "TXIDs {}..{} are missing",
+            txid_hex(last + 1),
+            txid_hex(target)
+        ),
+    };
+    Error::Integrity(format!(
+        "gap in replica '{name}' ({url}): no file starts at TXID {} after {} ({missing}); restore an earlier state with --txid {last}, or take a new snapshot of the source with `walsync snapshot`",
+        txid_hex(last + 1),
+        last_file.key
+    ))
+}
+
+/// When the transaction `f.max_txid` was committed, in Unix milliseconds:
+/// from the object's timestamp metadata where walsync or Litestream stored
+/// one, else from the LTX header (a 100-byte range read).
+pub fn file_time_ms(storage: &dyn Storage, f: &RemoteLtx) -> Result<i64> {
+    let head = storage
+        .head(&f.key)?
+        .ok_or_else(|| missing(storage, &f.key))?;
+    // A file replica without walsync's sidecar reports the file's mtime,
+    // which is not the commit time: read the header then.
+    let trusted = !(storage.layout() == Layout::File && head.meta.sha256.is_none());
+    if trusted {
+        if let Some(ms) = head
+            .meta
+            .timestamp
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+        {
+            return Ok(ms);
+        }
+    }
+    Ok(read_header(storage, &f.key)?.timestamp_ms)
+}
+
+/// Reads and decodes the 100-byte LTX header of `key`.
+pub fn read_header(storage: &dyn Storage, key: &str) -> Result<Header> {
+    let bytes = storage
+        .get_range(key, 0, HEADER_SIZE as u64)?
+        .ok_or_else(|| missing(storage, key))?;
+    let arr: [u8; HEADER_SIZE] = bytes.as_slice().try_into().map_err(|_| {
+        Error::Integrity(format!(
+            "object {key} is {} bytes, shorter than an LTX header",
+            bytes.len()
+        ))
+    })?;
+    Header::decode(&arr).map_err(|e| e.context(format!("object {key}")))
+}
+
+fn missing(storage: &dyn Storage, key: &str) -> Error {
+    Error::Storage(format!(
+        "object {key} was listed in {} but is gone (deleted by retention or compaction while we read?); run the command again",
+        storage.describe()
+    ))
+}
+
+/// For each distinct max TXID (ascending), the file best describing when it
+/// was committed: the lowest level (level 0 is written at commit time; a
+/// snapshot may be taken much later).
+pub fn commit_points(files: &[RemoteLtx]) -> Vec<&RemoteLtx> {
+    let mut by_max: std::collections::BTreeMap<u64, &RemoteLtx> = Default::default();
+    for f in files {
+        by_max
+            .entry(f.id.max_txid)
+            .and_modify(|cur| {
+                if f.id.level < cur.id.level {
+                    *cur = f;
+                }
+            })
+            .or_insert(f);
+    }
+    by_max.into_values().collect()
+}
+
+/// The largest TXID committed at or before `at_ms`, found by binary search
+/// over the commit points (timestamps grow with TXIDs), reading one
+/// timestamp per probe. `None` when even the first point is later.
+pub fn txid_at_time(
+    storage: &dyn Storage,
+    points: &[&RemoteLtx],
+    at_ms: i64,
+) -> Result<Option<(u64, i64)>> {
+    let (mut lo, mut hi) = (0usize, points.len());
+    let mut found = None;
+    // Invariant: points[..lo] are at or before at_ms, points[hi..] after.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let ts = file_time_ms(storage, points[mid])?;
+        if ts <= at_ms {
+            found = Some((points[mid].id.max_txid, ts));
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LtxId;
+
+    fn f(level: u32, min: u64, max: u64) -> RemoteLtx {
+        RemoteLtx {
+            id: LtxId {
+                level,
+                min_txid: min,
+                max_txid: max,
+            },
+            key: format!("db/{level:04x}/{min:016x}-{max:016x}.ltx"),
+            size: if min == 1 { 1000 } else { 10 },
+        }
+    }
+
+    fn ids(chain: &[RemoteLtx]) -> Vec<(u32, u64, u64)> {
+        chain
+            .iter()
+            .map(|f| (f.id.level, f.id.min_txid, f.id.max_txid))
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_then_level0() {
+        let files = vec![
+            f(9, 1, 3),
+            f(0, 1, 1),
+            f(0, 2, 2),
+            f(0, 3, 3),
+            f(0, 4, 4),
+            f(0, 5, 5),
+        ];
+        let p = plan(&files, 5, "db", "file:///r").unwrap();
+        assert_eq!(ids(&p), vec![(9, 1, 3), (0, 4, 4), (0, 5, 5)]);
+        // Before the level-9 snapshot: the level-0 snapshot 1-1 and the chain.
+        let p = plan(&files, 2, "db", "file:///r").unwrap();
+        assert_eq!(ids(&p), vec![(0, 1, 1), (0, 2, 2)]);
+    }
+
+    #[test]
+    fn compacted_files_shorten_the_chain_and_fill_gaps() {
+        let files = vec![
+            f(9, 1, 2),
+            f(0, 3, 3),
+            f(0, 4, 4),
+            f(0, 6, 6),
+            f(1, 3, 6),
+            f(0, 7, 7),
+        ];
+        assert_eq!(
+            ids(&plan(&files, 7, "db", "u").unwrap()),
+            vec![(9, 1, 2), (1, 3, 6), (0, 7, 7)]
+        );
+        // TXID 4 is reachable through the level-0 files.
+        assert_eq!(
+            ids(&plan(&files, 4, "db", "u").unwrap()),
+            vec![(9, 1, 2), (0, 3, 3), (0, 4, 4)]
+        );
+        // TXID 5 only exists inside the compacted 3-6.
+        let e = plan(&files, 5, "db", "u").unwrap_err();
+        assert_eq!(e.exit_code(), 6, "{e}");
+        assert!(e.message().contains("inside"), "{e}");
+    }
+
+    #[test]
+    fn greedy_dead_end_is_avoided() {
+        // Going furthest first (3-6) leads nowhere; 3-4 then 5-8 does.
+        let files = vec![f(9, 1, 2), f(1, 3, 6), f(0, 3, 4), f(1, 5, 8)];
+        assert_eq!(
+            ids(&plan(&files, 8, "db", "u").unwrap()),
+            vec![(9, 1, 2), (0, 3, 4), (1, 5, 8)]
+        );
+    }
+
+    #[test]
+    fn gaps_are_named() {
+        let files = vec![f(9, 1, 2), f(0, 3, 3), f(0, 6, 6), f(0, 7, 7)];
+        let e = plan(&files, 7, "db", "u").unwrap_err();
+        assert_eq!(e.exit_code(), 5, "{e}");
+        let m = e.message();
+        assert!(m.contains("gap"), "{m}");
+        assert!(m.contains("0x0000000000000004"), "{m}");
+        assert!(
+            m.contains("db/0000/0000000000000003-0000000000000003.ltx"),
+            "{m}"
+        );
+        // Up to the gap still restores.
+        assert_eq!(plan(&files, 3, "db", "u").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn older_snapshot_bridges_a_gap_after_the_newest() {
+        // Newest snapshot 1-4 has no continuation; 1-2 + 3-6 reaches 6.
+        let files = vec![f(9, 1, 2), f(9, 1, 4), f(1, 3, 6)];
+        assert_eq!(
+            ids(&plan(&files, 6, "db", "u").unwrap()),
+            vec![(9, 1, 2), (1, 3, 6)]
+        );
+    }
+
+    #[test]
+    fn nothing_before_the_first_snapshot() {
+        let files = vec![f(9, 1, 5), f(0, 6, 6)];
+        let e = plan(&files, 3, "db", "u").unwrap_err();
+        assert_eq!(e.exit_code(), 6);
+        let e = plan(&files, 9, "db", "u").unwrap_err();
+        assert_eq!(e.exit_code(), 6);
+        let e = plan(&[f(0, 2, 2)], 2, "db", "u").unwrap_err();
+        assert_eq!(e.exit_code(), 6);
+        assert!(e.message().contains("no snapshot"), "{e}");
+    }
+
+    #[test]
+    fn commit_points_prefer_low_levels() {
+        let files = vec![f(9, 1, 3), f(0, 3, 3), f(0, 4, 4), f(1, 3, 4)];
+        let pts: Vec<(u32, u64)> = commit_points(&files)
+            .iter()
+            .map(|f| (f.id.level, f.id.max_txid))
+            .collect();
+        assert_eq!(pts, vec![(0, 3), (0, 4)]);
+    }
+}
