@@ -331,7 +331,7 @@ fn raise_open_files_limit(dbs: usize) -> Result<()> {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    if (lim.rlim_cur as u64) < needed {
+    if lim.rlim_cur < needed {
         return Err(Error::Usage(format!(
             "watching {dbs} databases needs about {needed} open files but the limit is {}; raise it (`ulimit -n {needed}`, or LimitNOFILE= in the systemd unit)",
             lim.rlim_cur

@@ -198,7 +198,10 @@ impl Shipper {
             .pagesums
             .xor_all_and_clean(saved.db_pages, saved.txid, lock)?;
         if ltx::checksum_flag(xor) != saved.db_checksum {
-            log(&self.name, "local page checksums do not match the saved state; taking a fresh snapshot");
+            log(
+                &self.name,
+                "local page checksums do not match the saved state; taking a fresh snapshot",
+            );
             return Ok(None);
         }
         let has_snapshot = remote.iter().any(|f| f.id.min_txid == 1);
@@ -236,7 +239,7 @@ impl Shipper {
             None => Some(self.build_full(BatchKind::Snapshot, now_ms)?),
             Some(_) if self.force_full => Some(self.build_full(BatchKind::Full, now_ms)?),
             Some(_) => match self.build_incremental(now_ms)? {
-                Incremental::Batch(b) => Some(b),
+                Incremental::Batch(b) => Some(*b),
                 Incremental::Reset => {
                     log(
                         &self.name,
@@ -333,13 +336,20 @@ impl Shipper {
     }
 
     /// TRUNCATE checkpoint (emergency size): needs the writer lock itself, so
-    /// no barrier; a commit that slipped in between is detected through
-    /// `data_version` and answered with a full copy.
+    /// no barrier. `data_version` is read once the long read transaction is
+    /// dropped (inside it the value would not move); commits that landed
+    /// before that are still in the WAL and are shipped next; a commit after
+    /// it may have been truncated away unseen, so it is answered with a full
+    /// copy.
     fn checkpoint_truncate(&mut self, now_ms: i64) -> Result<()> {
         if !self.ship_now(now_ms)? {
             return Ok(());
         }
+        self.source.end_read()?;
         let before = self.source.data_version()?;
+        if !self.ship_now(now_ms)? {
+            return self.begin_new_read();
+        }
         let (busy, _, _) = self.source.checkpoint("TRUNCATE")?;
         self.begin_new_read()?;
         self.note_checkpoint();
@@ -367,8 +377,8 @@ impl Shipper {
                 Ok(false)
             }
             Incremental::Batch(batch) => {
-                let stored = UploadRequest::from(&batch).upload(self.storage.as_ref());
-                self.pending = Some(batch);
+                let stored = UploadRequest::from(&*batch).upload(self.storage.as_ref());
+                self.pending = Some(*batch);
                 match stored {
                     Ok(()) => {
                         self.uploaded()?;
@@ -387,11 +397,7 @@ impl Shipper {
     /// Ships the WAL and stores a level-9 snapshot now, synchronously (the
     /// `snapshot` command). Returns the snapshot's id.
     pub fn snapshot_now(&mut self, now_ms: i64) -> Result<LtxId> {
-        loop {
-            let kind = match self.poll(now_ms)? {
-                Some(batch) => batch.kind,
-                None => break,
-            };
+        while let Some(kind) = self.poll(now_ms)?.map(|b| b.kind) {
             let id = self.store_pending()?;
             if kind == BatchKind::Snapshot {
                 return Ok(id);
@@ -455,24 +461,37 @@ impl Shipper {
         let Some(state) = self.state.clone() else {
             return Ok(Incremental::Nothing);
         };
-        let Some(wal_file) = self.open_wal()? else {
-            return Ok(if state.wal_offset == 0 || self.covers_read_mark {
-                Incremental::Nothing
-            } else {
-                Incremental::Reset
-            });
-        };
         let start = state.position();
-        let mut reader = match WalReader::resume(&wal_file, start)? {
+        let wal_file = self.open_wal()?;
+        let resumed = match &wal_file {
+            Some(f) => WalReader::resume(f, start)?,
+            None => Resume::Reset,
+        };
+        let mut reader = match resumed {
             Resume::Continue(r) => r,
-            Resume::Reset if state.wal_offset == 0 || self.covers_read_mark => {
-                // A restart SQLite could only make after backfilling all we shipped.
-                match WalReader::open(&wal_file)? {
+            Resume::Reset => {
+                // A WAL restart loses nothing when SQLite could only make it
+                // after backfilling all we shipped (see the module doc), or
+                // when the database file holds exactly the shipped state.
+                if !self.covers_read_mark {
+                    if !self.db_file_is_state(&state)? {
+                        return Ok(Incremental::Reset);
+                    }
+                    self.covers_read_mark = true;
+                }
+                match wal_file
+                    .as_ref()
+                    .map(WalReader::open)
+                    .transpose()?
+                    .flatten()
+                {
                     Some(r) => r,
                     None => return Ok(Incremental::Nothing),
                 }
             }
-            Resume::Reset => return Ok(Incremental::Reset),
+        };
+        let Some(wal_file) = wal_file.as_ref() else {
+            return Ok(Incremental::Nothing);
         };
         let header = *reader.header();
         let from = reader.position();
@@ -514,7 +533,7 @@ impl Shipper {
             if pgno == lock {
                 continue;
             }
-            wal::read_page(&wal_file, offset, self.page_size, &mut self.page)?;
+            wal::read_page(wal_file, offset, self.page_size, &mut self.page)?;
             let new = ltx::page_checksum(pgno, &self.page);
             let old = self.old_checksum(&state, pgno)?;
             xor ^= old ^ new;
@@ -527,7 +546,7 @@ impl Shipper {
             }
         }
         // The frames must still be the ones validated: a restart would change the salts.
-        if WalHeader::read(&wal_file)?.map(|h| (h.salt1, h.salt2))
+        if WalHeader::read(wal_file)?.map(|h| (h.salt1, h.salt2))
             != Some((header.salt1, header.salt2))
         {
             let _ = std::fs::remove_file(&spool);
@@ -549,7 +568,30 @@ impl Shipper {
             true,
             now_ms,
         )?;
-        Ok(Incremental::Batch(batch))
+        Ok(Incremental::Batch(Box::new(batch)))
+    }
+
+    /// Whether the database file alone holds exactly the shipped state (its
+    /// size and database checksum match). Reads the whole file; used only
+    /// when a WAL reset is found that walsync did not see happen.
+    fn db_file_is_state(&mut self, state: &LocalState) -> Result<bool> {
+        let path = self.source.path().to_path_buf();
+        let db_file = File::open(&path).db_io(|| format!("opening {}", path.display()))?;
+        let len = db_file
+            .metadata()
+            .db_io(|| format!("reading {}", path.display()))?
+            .len();
+        if len != u64::from(state.db_pages) * u64::from(self.page_size) {
+            return Ok(false);
+        }
+        let no_overlay = Overlay::default();
+        let lock = ltx::lock_pgno(self.page_size);
+        let mut xor = 0u64;
+        for pgno in (1..=state.db_pages).filter(|&p| p != lock) {
+            self.read_state_page(&db_file, None, &no_overlay, pgno)?;
+            xor ^= ltx::page_checksum(pgno, &self.page);
+        }
+        Ok(ltx::checksum_flag(xor) == state.db_checksum)
     }
 
     fn old_checksum(&self, state: &LocalState, pgno: u32) -> Result<u64> {
@@ -753,11 +795,12 @@ impl Shipper {
 enum Incremental {
     Nothing,
     Reset,
-    Batch(Batch),
+    Batch(Box<Batch>),
 }
 
 /// The newest frame of each page in the valid WAL (up to `until`, or to its
 /// end), the database size after the last commit and the end position.
+#[derive(Default)]
 struct Overlay {
     latest: BTreeMap<u32, u64>,
     db_pages: Option<u32>,

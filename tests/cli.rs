@@ -24,7 +24,11 @@ fn code(out: &std::process::Output) -> i32 {
 fn bundled_sqlite_is_new_enough() {
     // 3.51.3 fixed the WAL-reset corruption bug.
     let v = rusqlite::version_number();
-    assert!(v >= 3_051_003, "bundled SQLite {} is older than 3.51.3", rusqlite::version());
+    assert!(
+        v >= 3_051_003,
+        "bundled SQLite {} is older than 3.51.3",
+        rusqlite::version()
+    );
     let out = run(&["version"], &[]);
     assert_eq!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains(rusqlite::version()));
@@ -38,7 +42,10 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert_eq!(code(&out), 2, "{}", text(&out));
     let out = run(&["restore", "app"], &[]); // missing -o
     assert_eq!(code(&out), 2, "{}", text(&out));
-    let out = run(&["watch", "x.db", "-b", "s3://b", "--sync-interval", "soon"], &[]);
+    let out = run(
+        &["watch", "x.db", "-b", "s3://b", "--sync-interval", "soon"],
+        &[],
+    );
     assert_eq!(code(&out), 2, "{}", text(&out));
     let out = run(&["--help"], &[]);
     assert_eq!(code(&out), 0);
@@ -54,16 +61,35 @@ fn bad_urls_and_configs_exit_2() {
     let db = dir.path().join("a.db");
     create_db(&db, 4096);
     let db = db.to_str().unwrap();
-    for url in ["ftp://x/y", "s3://", "file://relative/path", "bucket-without-scheme"] {
+    for url in [
+        "ftp://x/y",
+        "s3://",
+        "file://relative/path",
+        "bucket-without-scheme",
+    ] {
         let out = run(&["watch", db, "-b", url], &[]);
         assert_eq!(code(&out), 2, "url {url}: {}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("s3://bucket"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("s3://bucket"),
+            "{}",
+            text(&out)
+        );
     }
     let out = run(&["watch", db], &[]);
     assert_eq!(code(&out), 2, "no bucket: {}", text(&out));
     let cfg = dir.path().join("walsync.toml");
     std::fs::write(&cfg, "[sync]\nsnapshot_intervl = 5\n").unwrap();
-    let out = run(&["watch", db, "-b", "file:///tmp/x", "--config", cfg.to_str().unwrap()], &[]);
+    let out = run(
+        &[
+            "watch",
+            db,
+            "-b",
+            "file:///tmp/x",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("snapshot_intervl"));
 }
@@ -74,17 +100,25 @@ fn non_wal_and_missing_databases_exit_3() {
     let replica = format!("file://{}/replica", dir.path().display());
     let rollback = dir.path().join("rollback.db");
     let conn = rusqlite::Connection::open(&rollback).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x);").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x);")
+        .unwrap();
     drop(conn);
     let out = run(&["watch", rollback.to_str().unwrap(), "-b", &replica], &[]);
     assert_eq!(code(&out), 3, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PRAGMA journal_mode=WAL"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PRAGMA journal_mode=WAL"),
+        "{}",
+        text(&out)
+    );
 
     let missing = dir.path().join("missing.db");
     let out = run(&["watch", missing.to_str().unwrap(), "-b", &replica], &[]);
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
-    let out = run(&["snapshot", missing.to_str().unwrap(), "-b", &replica], &[]);
+    let out = run(
+        &["snapshot", missing.to_str().unwrap(), "-b", &replica],
+        &[],
+    );
     assert_eq!(code(&out), 3, "{}", text(&out));
 
     let junk = dir.path().join("junk.db");
@@ -128,7 +162,11 @@ fn wrong_secret_and_dead_endpoint_exit_4_quickly_without_secrets() {
     let started = Instant::now();
     let out = run(&["watch", db, "-b", "s3://auth/x"], &env);
     assert_eq!(code(&out), 4, "{}", text(&out));
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

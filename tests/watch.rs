@@ -48,7 +48,11 @@ fn three_databases_mixed_workload_restore_byte_identical() {
     let a = dir.path().join("romneys/app.db");
     let b = dir.path().join("smiths/app.db");
     let c = dir.path().join("other/big.db");
-    let mut conns = vec![create_db(&a, 4096), create_db(&b, 65536), create_db(&c, 4096)];
+    let mut conns = vec![
+        create_db(&a, 4096),
+        create_db(&b, 65536),
+        create_db(&c, 4096),
+    ];
     let w = dest.watch(&[&a, &b, &c], &["--sync-interval", "100ms"]);
 
     // 1,000 transactions in all, of mixed sizes, spread over the three.
@@ -67,12 +71,14 @@ fn three_databases_mixed_workload_restore_byte_identical() {
         }
         if i == 700 {
             // Delete most rows, then VACUUM: the file shrinks.
-            conns[2].execute("DELETE FROM t WHERE id % 10 != 0", []).unwrap();
+            conns[2]
+                .execute("DELETE FROM t WHERE id % 10 != 0", [])
+                .unwrap();
             conns[2].execute_batch("VACUUM").unwrap();
         }
     }
     drop(conns);
-    let names = ["romneys/app", "smiths/app", "other/big"];
+    let names = ["romneys/app", "smiths/app", "big"];
     std::thread::sleep(Duration::from_millis(500));
     stop_clean(w);
     for (name, path) in names.iter().zip([&a, &b, &c]) {
@@ -152,7 +158,11 @@ fn kill_nine_twenty_times_resumes_without_snapshot_or_gap() {
     let files = dest.files("k");
     let snapshots: Vec<_> = files.iter().filter(|f| f.id.level == 9).collect();
     assert_eq!(snapshots.len(), 1, "only the first snapshot: {snapshots:?}");
-    let mut l0: Vec<u64> = files.iter().filter(|f| f.id.level == 0).map(|f| f.id.min_txid).collect();
+    let mut l0: Vec<u64> = files
+        .iter()
+        .filter(|f| f.id.level == 0)
+        .map(|f| f.id.min_txid)
+        .collect();
     l0.sort();
     let max = files.iter().map(|f| f.id.max_txid).max().unwrap();
     assert_eq!(l0, (2..=max).collect::<Vec<_>>(), "level 0 has no TXID gap");
@@ -166,19 +176,24 @@ fn application_checkpoints_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
     let mut conn = create_db(&db, 4096);
-    let w = dest.watch(&[&db], &["--sync-interval", "50ms", "--min-checkpoint-pages", "40"]);
+    let w = dest.watch(
+        &[&db],
+        &["--sync-interval", "50ms", "--min-checkpoint-pages", "40"],
+    );
     let started = Instant::now();
     for i in 0..600u64 {
         insert(&mut conn, 1, 1500, i);
-        match i % 50 {
-            10 => {
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-            }
-            35 => {
-                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())).unwrap();
-            }
-            _ => {}
-        }
+        let mode = match i % 50 {
+            10 => "TRUNCATE",
+            35 => "RESTART",
+            _ => continue,
+        };
+        // walsync's read lock makes these wait for the busy timeout and
+        // report busy (nothing else): keep the wait short.
+        conn.busy_timeout(Duration::from_millis(100)).unwrap();
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
     }
     drop(conn);
     assert!(started.elapsed() < Duration::from_secs(120));
@@ -197,7 +212,14 @@ fn own_checkpoints_under_a_hammering_writer() {
     // PASSIVE past 30 pages, TRUNCATE past 120: both paths run many times.
     let w = dest.watch(
         &[&db],
-        &["--sync-interval", "50ms", "--min-checkpoint-pages", "30", "--truncate-checkpoint-pages", "120"],
+        &[
+            "--sync-interval",
+            "50ms",
+            "--min-checkpoint-pages",
+            "30",
+            "--truncate-checkpoint-pages",
+            "120",
+        ],
     );
     let writers: Vec<_> = (0..2)
         .map(|t| {
@@ -215,9 +237,14 @@ fn own_checkpoints_under_a_hammering_writer() {
         wr.join().unwrap();
     }
     std::thread::sleep(Duration::from_millis(600));
-    let wal_len = std::fs::metadata(support::tmp_path(dir.path(), "h.db-wal")).map(|m| m.len()).unwrap_or(0);
+    let wal_len = std::fs::metadata(support::tmp_path(dir.path(), "h.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     stop_clean(w);
-    assert!(wal_len < 40 * 1024 * 1024, "walsync's checkpoints keep the WAL bounded ({wal_len} bytes)");
+    assert!(
+        wal_len < 40 * 1024 * 1024,
+        "walsync's checkpoints keep the WAL bounded ({wal_len} bytes)"
+    );
     restore_equals_source(&dest, "h", &db, dir.path());
 }
 
@@ -229,6 +256,7 @@ fn restart_after_clean_stop_resumes_without_snapshot() {
     let db = dir.path().join("r.db");
     let mut conn = create_db(&db, 4096);
     let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    dest.wait_for_txid("r", 1, Duration::from_secs(20));
     insert(&mut conn, 10, 100, 1);
     let t = dest.wait_for_txid("r", 2, Duration::from_secs(20));
     stop_clean(w);
@@ -240,4 +268,31 @@ fn restart_after_clean_stop_resumes_without_snapshot() {
     assert_eq!(snapshots, 1);
     drop(conn);
     restore_equals_source(&dest, "r", &db, dir.path());
+}
+
+#[test]
+fn changes_checkpointed_while_walsync_was_down_are_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("down.db");
+    let mut conn = create_db(&db, 4096);
+    insert(&mut conn, 10, 100, 1);
+    drop(conn); // the last connection checkpoints and removes the WAL
+    let out = dest.walsync(&["snapshot", db.to_str().unwrap(), "-b", &dest.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    // While walsync is not running, the app writes and closes again.
+    let mut conn = app_conn(&db);
+    insert(&mut conn, 50, 100, 2);
+    drop(conn);
+    let out = dest.walsync(&["snapshot", db.to_str().unwrap(), "-b", &dest.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = dir.path().join("restored.db");
+    let r = dest.restore("down", &restored, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(row_count(&restored), 60);
+    // And with nothing changed, a third run ships no full copy.
+    let before = dest.files("down").len();
+    let out = dest.walsync(&["snapshot", db.to_str().unwrap(), "-b", &dest.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dest.files("down").len(), before);
 }

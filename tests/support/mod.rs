@@ -44,7 +44,11 @@ impl Dest {
     }
 
     pub fn max_txid(&self, name: &str) -> u64 {
-        self.files(name).iter().map(|f| f.id.max_txid).max().unwrap_or(0)
+        self.files(name)
+            .iter()
+            .map(|f| f.id.max_txid)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Waits until the replica of `name` holds at least `txid`.
@@ -55,7 +59,10 @@ impl Dest {
             if max >= txid {
                 return max;
             }
-            assert!(Instant::now() < deadline, "replica of {name} stuck at TXID {max}, wanted {txid}");
+            assert!(
+                Instant::now() < deadline,
+                "replica of {name} stuck at TXID {max}, wanted {txid}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -87,7 +94,11 @@ impl Dest {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(if std::env::var_os("WALSYNC_TEST_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
             .spawn()
             .expect("start walsync watch");
         Watcher { child: Some(child) }
@@ -172,7 +183,8 @@ pub fn create_db(path: &Path, page_size: u32) -> Connection {
 /// An application connection to an existing database.
 pub fn app_conn(path: &Path) -> Connection {
     let conn = Connection::open(path).expect("open db");
-    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     conn
 }
 
@@ -180,15 +192,19 @@ pub fn app_conn(path: &Path) -> Connection {
 pub fn insert(conn: &mut Connection, rows: usize, size: usize, seed: u64) {
     let tx = conn.transaction().expect("begin");
     for i in 0..rows {
-        tx.execute("INSERT INTO t(body) VALUES (?1)", [noise(size, seed + i as u64)])
-            .expect("insert");
+        tx.execute(
+            "INSERT INTO t(body) VALUES (?1)",
+            [noise(size, seed + i as u64)],
+        )
+        .expect("insert");
     }
     tx.commit().expect("commit");
 }
 
 pub fn row_count(path: &Path) -> i64 {
     let conn = Connection::open(path).expect("open");
-    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count")
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("count")
 }
 
 /// Deterministic incompressible-ish bytes.
@@ -208,14 +224,23 @@ pub fn noise(size: usize, seed: u64) -> Vec<u8> {
 pub fn checkpoint_truncate(path: &Path) {
     let conn = app_conn(path);
     let (busy, _, _): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .expect("checkpoint");
-    assert_eq!(busy, 0, "TRUNCATE checkpoint of {} was busy", path.display());
+    assert_eq!(
+        busy,
+        0,
+        "TRUNCATE checkpoint of {} was busy",
+        path.display()
+    );
 }
 
 pub fn integrity_ok(path: &Path) {
     let conn = Connection::open(path).expect("open");
-    let r: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("check");
+    let r: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
     assert_eq!(r, "ok", "integrity_check of {}", path.display());
 }
 
@@ -223,7 +248,13 @@ pub fn integrity_ok(path: &Path) {
 pub fn assert_same_bytes(a: &Path, b: &Path) {
     let x = std::fs::read(a).expect("read a");
     let y = std::fs::read(b).expect("read b");
-    assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
     if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
         panic!("{} and {} differ at byte {i}", a.display(), b.display());
     }
