@@ -121,8 +121,7 @@ impl Watcher {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGINT);
         }
-        let out = wait_with_timeout(&mut child, Duration::from_secs(60));
-        out
+        wait_with_timeout(&mut child, Duration::from_secs(60))
     }
 
     /// SIGKILL, then waits.
