@@ -80,8 +80,56 @@ impl Source {
             self.reading = true;
             // Keep nothing cached: the connection exists to hold the lock.
             self.conn.release_memory()?;
+            self.unmap_wal_index();
         }
         Ok(())
+    }
+
+    /// Lets go of the pages of the WAL-index (`-shm`) mapping this
+    /// connection touched. SQLite maps the WAL-index in 32 KiB regions and the
+    /// kernel's fault-around makes a whole region resident on the first
+    /// access, so a thousand idle connections would hold 32 MB of mapped file
+    /// pages they never read again. `MADV_DONTNEED` on this shared file
+    /// mapping only drops our page-table entries (the data stays in the page
+    /// cache, shared with the application, and SQLite's next access faults
+    /// it back in); `MADV_RANDOM` keeps later faults to one page. Best effort:
+    /// any failure leaves the mapping as SQLite made it.
+    fn unmap_wal_index(&self) {
+        use rusqlite::ffi;
+        use std::ffi::c_void;
+        const REGION: usize = 32 * 1024;
+        // SAFETY: the handle is this connection's, used on this thread only;
+        // SQLITE_FCNTL_FILE_POINTER yields the main database's sqlite3_file
+        // (owned by SQLite, valid while the connection is open). xShmMap with
+        // bExtend = 0 returns an existing region's address (or null) without
+        // growing anything, and madvise only changes paging of that range.
+        unsafe {
+            let db = self.conn.handle();
+            let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+            let rc = ffi::sqlite3_file_control(
+                db,
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&mut file as *mut *mut ffi::sqlite3_file).cast::<c_void>(),
+            );
+            if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+                return;
+            }
+            let methods = &*(*file).pMethods;
+            let Some(shm_map) = methods.xShmMap.filter(|_| methods.iVersion >= 2) else {
+                return;
+            };
+            for region in 0..64 {
+                let mut addr: *mut c_void = std::ptr::null_mut();
+                if shm_map(file, region, REGION as i32, 0, &mut addr) != ffi::SQLITE_OK
+                    || addr.is_null()
+                {
+                    break;
+                }
+                libc::madvise(addr, REGION, libc::MADV_RANDOM);
+                libc::madvise(addr, REGION, libc::MADV_DONTNEED);
+            }
+        }
     }
 
     /// Ends the long read transaction.
