@@ -183,3 +183,75 @@ fn a_second_watcher_on_the_same_database_is_refused() {
     let (c, err) = first.stop();
     assert_eq!(c, 0, "{err}");
 }
+
+/// A replica on the S3 server with a snapshot and several level-0 files.
+fn s3_replica_with_history(server: &common::S3Server, dir: &std::path::Path) -> Dest {
+    let dest = Dest::s3(server, "damage", "p");
+    let db = dir.join("d.db");
+    let mut conn = create_db(&db, 4096);
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    let mut txid = dest.wait_for_txid("d", 1, Duration::from_secs(20));
+    for i in 0..5 {
+        insert(&mut conn, 3, 500, i);
+        txid = dest.wait_for_txid("d", txid + 1, Duration::from_secs(20));
+    }
+    let (c, err) = w.stop();
+    assert_eq!(c, 0, "{err}");
+    dest
+}
+
+fn assert_no_output_left(out: &std::path::Path) {
+    assert!(!out.exists(), "{} was left behind", out.display());
+    let tmp = out.with_file_name(format!("{}.tmp", out.file_name().unwrap().to_string_lossy()));
+    assert!(!tmp.exists(), "{} was left behind", tmp.display());
+}
+
+#[test]
+fn restore_errors_on_s3_name_the_object_and_leave_nothing() {
+    let server = common::S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = s3_replica_with_history(&server, dir.path());
+    let storage = dest.storage();
+    let files = dest.files("d");
+    let level0: Vec<_> = files.iter().filter(|f| f.id.level == 0).collect();
+    assert!(level0.len() >= 4, "{files:?}");
+
+    // The healthy replica restores; the output then exists (6 without --force).
+    let out = dir.path().join("out.db");
+    let r = dest.restore("d", &out, &[]);
+    assert_eq!(code(&r), 0, "{}", text(&r));
+    let r = dest.restore("d", &out, &[]);
+    assert_eq!(code(&r), 6, "{}", text(&r));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    // No backups under that name (6).
+    let r = dest.restore("nobody", &dir.path().join("n.db"), &[]);
+    assert_eq!(code(&r), 6, "{}", text(&r));
+
+    // One flipped byte in a stored level-0 object (metadata kept): 5.
+    let victim = level0[1];
+    let mut download = storage.get(&victim.key).unwrap().unwrap();
+    let meta = download.head.meta.clone();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut download.body, &mut body).unwrap();
+    let mut bad = body.clone();
+    bad[body.len() / 2] ^= 0x10;
+    storage
+        .put(&victim.key, &mut std::io::Cursor::new(bad), body.len() as u64, &meta)
+        .unwrap();
+    let out2 = dir.path().join("out2.db");
+    let r = dest.restore("d", &out2, &[]);
+    assert_eq!(code(&r), 5, "{}", text(&r));
+    assert!(String::from_utf8_lossy(&r.stderr).contains(&victim.key), "{}", text(&r));
+    assert_no_output_left(&out2);
+    storage
+        .put(&victim.key, &mut std::io::Cursor::new(body.clone()), body.len() as u64, &meta)
+        .unwrap();
+
+    // A missing middle level-0 file with no covering compaction: named gap.
+    storage.delete(&level0[2].key).unwrap();
+    let r = dest.restore("d", &out2, &[]);
+    assert!(matches!(code(&r), 5 | 6), "{}", text(&r));
+    let missing = format!("{:016x}", level0[2].id.min_txid);
+    assert!(String::from_utf8_lossy(&r.stderr).contains(&missing), "{}", text(&r));
+    assert_no_output_left(&out2);
+}
