@@ -202,7 +202,10 @@ fn s3_replica_with_history(server: &common::S3Server, dir: &std::path::Path) -> 
 
 fn assert_no_output_left(out: &std::path::Path) {
     assert!(!out.exists(), "{} was left behind", out.display());
-    let tmp = out.with_file_name(format!("{}.tmp", out.file_name().unwrap().to_string_lossy()));
+    let tmp = out.with_file_name(format!(
+        "{}.tmp",
+        out.file_name().unwrap().to_string_lossy()
+    ));
     assert!(!tmp.exists(), "{} was left behind", tmp.display());
 }
 
@@ -236,15 +239,29 @@ fn restore_errors_on_s3_name_the_object_and_leave_nothing() {
     let mut bad = body.clone();
     bad[body.len() / 2] ^= 0x10;
     storage
-        .put(&victim.key, &mut std::io::Cursor::new(bad), body.len() as u64, &meta)
+        .put(
+            &victim.key,
+            &mut std::io::Cursor::new(bad),
+            body.len() as u64,
+            &meta,
+        )
         .unwrap();
     let out2 = dir.path().join("out2.db");
     let r = dest.restore("d", &out2, &[]);
     assert_eq!(code(&r), 5, "{}", text(&r));
-    assert!(String::from_utf8_lossy(&r.stderr).contains(&victim.key), "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains(&victim.key),
+        "{}",
+        text(&r)
+    );
     assert_no_output_left(&out2);
     storage
-        .put(&victim.key, &mut std::io::Cursor::new(body.clone()), body.len() as u64, &meta)
+        .put(
+            &victim.key,
+            &mut std::io::Cursor::new(body.clone()),
+            body.len() as u64,
+            &meta,
+        )
         .unwrap();
 
     // A missing middle level-0 file with no covering compaction: named gap.
@@ -252,6 +269,10 @@ fn restore_errors_on_s3_name_the_object_and_leave_nothing() {
     let r = dest.restore("d", &out2, &[]);
     assert!(matches!(code(&r), 5 | 6), "{}", text(&r));
     let missing = format!("{:016x}", level0[2].id.min_txid);
-    assert!(String::from_utf8_lossy(&r.stderr).contains(&missing), "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains(&missing),
+        "{}",
+        text(&r)
+    );
     assert_no_output_left(&out2);
 }

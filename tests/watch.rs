@@ -296,3 +296,81 @@ fn changes_checkpointed_while_walsync_was_down_are_shipped() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(dest.files("down").len(), before);
 }
+
+#[test]
+fn config_file_globs_and_names() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "cfg", "");
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = ["acme", "globex"];
+    let mut conns: Vec<_> = tenants
+        .iter()
+        .map(|t| create_db(&dir.path().join(t).join("app.db"), 4096))
+        .collect();
+    let main = dir.path().join("main.db");
+    let mut main_conn = create_db(&main, 4096);
+    let cfg = dir.path().join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[s3]\nbucket = \"{}\"\n[sync]\nsync_interval = \"50ms\"\n\
+             [[databases]]\npath = \"{}/*/app.db\"\n\
+             [[databases]]\npath = \"{}\"\nname = \"primary\"\n",
+            dest.url,
+            dir.path().display(),
+            main.display()
+        ),
+    )
+    .unwrap();
+    let w = dest.watch(&[], &["--config", cfg.to_str().unwrap()]);
+    for name in ["acme/app", "globex/app", "primary"] {
+        dest.wait_for_txid(name, 1, Duration::from_secs(20));
+    }
+    insert(&mut conns[1], 2, 100, 1);
+    insert(&mut main_conn, 2, 100, 2);
+    dest.wait_for_txid("globex/app", 2, Duration::from_secs(20));
+    dest.wait_for_txid("primary", 2, Duration::from_secs(20));
+    stop_clean(w);
+    conns.clear();
+    drop(main_conn);
+    restore_equals_source(&dest, "primary", &main, dir.path());
+    restore_equals_source(
+        &dest,
+        "globex/app",
+        &dir.path().join("globex/app.db"),
+        dir.path(),
+    );
+}
+
+#[test]
+fn one_failing_database_does_not_stop_the_others() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "isolate", "i");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.db");
+    let bad = dir.path().join("bad.db");
+    let mut good_conn = create_db(&good, 4096);
+    let mut bad_conn = create_db(&bad, 4096);
+    let w = dest.watch(&[&good, &bad], &["--sync-interval", "50ms"]);
+    dest.wait_for_txid("good", 1, Duration::from_secs(20));
+    dest.wait_for_txid("bad", 1, Duration::from_secs(20));
+    // Take away bad.db's local state folder: its spool files cannot be written.
+    std::fs::remove_dir_all(dir.path().join(".bad.db-walsync")).unwrap();
+    std::fs::write(dir.path().join(".bad.db-walsync"), b"not a folder").unwrap();
+    insert(&mut bad_conn, 1, 100, 1);
+    for i in 0..5 {
+        insert(&mut good_conn, 1, 100, i);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = dest.wait_for_txid("good", 6, Duration::from_secs(20));
+    assert!(t >= 6);
+    assert_eq!(dest.max_txid("bad"), 1, "bad.db cannot ship");
+    let (code, err) = w.stop();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("bad"),
+        "the failure is logged with the database name: {err}"
+    );
+    drop(good_conn);
+    restore_equals_source(&dest, "good", &good, dir.path());
+}
