@@ -258,14 +258,15 @@ impl Poller {
             }
             let s = &mut self.shippers[db];
             self.next_poll[db] = now + s.settings().sync_interval;
+            // A checkpoint ships what it needs itself, under its barrier; it is
+            // tried before polling so a database that is never idle gets one.
+            if let Err(e) = s.maybe_checkpoint(now_ms) {
+                shipper::log(&s.name, &format!("checkpoint: {e}"));
+            }
             let built = s.poll(now_ms).map(|b| b.map(shipper::UploadRequest::from));
             match built {
                 Ok(Some(req)) => self.send(db, req),
-                Ok(None) => {
-                    if let Err(e) = s.maybe_checkpoint(now_ms) {
-                        shipper::log(&s.name, &format!("checkpoint: {e}"));
-                    }
-                }
+                Ok(None) => {}
                 Err(e) => {
                     shipper::log(&s.name, &format!("{e}; will try again"));
                     self.next_poll[db] =

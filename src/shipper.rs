@@ -238,19 +238,25 @@ impl Shipper {
         let batch = match &self.state {
             None => Some(self.build_full(BatchKind::Snapshot, now_ms)?),
             Some(_) if self.force_full => Some(self.build_full(BatchKind::Full, now_ms)?),
-            Some(_) => match self.build_incremental(now_ms)? {
-                Incremental::Batch(b) => Some(*b),
-                Incremental::Reset => {
-                    log(
-                        &self.name,
-                        "the WAL was reset by another process; shipping a full copy",
-                    );
-                    Some(self.build_full(BatchKind::Full, now_ms)?)
-                }
-                Incremental::Nothing => {
-                    self.covers_read_mark = true;
-                    self.periodic_snapshot(now_ms)?
-                }
+            // A due snapshot goes first, so a busy database still gets one:
+            // it is taken at the shipped position, and whatever the WAL holds
+            // beyond it is shipped by the next poll.
+            Some(_) => match self.periodic_snapshot(now_ms)? {
+                Some(snapshot) => Some(snapshot),
+                None => match self.build_incremental(now_ms)? {
+                    Incremental::Batch(b) => Some(*b),
+                    Incremental::Reset => {
+                        log(
+                            &self.name,
+                            "the WAL was reset by another process; shipping a full copy",
+                        );
+                        Some(self.build_full(BatchKind::Full, now_ms)?)
+                    }
+                    Incremental::Nothing => {
+                        self.covers_read_mark = true;
+                        None
+                    }
+                },
             },
         };
         self.pending = batch;

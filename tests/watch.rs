@@ -374,3 +374,51 @@ fn one_failing_database_does_not_stop_the_others() {
     drop(good_conn);
     restore_equals_source(&dest, "good", &good, dir.path());
 }
+
+#[test]
+fn a_never_idle_database_still_gets_snapshots_and_checkpoints() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "busy", "b");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("busy.db");
+    let mut conn = create_db(&db, 4096);
+    let w = dest.watch(
+        &[&db],
+        &[
+            "--sync-interval",
+            "100ms",
+            "--snapshot-interval",
+            "1s",
+            "--min-checkpoint-pages",
+            "50",
+        ],
+    );
+    dest.wait_for_txid("busy", 1, Duration::from_secs(20));
+    let started = Instant::now();
+    let mut i = 0;
+    let mut biggest_wal = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        insert(&mut conn, 1, 3000, i); // a commit every ~10 ms: no poll finds the WAL idle
+        i += 1;
+        std::thread::sleep(Duration::from_millis(10));
+        let wal = std::fs::metadata(dir.path().join("busy.db-wal")).map_or(0, |m| m.len());
+        biggest_wal = biggest_wal.max(wal);
+    }
+    stop_clean(w);
+    let snapshots = dest
+        .files("busy")
+        .iter()
+        .filter(|f| f.id.level == 9)
+        .count();
+    assert!(
+        snapshots >= 3,
+        "periodic snapshots under constant writes: {snapshots}"
+    );
+    // 50 pages of 4 KiB plus what lands during one interval.
+    assert!(
+        biggest_wal < 4 * 1024 * 1024,
+        "WAL grew to {biggest_wal} bytes"
+    );
+    drop(conn);
+    restore_equals_source(&dest, "busy", &db, dir.path());
+}
