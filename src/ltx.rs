@@ -489,6 +489,40 @@ enum EncState {
     Failed,
 }
 
+/// The rules every stored page number follows, for the encoder and the
+/// decoder alike: 1..=commit, never the lock page, strictly increasing, and
+/// without holes in a snapshot.
+fn check_pgno(h: &Header, prev_pgno: u32, pgno: u32) -> std::result::Result<(), String> {
+    if pgno == 0 {
+        return Err("page number 0".into());
+    }
+    if pgno > h.commit {
+        return Err(format!(
+            "page {pgno} is beyond the commit size {}",
+            h.commit
+        ));
+    }
+    if pgno == h.lock_pgno() {
+        return Err(format!(
+            "page {pgno} is the lock page, which is never stored"
+        ));
+    }
+    if pgno <= prev_pgno {
+        return Err(format!(
+            "LTX page {pgno} out of order after page {prev_pgno}"
+        ));
+    }
+    if h.is_snapshot() {
+        let want = next_snapshot_pgno(prev_pgno, h.lock_pgno());
+        if pgno != want {
+            return Err(format!(
+                "snapshot skips from page {prev_pgno} to page {pgno}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Streaming LTX writer. Writes the header on [`Encoder::new`], one page
 /// frame per [`Encoder::write_page`] (LZ4 block format, flag
 /// [`PAGE_FLAG_SIZE`]), and the page index and trailer on
@@ -588,15 +622,6 @@ impl<W: Write> Encoder<W> {
 
     fn check_page(&self, pgno: u32, page: &[u8]) -> std::result::Result<(), String> {
         let h = &self.header;
-        if pgno == 0 {
-            return Err("page number 0".into());
-        }
-        if pgno > h.commit {
-            return Err(format!("page {pgno} beyond commit size {}", h.commit));
-        }
-        if pgno == h.lock_pgno() {
-            return Err(format!("page {pgno} is the lock page"));
-        }
         if page.len() != h.page_size as usize {
             return Err(format!(
                 "page {pgno} is {} bytes, page size is {}",
@@ -604,22 +629,7 @@ impl<W: Write> Encoder<W> {
                 h.page_size
             ));
         }
-        if pgno <= self.prev_pgno {
-            return Err(format!(
-                "page {pgno} out of order after page {}",
-                self.prev_pgno
-            ));
-        }
-        if h.is_snapshot() {
-            let want = next_snapshot_pgno(self.prev_pgno, h.lock_pgno());
-            if pgno != want {
-                return Err(format!(
-                    "snapshot skips from page {} to {pgno}",
-                    self.prev_pgno
-                ));
-            }
-        }
-        Ok(())
+        check_pgno(h, self.prev_pgno, pgno)
     }
 
     /// Ends the page block, writes the page index and the trailer, flushes,
@@ -842,47 +852,17 @@ impl<R: Read> Decoder<R> {
     }
 
     fn check_page_header(&self, pgno: u32, flags: u16, offset: u64) -> Result<()> {
-        let h = &self.header;
         let bad = |m: String| {
             Err(Error::Integrity(format!(
                 "LTX page header at byte {offset}: {m}"
             )))
         };
-        if pgno == 0 {
-            return bad(format!("page number 0 with flags 0x{flags:04x}"));
-        }
         if flags & !PAGE_FLAG_SIZE != 0 {
             return bad(format!(
                 "page {pgno} has unknown flags 0x{flags:04x} (corrupt, or written by a newer LTX version)"
             ));
         }
-        if pgno > h.commit {
-            return bad(format!(
-                "page {pgno} is beyond the commit size {}",
-                h.commit
-            ));
-        }
-        if pgno == h.lock_pgno() {
-            return bad(format!(
-                "page {pgno} is the lock page, which is never stored"
-            ));
-        }
-        if pgno <= self.prev_pgno {
-            return bad(format!(
-                "LTX page {pgno} out of order after page {}",
-                self.prev_pgno
-            ));
-        }
-        if h.is_snapshot() {
-            let want = next_snapshot_pgno(self.prev_pgno, h.lock_pgno());
-            if pgno != want {
-                return bad(format!(
-                    "snapshot skips from page {} to page {pgno}",
-                    self.prev_pgno
-                ));
-            }
-        }
-        Ok(())
+        check_pgno(&self.header, self.prev_pgno, pgno).or_else(bad)
     }
 
     /// Block format: `size u32` (hashed) then an LZ4 block of `size` bytes

@@ -924,7 +924,7 @@ fn encoder_rejects_misuse() {
     enc.write_page(1, &pages[0].1).unwrap();
     other(enc.write_page(1, &pages[0].1), "out of order");
     other(enc.write_page(2, &pages[1].1[..100]), "page size");
-    other(enc.write_page(5, &pages[1].1), "beyond commit");
+    other(enc.write_page(5, &pages[1].1), "beyond the commit size");
     other(
         enc.finish(pages_checksum(&pages)).map(|_| ()),
         "ends at page 1",
