@@ -219,11 +219,11 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
         &chain,
         &dl_dir,
         opts.parallelism.max(1),
-        |f, path| {
+        |f, path, db_checksums| {
             check_interrupted()?;
             let size = fs::metadata(path).map(|m| m.len()).unwrap_or(f.size);
             applier
-                .apply(f, path)
+                .apply(f, path, db_checksums)
                 .map_err(|e| e.context(format!("restoring '{name}' from {url}")))?;
             progress.file_done(size);
             Ok(())
@@ -274,7 +274,7 @@ fn fetch_and_apply(
     chain: &[RemoteLtx],
     dir: &Path,
     parallelism: usize,
-    mut apply: impl FnMut(&RemoteLtx, &Path) -> Result<()>,
+    mut apply: impl FnMut(&RemoteLtx, &Path, Option<(u64, u64)>) -> Result<()>,
 ) -> Result<()> {
     let n = chain.len();
     let workers = parallelism.min(n).max(1);
@@ -282,7 +282,7 @@ fn fetch_and_apply(
     let path_of = |i: usize| dir.join(format!("{i:08}.ltx"));
     std::thread::scope(|s| {
         let (job_tx, job_rx) = bounded::<usize>(parallelism);
-        let (res_tx, res_rx) = unbounded::<(usize, Result<()>)>();
+        let (res_tx, res_rx) = unbounded::<(usize, Result<Option<(u64, u64)>>)>();
         for _ in 0..workers {
             let job_rx = job_rx.clone();
             let res_tx = res_tx.clone();
@@ -311,7 +311,7 @@ fn fetch_and_apply(
                     .map_err(|_| Error::Other("download workers stopped".into()))?;
                 next += 1;
             }
-            let mut ready: BTreeMap<usize, Result<()>> = BTreeMap::new();
+            let mut ready: BTreeMap<usize, Result<Option<(u64, u64)>>> = BTreeMap::new();
             for (i, f) in chain.iter().enumerate() {
                 let r = loop {
                     if let Some(r) = ready.remove(&i) {
@@ -328,9 +328,9 @@ fn fetch_and_apply(
                         }
                     }
                 };
-                r?;
+                let db_checksums = r?;
                 let path = path_of(i);
-                apply(f, &path)?;
+                apply(f, &path, db_checksums)?;
                 let _ = fs::remove_file(&path);
                 if next < n {
                     job_tx
@@ -361,8 +361,14 @@ fn damaged_hint(f: &RemoteLtx) -> String {
     }
 }
 
-/// Streams one object into `dest`, checking its length and SHA-256.
-fn download(storage: &dyn Storage, f: &RemoteLtx, dest: &Path, cancel: &AtomicBool) -> Result<()> {
+/// Streams one object into `dest`, checking its length and SHA-256; returns
+/// the database checksums its metadata carries (walsync's files), if any.
+fn download(
+    storage: &dyn Storage,
+    f: &RemoteLtx,
+    dest: &Path,
+    cancel: &AtomicBool,
+) -> Result<Option<(u64, u64)>> {
     let dl = storage.get(&f.key)?.ok_or_else(|| {
         Error::Storage(format!(
             "object {} was listed in {} but is gone (deleted by retention or compaction?); run the restore again",
@@ -412,7 +418,7 @@ fn download(storage: &dyn Storage, f: &RemoteLtx, dest: &Path, cancel: &AtomicBo
             )));
         }
     }
-    Ok(())
+    Ok(dl.head.meta.parsed_db_checksums())
 }
 
 /// Applies LTX files to the output file in order, tracking the database
@@ -470,7 +476,15 @@ impl Applier {
         }
     }
 
-    fn apply(&mut self, f: &RemoteLtx, path: &Path) -> Result<()> {
+    /// Applies one file. Its expected database checksums come from the LTX
+    /// header and trailer, or, for files written with the NoChecksum flag
+    /// (Litestream compatibility), from walsync's object metadata when present.
+    fn apply(
+        &mut self,
+        f: &RemoteLtx,
+        path: &Path,
+        meta_checksums: Option<(u64, u64)>,
+    ) -> Result<()> {
         let key = &f.key;
         let ctx = |e: Error| e.context(format!("object {key}"));
         let src = File::open(path).local_io(|| format!("opening {}", path.display()))?;
@@ -500,12 +514,18 @@ impl Applier {
                 "object {key}: a restore must start with a snapshot and continue with incremental files"
             )));
         }
-        let checked = !h.no_checksum();
-        if checked && !self.first && h.pre_apply_checksum != self.checksum {
-            return Err(Error::Integrity(format!(
-                "restored bytes differ from the source's before {key}: its pre-apply checksum is {:016x}, the restored database's is {:016x}; the files before it do not lead to its starting state",
-                h.pre_apply_checksum, self.checksum
-            )));
+        let expected = if h.no_checksum() {
+            meta_checksums
+        } else {
+            Some((h.pre_apply_checksum, 0))
+        };
+        if let Some((pre, _)) = expected.filter(|_| !self.first) {
+            if pre != self.checksum {
+                return Err(Error::Integrity(format!(
+                    "restored bytes differ from the source's before {key}: its pre-apply checksum is {pre:016x}, the restored database's is {:016x}; the files before it do not lead to its starting state",
+                    self.checksum
+                )));
+            }
         }
         let lock = h.lock_pgno();
         let old_pages = self.pages;
@@ -549,10 +569,15 @@ impl Applier {
             .local_io(|| "resizing the restored file".to_string())?;
         self.pages = h.commit;
         self.first = false;
-        if checked && trailer.post_apply_checksum != self.checksum {
+        let post = match expected {
+            None => None,
+            Some(_) if !h.no_checksum() => Some(trailer.post_apply_checksum),
+            Some((_, post)) => Some(post),
+        };
+        if let Some(post) = post.filter(|&p| p != self.checksum) {
             return Err(Error::Integrity(format!(
-                "restored bytes differ from the source's after {key}: its post-apply checksum is {:016x}, the restored database's is {:016x}",
-                trailer.post_apply_checksum, self.checksum
+                "restored bytes differ from the source's after {key}: its post-apply checksum is {post:016x}, the restored database's is {:016x}",
+                self.checksum
             )));
         }
         Ok(())

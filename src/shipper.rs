@@ -526,7 +526,7 @@ impl Shipper {
             min_txid: txid,
             max_txid: txid,
         };
-        let mut hdr = self.header(id, db_pages, state.db_checksum, now_ms);
+        let mut hdr = self.header(id, db_pages, now_ms);
         hdr.wal_offset = from.offset;
         hdr.wal_size = end.offset - from.offset;
         hdr.wal_salt1 = header.salt1;
@@ -559,6 +559,7 @@ impl Shipper {
             return Ok(Incremental::Reset);
         }
         let post = ltx::checksum_flag(xor);
+        let state_pre = state.db_checksum;
         let mut new_state = state;
         new_state.txid = txid;
         new_state.db_pages = db_pages;
@@ -567,7 +568,7 @@ impl Shipper {
         let batch = self.finish(
             BatchKind::Incremental,
             enc,
-            post,
+            state_pre,
             id,
             spool,
             new_state,
@@ -674,7 +675,7 @@ impl Shipper {
         let spool = self.spool_path(id);
         let mut enc = Encoder::new(
             HashingWriter::new(BufWriter::new(create(&spool)?)),
-            self.header(id, db_pages, pre, now_ms),
+            self.header(id, db_pages, now_ms),
         )?;
         let lock = ltx::lock_pgno(self.page_size);
         let mut xor = 0u64;
@@ -716,7 +717,7 @@ impl Shipper {
                 checksum: (0, 0),
             }));
         }
-        self.finish(kind, enc, post, id, spool, new_state, !periodic, now_ms)
+        self.finish(kind, enc, pre, id, spool, new_state, !periodic, now_ms)
     }
 
     /// Reads page `pgno` of the state into `self.page`.
@@ -746,15 +747,22 @@ impl Shipper {
         Ok(())
     }
 
-    fn header(&self, id: LtxId, commit: u32, pre: u64, now_ms: i64) -> Header {
+    /// The header of a file walsync writes. Files carry the NoChecksum flag,
+    /// like Litestream's: `litestream restore` 0.5.17 merges its restore plan
+    /// through a compactor that writes NoChecksum output but copies the last
+    /// input's post-apply checksum into it, so it refuses ("post-apply
+    /// checksum not allowed") any replica whose files carry checksums.
+    /// walsync's database checksums travel in the object metadata instead
+    /// (`x-amz-meta-walsync-checksums`), where its restore and verify check
+    /// them and Litestream does not look.
+    fn header(&self, id: LtxId, commit: u32, now_ms: i64) -> Header {
         Header {
-            flags: 0,
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
             page_size: self.page_size,
             commit,
             min_txid: id.min_txid,
             max_txid: id.max_txid,
             timestamp_ms: now_ms,
-            pre_apply_checksum: if id.min_txid == 1 { 0 } else { pre },
             ..Header::default()
         }
     }
@@ -769,14 +777,14 @@ impl Shipper {
         &self,
         kind: BatchKind,
         enc: Encoder<HashingWriter<BufWriter<File>>>,
-        post: u64,
+        pre: u64,
         id: LtxId,
         spool: PathBuf,
         new_state: LocalState,
         reached_wal_end: bool,
         timestamp_ms: i64,
     ) -> Result<Batch> {
-        let (_, hashing) = enc.finish(post)?;
+        let (_, hashing) = enc.finish(0)?;
         let (buffered, sha256, len) = hashing.finish();
         buffered
             .into_inner()
@@ -790,6 +798,7 @@ impl Shipper {
             meta: ObjectMeta {
                 sha256: Some(sha256),
                 timestamp: Some(fsutil::rfc3339_ms(timestamp_ms)),
+                db_checksums: Some(ObjectMeta::encode_db_checksums(pre, new_state.db_checksum)),
             },
             new_state,
             read_epoch: self.read_epoch,

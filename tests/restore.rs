@@ -690,6 +690,7 @@ mod built {
             let meta = ObjectMeta {
                 sha256: (!litestream).then(|| walsync::fsutil::hex(&Sha256::digest(&body))),
                 timestamp: None,
+                db_checksums: None,
             };
             let len = body.len() as u64;
             self.storage

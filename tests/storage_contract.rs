@@ -53,6 +53,10 @@ fn meta_for(data: &[u8], ts: &str) -> ObjectMeta {
     ObjectMeta {
         sha256: Some(sha256_hex(data)),
         timestamp: Some(ts.to_string()),
+        db_checksums: Some(ObjectMeta::encode_db_checksums(
+            data.len() as u64,
+            0x8000_0000_0000_00ff,
+        )),
     }
 }
 

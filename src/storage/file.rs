@@ -35,6 +35,8 @@ pub struct FileStorage {
 struct Sidecar {
     sha256: Option<String>,
     timestamp: Option<String>,
+    #[serde(default)]
+    db_checksums: Option<String>,
     size: u64,
 }
 
@@ -196,9 +198,11 @@ impl FileStorage {
             Some(s) => ObjectMeta {
                 sha256: s.sha256,
                 timestamp: s.timestamp,
+                db_checksums: s.db_checksums,
             },
             None => ObjectMeta {
                 sha256: None,
+                db_checksums: None,
                 timestamp: md
                     .modified()
                     .ok()
@@ -297,6 +301,7 @@ impl Storage for FileStorage {
         let sidecar = Sidecar {
             sha256: meta.sha256.clone(),
             timestamp: meta.timestamp.clone(),
+            db_checksums: meta.db_checksums.clone(),
             size: len,
         };
         let json = serde_json::to_vec(&sidecar)

@@ -18,6 +18,51 @@ pub struct ObjectMeta {
     pub sha256: Option<String>,
     /// RFC 3339 timestamp (`x-amz-meta-litestream-timestamp`), when known.
     pub timestamp: Option<String>,
+    /// walsync's database checksums before and after applying this LTX file
+    /// (`x-amz-meta-walsync-checksums`, `<pre hex>-<post hex>`), when known.
+    pub db_checksums: Option<String>,
+}
+
+/// S3 metadata header names, in the order they are sent.
+pub const META_SHA256: &str = "x-amz-meta-sha256";
+pub const META_TIMESTAMP: &str = "x-amz-meta-litestream-timestamp";
+pub const META_DB_CHECKSUMS: &str = "x-amz-meta-walsync-checksums";
+
+impl ObjectMeta {
+    /// The metadata that is set, as (header name, value) pairs.
+    pub fn headers(&self) -> Vec<(&'static str, &str)> {
+        [
+            (META_SHA256, &self.sha256),
+            (META_TIMESTAMP, &self.timestamp),
+            (META_DB_CHECKSUMS, &self.db_checksums),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+        .collect()
+    }
+
+    /// Metadata read back through `header(name)`.
+    pub fn from_headers(header: impl Fn(&str) -> Option<String>) -> ObjectMeta {
+        ObjectMeta {
+            sha256: header(META_SHA256),
+            timestamp: header(META_TIMESTAMP),
+            db_checksums: header(META_DB_CHECKSUMS),
+        }
+    }
+
+    /// Encodes database checksums for [`ObjectMeta::db_checksums`].
+    pub fn encode_db_checksums(pre: u64, post: u64) -> String {
+        format!("{pre:016x}-{post:016x}")
+    }
+
+    /// The (pre, post) database checksums, when present and well formed.
+    pub fn parsed_db_checksums(&self) -> Option<(u64, u64)> {
+        let (pre, post) = self.db_checksums.as_deref()?.split_once('-')?;
+        Some((
+            u64::from_str_radix(pre, 16).ok()?,
+            u64::from_str_radix(post, 16).ok()?,
+        ))
+    }
 }
 
 /// What a HEAD or a GET says about an object.

@@ -6,6 +6,8 @@
 //! from the request URL, which carries the signature and the access key.
 
 use super::{Download, Layout, ListedObject, ObjectHead, ObjectMeta, ReadSeek, Storage};
+#[cfg(test)]
+use super::{META_SHA256, META_TIMESTAMP};
 use crate::error::{Error, Result};
 use rusty_s3::actions::{DeleteObject, GetObject, HeadObject, ListObjectsV2, PutObject};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -35,9 +37,6 @@ const UNREACHABLE_WINDOW: Duration = Duration::from_secs(22);
 const SIGNATURE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Most bytes of an error response read to find the S3 error code.
 const ERROR_BODY_LIMIT: u64 = 64 * 1024;
-
-const META_SHA256: &str = "x-amz-meta-sha256";
-const META_TIMESTAMP: &str = "x-amz-meta-litestream-timestamp";
 
 /// Connection settings of the S3 backend. Unset fields take defaults; use
 /// [`S3Options::from_env`] or [`S3Options::with_env_defaults`] to fill them
@@ -478,10 +477,7 @@ impl S3Storage {
             })?;
         Ok(ObjectHead {
             size,
-            meta: ObjectMeta {
-                sha256: text(META_SHA256),
-                timestamp: text(META_TIMESTAMP),
-            },
+            meta: ObjectMeta::from_headers(text),
         })
     }
 }
@@ -672,11 +668,8 @@ fn check_header_value(key: &str, name: &str, value: &str) -> Result<()> {
 impl Storage for S3Storage {
     fn put(&self, key: &str, body: &mut dyn ReadSeek, len: u64, meta: &ObjectMeta) -> Result<()> {
         let full = self.full_key(key)?;
-        if let Some(v) = &meta.sha256 {
-            check_header_value(key, META_SHA256, v)?;
-        }
-        if let Some(v) = &meta.timestamp {
-            check_header_value(key, META_TIMESTAMP, v)?;
+        for (name, value) in meta.headers() {
+            check_header_value(key, name, value)?;
         }
         let start = body.stream_position().map_err(|e| {
             Error::Other(format!(
@@ -692,11 +685,8 @@ impl Storage for S3Storage {
                 }
             }
             let mut action = PutObject::new(&self.bucket, self.creds(), &full);
-            if let Some(v) = &meta.sha256 {
-                action.headers_mut().insert(META_SHA256, v.clone());
-            }
-            if let Some(v) = &meta.timestamp {
-                action.headers_mut().insert(META_TIMESTAMP, v.clone());
+            for (name, value) in meta.headers() {
+                action.headers_mut().insert(name, value.to_string());
             }
             let url = action.sign(SIGNATURE_TTL);
             let mut req = self
@@ -704,11 +694,8 @@ impl Storage for S3Storage {
                 .put(url.as_str())
                 .header("content-length", len.to_string())
                 .header("content-type", "application/octet-stream");
-            if let Some(v) = &meta.sha256 {
-                req = req.header(META_SHA256, v.as_str());
-            }
-            if let Some(v) = &meta.timestamp {
-                req = req.header(META_TIMESTAMP, v.as_str());
+            for (name, value) in meta.headers() {
+                req = req.header(name, value);
             }
             let mut limited = (&mut *body).take(len);
             match req.send(ureq::SendBody::from_reader(&mut limited)) {
