@@ -109,6 +109,14 @@ pub struct Shipper {
     last_checkpoint: Option<(u32, u64)>,
     /// The replica's newest TXID when the database was opened.
     remote_max_txid: u64,
+    /// The database file, opened once for as long as the connection lives.
+    /// POSIX record locks belong to the process, and closing any descriptor
+    /// of a file drops all of them: opening and closing the database file for
+    /// a snapshot would release SQLite's shared lock, and the next
+    /// application connection to close would think itself the last one,
+    /// checkpoint and delete the WAL under walsync. (Shared by `Arc`, never
+    /// duplicated: closing a duplicate drops the locks too.)
+    db_file: Arc<File>,
     page: Vec<u8>,
 }
 
@@ -123,6 +131,7 @@ impl Shipper {
         settings: Settings,
     ) -> Result<Shipper> {
         let mut source = Source::open(path)?;
+        let db_file = Arc::new(File::open(path).db_io(|| format!("opening {}", path.display()))?);
         let state_dir = StateDir::for_database(path)?;
         let lock = FileLock::try_lock(&state_dir.path("lock"))?.ok_or_else(|| {
             Error::Database(format!(
@@ -153,6 +162,7 @@ impl Shipper {
             force_full: false,
             last_checkpoint: None,
             remote_max_txid: 0,
+            db_file,
             page: Vec::new(),
         };
         shipper.state = shipper.usable_saved_state()?;
@@ -583,7 +593,7 @@ impl Shipper {
     /// when a WAL reset is found that walsync did not see happen.
     fn db_file_is_state(&mut self, state: &LocalState) -> Result<bool> {
         let path = self.source.path().to_path_buf();
-        let db_file = File::open(&path).db_io(|| format!("opening {}", path.display()))?;
+        let db_file = Arc::clone(&self.db_file);
         let len = db_file
             .metadata()
             .db_io(|| format!("reading {}", path.display()))?
@@ -642,8 +652,7 @@ impl Shipper {
             None
         };
         let overlay = Overlay::scan(wal_file.as_ref(), until)?;
-        let db_file = File::open(self.source.path())
-            .db_io(|| format!("opening {}", self.source.path().display()))?;
+        let db_file = Arc::clone(&self.db_file);
         let db_pages = match (&self.state, periodic) {
             (Some(s), true) => s.db_pages,
             _ => match overlay.db_pages {
