@@ -17,6 +17,18 @@ use std::time::Duration;
 #[derive(FromArgs, Debug)]
 /// Continuous replication of SQLite WAL databases to S3-compatible storage,
 /// and restore to any point in time. Litestream 0.5 compatible.
+#[argh(
+    note = "Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the endpoint from --endpoint or AWS_ENDPOINT_URL_S3; the region from --region or AWS_REGION (default us-east-1).",
+    error_code(1, "unexpected error"),
+    error_code(2, "configuration or usage error"),
+    error_code(3, "database error (missing file, not WAL mode, SQLite error)"),
+    error_code(4, "storage error (network, authentication, bucket access)"),
+    error_code(5, "integrity error (checksum mismatch, malformed LTX, gap in TXIDs)"),
+    error_code(
+        6,
+        "restore error (no snapshot, nothing at that point in time, output exists)"
+    )
+)]
 pub struct Cli {
     #[argh(subcommand)]
     pub command: Command,
