@@ -33,6 +33,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Whether the LTX files walsync writes carry pre- and post-apply database
+/// checksums. They do not, like Litestream's own files (NoChecksum flag, both
+/// checksums 0): `litestream restore` 0.5.17 merges the plan with a compactor
+/// that always writes a NoChecksum output yet copies the last input's
+/// post-apply checksum into it, so it rejects ("validate trailer: post-apply
+/// checksum not allowed") any plan ending in a file with a checksum, and
+/// Litestream's own compaction of such files fails the same way. A walsync
+/// restore still checks each object's SHA-256 metadata, each file's CRC-64
+/// and `PRAGMA integrity_check`; it keeps checking pre/post checksums in
+/// files that carry them. The running database checksum is still tracked
+/// locally (resume and snapshot consistency checks use it).
+pub const WRITE_DB_CHECKSUMS: bool = false;
+
 /// Per-database settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,6 +123,15 @@ pub struct Shipper {
     /// The replica's newest TXID when the database was opened.
     remote_max_txid: u64,
     page: Vec<u8>,
+    /// The database file, opened once and kept open while the connection
+    /// lives. POSIX record locks belong to the process and a `close()` of
+    /// ANY descriptor of a file drops all of them: opening and closing the
+    /// database file here for every snapshot released SQLite's shared lock,
+    /// and the next application connection to close then saw itself as the
+    /// last one, checkpointed and deleted the WAL under us.
+    /// (Shared through an `Arc`, never `dup`ed: closing a duplicate would
+    /// drop the locks too.)
+    db_file: Arc<File>,
 }
 
 impl Shipper {
@@ -123,6 +145,7 @@ impl Shipper {
         settings: Settings,
     ) -> Result<Shipper> {
         let mut source = Source::open(path)?;
+        let db_file = Arc::new(File::open(path).db_io(|| format!("opening {}", path.display()))?);
         let state_dir = StateDir::for_database(path)?;
         let lock = FileLock::try_lock(&state_dir.path("lock"))?.ok_or_else(|| {
             Error::Database(format!(
@@ -154,6 +177,7 @@ impl Shipper {
             last_checkpoint: None,
             remote_max_txid: 0,
             page: Vec::new(),
+            db_file,
         };
         shipper.state = shipper.usable_saved_state()?;
         Ok(shipper)
@@ -576,7 +600,7 @@ impl Shipper {
     /// when a WAL reset is found that walsync did not see happen.
     fn db_file_is_state(&mut self, state: &LocalState) -> Result<bool> {
         let path = self.source.path().to_path_buf();
-        let db_file = File::open(&path).db_io(|| format!("opening {}", path.display()))?;
+        let db_file = Arc::clone(&self.db_file);
         let len = db_file
             .metadata()
             .db_io(|| format!("reading {}", path.display()))?
@@ -635,8 +659,7 @@ impl Shipper {
             None
         };
         let overlay = Overlay::scan(wal_file.as_ref(), until)?;
-        let db_file = File::open(self.source.path())
-            .db_io(|| format!("opening {}", self.source.path().display()))?;
+        let db_file = Arc::clone(&self.db_file);
         let db_pages = match (&self.state, periodic) {
             (Some(s), true) => s.db_pages,
             _ => match overlay.db_pages {
@@ -742,13 +765,21 @@ impl Shipper {
 
     fn header(&self, id: LtxId, commit: u32, pre: u64, now_ms: i64) -> Header {
         Header {
-            flags: 0,
+            flags: if WRITE_DB_CHECKSUMS {
+                0
+            } else {
+                ltx::HEADER_FLAG_NO_CHECKSUM
+            },
             page_size: self.page_size,
             commit,
             min_txid: id.min_txid,
             max_txid: id.max_txid,
             timestamp_ms: now_ms,
-            pre_apply_checksum: if id.min_txid == 1 { 0 } else { pre },
+            pre_apply_checksum: if id.min_txid == 1 || !WRITE_DB_CHECKSUMS {
+                0
+            } else {
+                pre
+            },
             ..Header::default()
         }
     }
@@ -770,6 +801,7 @@ impl Shipper {
         reached_wal_end: bool,
         timestamp_ms: i64,
     ) -> Result<Batch> {
+        let post = if WRITE_DB_CHECKSUMS { post } else { 0 };
         let (_, hashing) = enc.finish(post)?;
         let (buffered, sha256, len) = hashing.finish();
         buffered
