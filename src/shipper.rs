@@ -260,6 +260,13 @@ impl Shipper {
             return Ok(None);
         }
         let batch = match &self.state {
+            // Taking over a replica that already holds TXIDs (Litestream's,
+            // or walsync's after its local state was lost): the first file
+            // is a full copy at level 0 with the next TXID, so level 0 stays
+            // contiguous (Litestream's compaction of level 0 into level 1
+            // refuses a missing TXID); the level-9 snapshot follows at the
+            // next quiet poll (no snapshot yet: it is due at once).
+            None if self.remote_max_txid > 0 => Some(self.build_full(BatchKind::Full, now_ms)?),
             None => Some(self.build_full(BatchKind::Snapshot, now_ms)?),
             Some(_) if self.force_full => Some(self.build_full(BatchKind::Full, now_ms)?),
             Some(_) => match self.build_incremental(now_ms)? {
