@@ -147,6 +147,12 @@ const QUEUE_PER_WORKER: usize = 2;
 /// Verifies `names` in `storage`; prints the results (human lines or JSON
 /// Lines) and returns the error whose exit code sums them up.
 pub fn run(storage: &dyn Storage, names: &[String], parallelism: usize, json: bool) -> Result<()> {
+    if names.is_empty() {
+        let url = storage.describe();
+        return Err(Error::Restore(format!(
+            "no databases in {url}: nothing to verify; check the URL (and prefix) with `walsync list -b {url}`"
+        )));
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut counts = Counts::default();
@@ -269,10 +275,9 @@ fn kind_label(k: Kind) -> &'static str {
 }
 
 /// Verifies every database and hands each report to `emit` as soon as it
-/// is complete, in the order of `names`... or of completion: databases
-/// finish in plan order since the feeder plans them in order and workers
-/// take files in that order, but a short plan may finish before a long one
-/// queued earlier. Storage failures while listing are returned as errors.
+/// is complete (in order of completion, which is mostly the order of
+/// `names`: a short plan may finish before a long one queued earlier).
+/// Storage failures while listing are returned as errors.
 pub fn verify_each(
     storage: &dyn Storage,
     names: &[String],

@@ -216,6 +216,12 @@ fn verify_all_file_replica() {
     let (code, out, err) = verify(&dest, &["nosuch"]);
     assert_eq!(code, 6, "{out}\n{err}");
     assert!(out.contains("NO BACKUP"), "{out}");
+
+    // An empty replica is not a healthy one.
+    let empty = Dest::file(&dir.path().join("empty"));
+    let (code, out, err) = verify(&empty, &["--all"]);
+    assert_eq!(code, 6, "{out}\n{err}");
+    assert!(err.contains("no databases"), "{err}");
 }
 
 fn copy_tree(from: &Path, to: &Path) {
