@@ -115,16 +115,9 @@ fn chain_from(
     Some(chain)
 }
 
-/// Why no chain reaches `target` from the newest usable snapshot.
-fn explain_failure(
-    files: &[RemoteLtx],
-    snap: &RemoteLtx,
-    target: u64,
-    name: &str,
-    url: &str,
-) -> Error {
-    // Every boundary reachable from the snapshot (ignoring the target limit),
-    // with the file that reached it.
+/// Every boundary (max TXID) reachable from `snap` through files that
+/// continue it without a gap, with the file that reached it.
+fn reach<'a>(files: &'a [RemoteLtx], snap: &'a RemoteLtx) -> HashMap<u64, &'a RemoteLtx> {
     let mut all: Vec<&RemoteLtx> = files.iter().filter(|f| f.id.min_txid > 1).collect();
     all.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
     let mut reached: HashMap<u64, &RemoteLtx> = HashMap::new();
@@ -134,9 +127,67 @@ fn explain_failure(
             reached.entry(f.id.max_txid).or_insert(f);
         }
     }
+    reached
+}
+
+/// Where the TXID chain stops short of `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The highest TXID below `target` the chain reaches.
+    pub last: u64,
+    /// The file that reaches it (the snapshot when nothing continues it).
+    pub last_file: RemoteLtx,
+    /// The min TXID of the first file above the gap, if any.
+    pub next_min: Option<u64>,
+}
+
+/// The gap that stops every chain from the newest snapshot at or before
+/// `target` short of it; `None` when there is no such snapshot or the
+/// chain reaches `target` (or a compacted file containing it).
+pub fn find_gap(files: &[RemoteLtx], target: u64) -> Option<Gap> {
+    let snap = files
+        .iter()
+        .filter(|f| f.id.min_txid == 1 && f.id.max_txid <= target)
+        .min_by_key(|f| (std::cmp::Reverse(f.id.max_txid), f.size, f.id.level))?;
+    let reached = reach(files, snap);
+    let inside = files.iter().any(|f| {
+        f.id.min_txid > 1
+            && f.id.min_txid <= target
+            && target <= f.id.max_txid
+            && reached.contains_key(&(f.id.min_txid - 1))
+    });
+    if inside || reached.contains_key(&target) {
+        return None;
+    }
+    let (&last, &last_file) = reached
+        .iter()
+        .filter(|(&b, _)| b < target)
+        .max_by_key(|(&b, _)| b)?;
+    let next_min = files
+        .iter()
+        .map(|f| f.id.min_txid)
+        .filter(|&m| m > last + 1)
+        .min();
+    Some(Gap {
+        last,
+        last_file: last_file.clone(),
+        next_min,
+    })
+}
+
+/// Why no chain reaches `target` from the newest usable snapshot.
+fn explain_failure(
+    files: &[RemoteLtx],
+    snap: &RemoteLtx,
+    target: u64,
+    name: &str,
+    url: &str,
+) -> Error {
+    let reached = reach(files, snap);
     // The target inside a compacted file that the chain can reach the start of.
-    if let Some(f) = all.iter().find(|f| {
-        f.id.min_txid <= target
+    if let Some(f) = files.iter().find(|f| {
+        f.id.min_txid > 1
+            && f.id.min_txid <= target
             && target < f.id.max_txid
             && reached.contains_key(&(f.id.min_txid - 1))
     }) {
@@ -357,6 +408,17 @@ mod tests {
         );
         // Up to the gap still restores.
         assert_eq!(plan(&files, 3, "db", "u").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn find_gap_names_the_last_file_and_the_next_start() {
+        let files = vec![f(9, 1, 2), f(0, 3, 3), f(0, 6, 6), f(0, 7, 7)];
+        let g = find_gap(&files, 7).unwrap();
+        assert_eq!((g.last, g.next_min), (3, Some(6)));
+        assert_eq!((g.last_file.id.min_txid, g.last_file.id.max_txid), (3, 3));
+        assert_eq!(find_gap(&files, 3), None);
+        // No snapshot: no gap to name.
+        assert_eq!(find_gap(&[f(0, 2, 2)], 2), None);
     }
 
     #[test]

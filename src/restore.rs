@@ -519,7 +519,9 @@ impl Applier {
         } else {
             Some((h.pre_apply_checksum, 0))
         };
-        if let Some((pre, _)) = expected.filter(|_| !self.first) {
+        // A zero checksum is "not recorded" (e.g. the first file walsync
+        // writes when it takes over a replica from another tool).
+        if let Some((pre, _)) = expected.filter(|&(pre, _)| !self.first && pre != 0) {
             if pre != self.checksum {
                 return Err(Error::Integrity(format!(
                     "restored bytes differ from the source's before {key}: its pre-apply checksum is {pre:016x}, the restored database's is {:016x}; the files before it do not lead to its starting state",
@@ -574,7 +576,7 @@ impl Applier {
             Some(_) if !h.no_checksum() => Some(trailer.post_apply_checksum),
             Some((_, post)) => Some(post),
         };
-        if let Some(post) = post.filter(|&p| p != self.checksum) {
+        if let Some(post) = post.filter(|&p| p != 0 && p != self.checksum) {
             return Err(Error::Integrity(format!(
                 "restored bytes differ from the source's after {key}: its post-apply checksum is {post:016x}, the restored database's is {:016x}",
                 self.checksum

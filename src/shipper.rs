@@ -246,6 +246,13 @@ impl Shipper {
             return Ok(None);
         }
         let batch = match &self.state {
+            // Taking over a replica that already holds TXIDs (Litestream's,
+            // or walsync's after its local state was lost): the first file is
+            // a full copy at level 0 with the next TXID, so level 0 stays
+            // contiguous (Litestream's compaction of level 0 into level 1
+            // refuses a missing TXID); the level-9 snapshot is due at once
+            // and follows at the next poll.
+            None if self.remote_max_txid > 0 => Some(self.build_full(BatchKind::Full, now_ms)?),
             None => Some(self.build_full(BatchKind::Snapshot, now_ms)?),
             Some(_) if self.force_full => Some(self.build_full(BatchKind::Full, now_ms)?),
             // A due snapshot goes first, so a busy database still gets one:
