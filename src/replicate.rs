@@ -173,19 +173,22 @@ impl Poller {
     /// batch was stored before the timeout.
     fn run(mut self, shutdown_timeout: Duration) -> bool {
         while SIGNALS.load(Ordering::SeqCst) == 0 {
-            self.tick(Instant::now());
+            self.tick(Instant::now(), true);
             let wait = self.until_next_poll();
             self.wait_for_ack(wait);
         }
-        // Shutdown: ship what is committed, then wait for the uploads.
+        // Shutdown: poll every database until none has anything left to ship
+        // (a database whose upload was in flight is polled again once it is
+        // stored: commits may have landed behind it), or the timeout.
         let deadline = Instant::now() + shutdown_timeout;
-        for i in 0..self.shippers.len() {
-            self.next_poll[i] = Instant::now();
-        }
-        self.tick(Instant::now());
-        while self.shippers.iter().any(Shipper::has_pending) && Instant::now() < deadline {
+        while Instant::now() < deadline {
+            let now = Instant::now();
+            self.next_poll.iter_mut().for_each(|t| *t = now);
+            self.tick(now, false);
+            if !self.shippers.iter().any(Shipper::has_pending) {
+                break;
+            }
             self.wait_for_ack(Duration::from_millis(100));
-            self.resend_due(Instant::now());
         }
         let clean = !self.shippers.iter().any(Shipper::has_pending);
         for s in self.shippers {
@@ -249,7 +252,9 @@ impl Poller {
         }
     }
 
-    fn tick(&mut self, now: Instant) {
+    /// Polls the databases that are due (and resends failed uploads);
+    /// `checkpoints` allows walsync's own checkpoints (not while stopping).
+    fn tick(&mut self, now: Instant, checkpoints: bool) {
         self.resend_due(now);
         let now_ms = fsutil::now_ms();
         for db in 0..self.shippers.len() {
@@ -260,8 +265,10 @@ impl Poller {
             self.next_poll[db] = now + s.settings().sync_interval;
             // A checkpoint ships what it needs itself, under its barrier; it is
             // tried before polling so a database that is never idle gets one.
-            if let Err(e) = s.maybe_checkpoint(now_ms) {
-                shipper::log(&s.name, &format!("checkpoint: {e}"));
+            if checkpoints {
+                if let Err(e) = s.maybe_checkpoint(now_ms) {
+                    shipper::log(&s.name, &format!("checkpoint: {e}"));
+                }
             }
             let built = s.poll(now_ms).map(|b| b.map(shipper::UploadRequest::from));
             match built {

@@ -599,13 +599,8 @@ impl Shipper {
     /// size and database checksum match). Reads the whole file; used only
     /// when a WAL reset is found that walsync did not see happen.
     fn db_file_is_state(&mut self, state: &LocalState) -> Result<bool> {
-        let path = self.source.path().to_path_buf();
         let db_file = Arc::clone(&self.db_file);
-        let len = db_file
-            .metadata()
-            .db_io(|| format!("reading {}", path.display()))?
-            .len();
-        if len != u64::from(state.db_pages) * u64::from(self.page_size) {
+        if self.db_pages_from_file(&db_file)? != state.db_pages {
             return Ok(false);
         }
         let no_overlay = Overlay::default();
@@ -664,7 +659,7 @@ impl Shipper {
             (Some(s), true) => s.db_pages,
             _ => match overlay.db_pages {
                 Some(n) => n,
-                None => pages_in_file(&db_file, self.page_size)?,
+                None => self.db_pages_from_file(&db_file)?,
             },
         };
         let (committed, txid) = match (&self.state, kind) {
@@ -734,6 +729,36 @@ impl Shipper {
             }));
         }
         self.finish(kind, enc, pre, id, spool, new_state, !periodic, now_ms)
+    }
+
+    /// The database size when the WAL holds no commit: the size recorded in
+    /// the database header (a checkpoint that could not backfill every frame
+    /// leaves the file longer than the database, e.g. after a VACUUM), or the
+    /// file size when the header's size is not valid.
+    fn db_pages_from_file(&mut self, db_file: &File) -> Result<u32> {
+        let in_file = pages_in_file(db_file, self.page_size)?;
+        if in_file == 0 {
+            return Ok(0);
+        }
+        self.read_state_page(db_file, None, &Overlay::default(), 1)?;
+        let be32 = |at: usize| {
+            u32::from_be_bytes([
+                self.page[at],
+                self.page[at + 1],
+                self.page[at + 2],
+                self.page[at + 3],
+            ])
+        };
+        // The in-header size is valid when "version-valid-for" equals the
+        // change counter (SQLite file format, database header offsets 28, 92, 24).
+        let (in_header, valid_for, counter) = (be32(28), be32(92), be32(24));
+        Ok(
+            if in_header > 0 && valid_for == counter && in_header <= in_file {
+                in_header
+            } else {
+                in_file
+            },
+        )
     }
 
     /// Reads page `pgno` of the state into `self.page`.

@@ -422,3 +422,24 @@ fn a_never_idle_database_still_gets_snapshots_and_checkpoints() {
     drop(conn);
     restore_equals_source(&dest, "busy", &db, dir.path());
 }
+
+#[test]
+fn a_signal_during_a_long_upload_still_ships_everything_committed() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "flush", "f");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flush.db");
+    let mut conn = create_db(&db, 4096);
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    dest.wait_for_txid("flush", 1, Duration::from_secs(20));
+    // A large transaction whose upload takes a while, commits behind it,
+    // and the signal while it is still in flight.
+    insert(&mut conn, 40, 1_000_000, 1);
+    std::thread::sleep(Duration::from_millis(120));
+    for i in 0..20 {
+        insert(&mut conn, 1, 100, 100 + i);
+    }
+    stop_clean(w);
+    drop(conn);
+    restore_equals_source(&dest, "flush", &db, dir.path());
+}
