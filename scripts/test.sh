@@ -30,4 +30,8 @@ cargo fmt --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "==> cargo test"
-cargo test --all-targets -- --test-threads="${WALSYNC_TEST_THREADS:-2}"
+log="$tools/test-output.log"
+cargo test --all-targets -- --test-threads="${WALSYNC_TEST_THREADS:-2}" 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test target).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
