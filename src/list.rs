@@ -76,16 +76,18 @@ pub struct DbSummary {
 
 /// Summaries of every database in the replica, sorted by name.
 pub fn summaries(storage: &dyn Storage) -> Result<Vec<DbSummary>> {
-    let dbs: Vec<(String, Vec<RemoteLtx>)> = scan(storage)?.into_iter().collect();
+    let dbs: Vec<(String, Vec<RemoteLtx>)> = scan(storage)?
+        .into_iter()
+        .filter(|(_, files)| !files.is_empty())
+        .collect();
     // The newest file of each database: highest max TXID, lowest level.
     let newest: Vec<RemoteLtx> = dbs
         .iter()
-        .map(|(_, files)| {
+        .filter_map(|(_, files)| {
             files
                 .iter()
                 .max_by_key(|f| (f.id.max_txid, std::cmp::Reverse(f.id.level)))
-                .expect("a listed database has files")
-                .clone()
+                .cloned()
         })
         .collect();
     let times = parallel_times(storage, &newest)?;

@@ -201,11 +201,15 @@ fn explain_failure(
             f.id.max_txid
         ));
     }
-    let (&last, last_file) = reached
+    let Some((&last, last_file)) = reached
         .iter()
         .filter(|(&b, _)| b < target)
         .max_by_key(|(&b, _)| b)
-        .expect("the snapshot boundary is below the target");
+    else {
+        return Error::Other(format!(
+            "restore plan of '{name}': no reachable TXID below the target"
+        ));
+    };
     let next = files
         .iter()
         .map(|f| f.id.min_txid)
