@@ -23,7 +23,7 @@
 //!        --out DIR [--quick] [--counts 1,10,100] [--steady S] [--idle S]
 //!        [--rss-secs S] [--load-dbs N] [--lag-samples N]
 //!        [--restore-mib M] [--restore-incrementals K] [--latency-commits N]
-//!        [--keep]
+//!        [--only fleet,lag,latency,restore] [--keep]
 
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
@@ -87,6 +87,7 @@ struct Opts {
     restore_incrementals: usize,
     latency_commits: usize,
     keep: bool,
+    only: Vec<String>,
 }
 
 impl Opts {
@@ -101,15 +102,16 @@ impl Opts {
                 out: PathBuf::from("target/bench"),
                 counts: vec![1, 10, 100],
                 load_dbs: 10,
-                steady_secs: 20,
-                idle_secs: 20,
-                rss_secs: 10,
+                steady_secs: 15,
+                idle_secs: 15,
+                rss_secs: 8,
                 lag_samples: 100,
-                lag_dbs: 10,
+                lag_dbs: 20,
                 restore_mib: 64,
                 restore_incrementals: 200,
                 latency_commits: 1000,
                 keep: false,
+                only: Vec::new(),
             }
         } else {
             Opts {
@@ -129,6 +131,7 @@ impl Opts {
                 restore_incrementals: 1000,
                 latency_commits: 5000,
                 keep: false,
+                only: Vec::new(),
             }
         };
         let mut custom = false;
@@ -164,6 +167,7 @@ impl Opts {
                         "--restore-mib" => o.restore_mib = val()?.parse()?,
                         "--restore-incrementals" => o.restore_incrementals = val()?.parse()?,
                         "--latency-commits" => o.latency_commits = val()?.parse()?,
+                        "--only" => o.only = val()?.split(',').map(str::to_string).collect(),
                         _ => return Err(format!("unknown flag {other}").into()),
                     }
                 }
@@ -1535,21 +1539,32 @@ fn run(opts: &Opts) -> R<bool> {
             opts.mode,
             work.display()
         ));
+        let on = |p: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == p);
         let mut fleet_r = Vec::new();
-        for &n in &opts.counts {
+        for &n in opts.counts.iter().filter(|_| on("fleet")) {
             fleet_r.push(fleet(&env, n)?);
         }
         let mut lag_r = Vec::new();
-        for iv in [Duration::from_secs(1), Duration::from_millis(100)] {
+        for iv in [Duration::from_secs(1), Duration::from_millis(100)]
+            .into_iter()
+            .filter(|_| on("lag"))
+        {
             for tool in [Tool::Walsync, Tool::Litestream] {
                 lag_r.push(lag(&env, tool, iv)?);
             }
         }
         let mut lat_r = Vec::new();
-        for tool in [None, Some(Tool::Walsync), Some(Tool::Litestream)] {
+        for tool in [None, Some(Tool::Walsync), Some(Tool::Litestream)]
+            .into_iter()
+            .filter(|_| on("latency"))
+        {
             lat_r.push(commit_latency(&env, tool)?);
         }
-        let restore_r = restore_phase(&env)?;
+        let restore_r = if on("restore") {
+            restore_phase(&env)?
+        } else {
+            Value::Null
+        };
         let mut r = json!({
             "mode": opts.mode,
             "date": jiff::Timestamp::now().to_string(),
