@@ -765,7 +765,14 @@ fn run_measured(cmd: &mut Command, log: &Path) -> R<(f64, u64, bool)> {
 }
 
 /// Restores database `i` of a set. `by` chooses the restoring tool.
-fn restore(env: &Env, set: &DbSet, i: usize, by: Tool, out: &Path) -> R<(f64, u64, bool)> {
+fn restore(
+    env: &Env,
+    set: &DbSet,
+    i: usize,
+    by: Tool,
+    out: &Path,
+    full_check: bool,
+) -> R<(f64, u64, bool)> {
     let _ = std::fs::remove_file(out);
     let log = env.work.join(format!(
         "restore-{}-{}-by-{}-{}.log",
@@ -805,6 +812,11 @@ fn restore(env: &Env, set: &DbSet, i: usize, by: Tool, out: &Path) -> R<(f64, u6
             run_measured(
                 Command::new(&env.opts.litestream)
                     .arg("restore")
+                    .args(if full_check {
+                        &["-integrity-check", "full"][..]
+                    } else {
+                        &[][..]
+                    })
                     .arg("-config")
                     .arg(&cfg)
                     .arg("-o")
@@ -844,8 +856,18 @@ fn integrity_ok(path: &Path) -> R<bool> {
 /// Restores database `i` with `by`, checks integrity and rows against the
 /// source. Records a failure and returns the measurement.
 fn check_restore(env: &Env, set: &DbSet, i: usize, by: Tool) -> R<(f64, u64, bool)> {
+    check_restore_with(env, set, i, by, false)
+}
+
+fn check_restore_with(
+    env: &Env,
+    set: &DbSet,
+    i: usize,
+    by: Tool,
+    full_check: bool,
+) -> R<(f64, u64, bool)> {
     let out = env.work.join("restored.db");
-    let (wall, rss, ok) = restore(env, set, i, by, &out)?;
+    let (wall, rss, ok) = restore(env, set, i, by, &out, full_check)?;
     let what = format!(
         "{} restoring {}'s replica of {}/{}",
         by.label(),
@@ -914,7 +936,7 @@ fn fleet(env: &Env, n: usize) -> R<Value> {
     let boot = 60 + n as u64 / 5;
     wait_initial(env, &a, boot, &mut ws)?;
     wait_initial(env, &b, boot, &mut ls)?;
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(Duration::from_secs(1));
     log(format!(
         "{phase}: both tools have every database in the bucket; writing for {steady}s"
     ));
@@ -951,7 +973,7 @@ fn fleet(env: &Env, n: usize) -> R<Value> {
         k
     };
     // Let the last commits ship before closing the steady window.
-    thread::sleep(Duration::from_secs(3));
+    thread::sleep(Duration::from_secs(2));
     let c1 = env.counters.snapshot();
     let cpu1 = (cpu_secs(ws.pid()), cpu_secs(ls.pid()));
     if idle > 0 {
@@ -1055,10 +1077,11 @@ fn lag(env: &Env, tool: Tool, interval: Duration) -> R<Value> {
         lags.extend(h.join().map_err(|_| "lag writer panicked")??);
     }
     thread::sleep(Duration::from_secs(2));
+    log(format!("{phase}: stopping {}", tool.label()));
     if !p.stop() && tool == Tool::Walsync {
         env.fail(format!("{phase}: walsync did not exit 0 on SIGINT"));
     }
-    for i in 0..dbs {
+    for i in sample_indices(dbs, 5) {
         check_restore(env, &set, i, tool)?;
     }
     lags.sort_by(f64::total_cmp);
@@ -1089,6 +1112,7 @@ fn commit_latency(env: &Env, tool: Option<Tool>) -> R<Value> {
         }
         None => None,
     };
+    log(format!("{phase}: {} commits", env.opts.latency_commits));
     let c = open_writer(&set.path(0))?;
     let mut rng = Rng::new(7);
     let mut lat = Vec::with_capacity(env.opts.latency_commits);
@@ -1103,6 +1127,7 @@ fn commit_latency(env: &Env, tool: Option<Tool>) -> R<Value> {
     if let Some(run) = p.take() {
         thread::sleep(Duration::from_secs(2));
         let t = run.tool;
+        log(format!("{phase}: stopping {}", t.label()));
         if !run.stop() && t == Tool::Walsync {
             env.fail(format!("{phase}: walsync did not exit 0 on SIGINT"));
         }
@@ -1203,6 +1228,8 @@ fn restore_phase(env: &Env) -> R<Value> {
     let w = check_restore(env, &a, 0, Tool::Walsync)?;
     log("restore: litestream restoring its own replica");
     let l = check_restore(env, &b, 0, Tool::Litestream)?;
+    log("restore: litestream restoring its own replica with -integrity-check full");
+    let lf = check_restore_with(env, &b, 0, Tool::Litestream, true)?;
     log("restore: walsync restoring litestream's replica");
     let x = check_restore(env, &b, 0, Tool::Walsync)?;
     Ok(json!({
@@ -1213,6 +1240,7 @@ fn restore_phase(env: &Env) -> R<Value> {
         "replica_files_litestream": files.1,
         "walsync_own": m(w),
         "litestream_own": m(l),
+        "litestream_own_full_check": m(lf),
         "walsync_from_litestream": m(x),
     }))
 }
@@ -1335,8 +1363,18 @@ fn report(r: &Value) -> String {
     let _ = writeln!(s, "| restore | wall s | peak RSS MB |");
     let _ = writeln!(s, "|---|---:|---:|");
     for (label, key) in [
-        ("walsync, own replica", "walsync_own"),
-        ("Litestream, own replica", "litestream_own"),
+        (
+            "walsync, own replica (always runs PRAGMA integrity_check)",
+            "walsync_own",
+        ),
+        (
+            "Litestream, own replica (default: no integrity check)",
+            "litestream_own",
+        ),
+        (
+            "Litestream, own replica, -integrity-check full",
+            "litestream_own_full_check",
+        ),
         ("walsync, Litestream's replica", "walsync_from_litestream"),
     ] {
         let _ = writeln!(
@@ -1466,9 +1504,16 @@ fn targets(r: &Value) -> Vec<Value> {
         rs["walsync_own"]["wall_s"].as_f64().unwrap_or(f64::NAN),
         rs["litestream_own"]["wall_s"].as_f64().unwrap_or(f64::NAN),
     );
+    let lf = rs["litestream_own_full_check"]["wall_s"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     push(
         "restore ≥ 2× faster than Litestream".into(),
-        format!("{w:.2} s vs {l:.2} s ({:.1}×)", l / w),
+        format!(
+            "{w:.2} s vs {l:.2} s ({:.1}×); vs Litestream with -integrity-check full {lf:.2} s ({:.1}×)",
+            l / w,
+            lf / w
+        ),
         l / w >= 2.0,
     );
     let lat = r["commit_latency"].as_array().cloned().unwrap_or_default();
