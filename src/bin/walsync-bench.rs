@@ -48,6 +48,21 @@ const LS: &str = "litestream-replica";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("measure") {
+        // Internal: run a command and report its wall time and peak RSS.
+        // A separate small process, because a child's ru_maxrss starts from
+        // the RSS of the process that forked it.
+        match measure_child(&args[1..]) {
+            Ok((wall, rss, code)) => {
+                println!("{wall} {rss} {code}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("walsync-bench measure: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if args.first().map(String::as_str) != Some("run") {
         eprintln!("usage: walsync-bench run --walsync BIN --litestream BIN --s3s-fs BIN --out DIR [--quick] ...");
         std::process::exit(2);
@@ -624,13 +639,19 @@ impl Running {
     fn pid(&self) -> u32 {
         self.child.id()
     }
-    /// SIGINT, then wait (SIGKILL after 60 s). Returns whether it exited 0.
+    /// SIGINT, then wait; SIGKILL after 60 s (walsync) or 5 s (Litestream,
+    /// which can take 10-15 s to exit; by then the phase has already waited
+    /// for its last commits to be stored). Returns whether it exited 0.
     fn stop(mut self) -> bool {
         // SAFETY: signalling our own child.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGINT);
         }
-        let end = Instant::now() + Duration::from_secs(60);
+        let grace = match self.tool {
+            Tool::Walsync => 60,
+            Tool::Litestream => 5,
+        };
+        let end = Instant::now() + Duration::from_secs(grace);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st.success();
@@ -743,14 +764,41 @@ fn wait_initial(env: &Env, set: &DbSet, secs: u64, proc_: &mut Running) -> R<()>
 }
 
 /// Runs a command to completion; returns wall time, peak RSS (KiB) and
-/// whether it exited 0.
+/// whether it exited 0. The command runs under `walsync-bench measure`, a
+/// small process of its own, so the parent's RSS does not leak into the
+/// child's `ru_maxrss`.
 fn run_measured(cmd: &mut Command, log: &Path) -> R<(f64, u64, bool)> {
     let f = std::fs::File::create(log)?;
+    let mut wrapped = Command::new(std::env::current_exe()?);
+    wrapped
+        .arg("measure")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    let out = wrapped.stdin(Stdio::null()).stderr(f).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() != 3 {
+        return Err(format!("walsync-bench measure printed '{line}'").into());
+    }
+    Ok((f[0].parse()?, f[1].parse()?, f[2] == "0"))
+}
+
+/// `walsync-bench measure CMD ARGS...`: wall seconds, peak RSS (KiB) from
+/// wait4, exit code. The command's standard output goes to standard error.
+fn measure_child(args: &[String]) -> R<(f64, u64, i32)> {
+    let (prog, rest) = args.split_first().ok_or("measure: no command")?;
     let t0 = Instant::now();
-    let child = cmd
+    let child = Command::new(prog)
+        .args(rest)
         .stdin(Stdio::null())
-        .stdout(f.try_clone()?)
-        .stderr(f)
+        .stdout(std::io::stderr())
         .spawn()?;
     let mut status = 0i32;
     // SAFETY: zeroed rusage is a valid value; we reap our own child.
@@ -760,8 +808,12 @@ fn run_measured(cmd: &mut Command, log: &Path) -> R<(f64, u64, bool)> {
     if rc < 0 {
         return Err("wait4 failed".into());
     }
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    Ok((wall, ru.ru_maxrss as u64, ok))
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Ok((wall, ru.ru_maxrss as u64, code))
 }
 
 /// Restores database `i` of a set. `by` chooses the restoring tool.
