@@ -1321,7 +1321,7 @@ fn report(r: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "## walsync vs Litestream 0.5.17 — mode: {}, {} ({} cores, load average at start {})\n",
+        "## walsync vs Litestream 0.5.17 — mode: {}, finished {} ({} cores, load average at start {})\n",
         r["mode"].as_str().unwrap_or(""),
         r["date"].as_str().unwrap_or(""),
         r["cores"],
