@@ -666,6 +666,16 @@ impl Running {
     }
 }
 
+/// A phase that fails part-way must not leave a replicator running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn start_tool(env: &Env, set: &DbSet, interval: Duration, logname: &str) -> R<Running> {
     let logf = std::fs::File::create(env.work.join(format!("{logname}.log")))?;
     let mut cmd = match set.tool {
