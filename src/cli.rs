@@ -158,8 +158,8 @@ pub struct RestoreCmd {
     /// exit 0 without doing anything when the replica holds no backup
     #[argh(switch)]
     pub if_replica_exists: bool,
-    /// parallel downloads (default 8)
-    #[argh(option, default = "8")]
+    /// parallel downloads (default 32)
+    #[argh(option, default = "32")]
     pub parallelism: usize,
 }
 
@@ -212,8 +212,8 @@ pub struct VerifyCmd {
     /// force path-style (true) or virtual-hosted (false) S3 addressing
     #[argh(option)]
     pub force_path_style: Option<bool>,
-    /// parallel downloads (default 8)
-    #[argh(option, default = "8")]
+    /// parallel downloads (default 32)
+    #[argh(option, default = "32")]
     pub parallelism: usize,
     /// print JSON for scripts
     #[argh(switch)]

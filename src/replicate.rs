@@ -225,9 +225,8 @@ impl Poller {
                 if let Err(e) = s.uploaded() {
                     shipper::log(&s.name, &format!("recording the upload: {e}"));
                 }
-                // Poll again at once: more may have been committed meanwhile.
-                self.next_poll[ack.db] =
-                    self.next_poll[ack.db].min(Instant::now() + s.settings().sync_interval / 4);
+                // The next poll keeps its schedule: one file per interval at
+                // most, whatever landed during the upload goes in it.
             }
             Err(e) => {
                 let backoff = s.upload_failed(Instant::now());
