@@ -349,18 +349,6 @@ fn fetch_and_apply(
     })
 }
 
-/// The next step when a stored object is damaged.
-fn damaged_hint(f: &RemoteLtx) -> String {
-    if f.id.min_txid > 1 {
-        format!(
-            "; the replica copy is damaged: restore the state before it with --txid {}, and take a fresh snapshot of the source (`walsync snapshot`)",
-            f.id.min_txid - 1
-        )
-    } else {
-        "; the replica copy of this snapshot is damaged: restore from an older snapshot with --txid, and take a fresh snapshot of the source (`walsync snapshot`)".into()
-    }
-}
-
 /// Streams one object into `dest`, checking its length and SHA-256; returns
 /// the database checksums its metadata carries (walsync's files), if any.
 fn download(
@@ -414,7 +402,7 @@ fn download(
             return Err(Error::Integrity(format!(
                 "object {} is corrupt: its SHA-256 is {sha}, the metadata says {want}{}",
                 f.key,
-                damaged_hint(f)
+                plan::damaged_object_hint(f)
             )));
         }
     }

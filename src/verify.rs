@@ -675,7 +675,10 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
             } else {
                 m
             };
-            return Err(problem(Kind::Corrupt, format!("{m}{}", hint(f))));
+            return Err(problem(
+                Kind::Corrupt,
+                format!("{m}{}", crate::plan::damaged_object_hint(f)),
+            ));
         }
         Err(e) => {
             return Err(problem(
@@ -691,7 +694,7 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
                 "received {} bytes, the object is {} bytes{}",
                 hr.read,
                 dl.head.size,
-                hint(f)
+                crate::plan::damaged_object_hint(f)
             ),
         ));
     }
@@ -702,22 +705,10 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
                 Kind::Sha256Mismatch,
                 format!(
                     "SHA-256 of the body is {got}, the metadata says {want}{}",
-                    hint(f)
+                    crate::plan::damaged_object_hint(f)
                 ),
             ));
         }
     }
     Ok(facts)
-}
-
-/// The next step for a damaged object.
-fn hint(f: &RemoteLtx) -> String {
-    if f.id.min_txid > 1 {
-        format!(
-            "; restore the state before it with `walsync restore --txid {}`, and take a fresh snapshot of the source (`walsync snapshot`)",
-            f.id.min_txid - 1
-        )
-    } else {
-        "; take a fresh snapshot of the source (`walsync snapshot`)".into()
-    }
 }
