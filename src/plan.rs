@@ -322,6 +322,18 @@ pub fn txid_at_time(
     Ok(found)
 }
 
+/// The next step to suggest when a stored object is damaged.
+pub fn damaged_object_hint(f: &RemoteLtx) -> String {
+    if f.id.min_txid > 1 {
+        format!(
+            "; the replica copy is damaged: restore the state before it with --txid {}, and take a fresh snapshot of the source (`walsync snapshot`)",
+            f.id.min_txid - 1
+        )
+    } else {
+        "; the replica copy of this snapshot is damaged: restore from an older snapshot with --txid, and take a fresh snapshot of the source (`walsync snapshot`)".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,17 +467,5 @@ mod tests {
             .map(|f| (f.id.level, f.id.max_txid))
             .collect();
         assert_eq!(pts, vec![(0, 3), (0, 4)]);
-    }
-}
-
-/// The next step to suggest when a stored object is damaged.
-pub fn damaged_object_hint(f: &RemoteLtx) -> String {
-    if f.id.min_txid > 1 {
-        format!(
-            "; the replica copy is damaged: restore the state before it with --txid {}, and take a fresh snapshot of the source (`walsync snapshot`)",
-            f.id.min_txid - 1
-        )
-    } else {
-        "; the replica copy of this snapshot is damaged: restore from an older snapshot with --txid, and take a fresh snapshot of the source (`walsync snapshot`)".into()
     }
 }
