@@ -107,10 +107,12 @@ pub fn watch(
     }
     if clean {
         eprintln!("walsync: stopped; everything committed was stored");
+        Ok(())
     } else {
-        eprintln!("walsync: stopped with uploads unfinished; a restart resumes them");
+        Err(Error::Other(
+            "stopped before everything committed was stored (see the errors above); nothing is lost locally: a restart ships the rest".into(),
+        ))
     }
-    Ok(())
 }
 
 /// Opens every database in parallel (one thread per shard), refusing the
@@ -153,6 +155,9 @@ struct Poller {
     index: usize,
     shippers: Vec<Shipper>,
     next_poll: Vec<Instant>,
+    /// Whether the last poll of each database failed (nothing built: what
+    /// it had to ship is still waiting).
+    failed: Vec<bool>,
     jobs: Sender<Job>,
     acks: Receiver<Ack>,
 }
@@ -163,6 +168,7 @@ impl Poller {
         Poller {
             index,
             next_poll: vec![now; shippers.len()],
+            failed: vec![false; shippers.len()],
             shippers,
             jobs,
             acks,
@@ -179,18 +185,19 @@ impl Poller {
         }
         // Shutdown: poll every database until none has anything left to ship
         // (a database whose upload was in flight is polled again once it is
-        // stored: commits may have landed behind it), or the timeout.
+        // stored: commits may have landed behind it; one whose poll failed
+        // is tried again), or the timeout.
         let deadline = Instant::now() + shutdown_timeout;
         while Instant::now() < deadline {
             let now = Instant::now();
             self.next_poll.iter_mut().for_each(|t| *t = now);
             self.tick(now, false);
-            if !self.shippers.iter().any(Shipper::has_pending) {
+            if !self.unfinished() {
                 break;
             }
             self.wait_for_ack(Duration::from_millis(100));
         }
-        let clean = !self.shippers.iter().any(Shipper::has_pending);
+        let clean = !self.unfinished();
         for s in self.shippers {
             let name = s.name.clone();
             if let Err(e) = s.close() {
@@ -198,6 +205,10 @@ impl Poller {
             }
         }
         clean
+    }
+
+    fn unfinished(&self) -> bool {
+        self.shippers.iter().any(Shipper::has_pending) || self.failed.iter().any(|&f| f)
     }
 
     fn until_next_poll(&self) -> Duration {
@@ -270,6 +281,7 @@ impl Poller {
                 }
             }
             let built = s.poll(now_ms).map(|b| b.map(shipper::UploadRequest::from));
+            self.failed[db] = built.is_err();
             match built {
                 Ok(Some(req)) => self.send(db, req),
                 Ok(None) => {}

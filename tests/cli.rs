@@ -276,3 +276,47 @@ fn restore_errors_on_s3_name_the_object_and_leave_nothing() {
     );
     assert_no_output_left(&out2);
 }
+
+#[test]
+fn first_signal_flushes_and_exits_0_second_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut conn = create_db(&db, 4096);
+    let dest = Dest::file(&dir.path().join("replica"));
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    dest.wait_for_txid("s", 1, Duration::from_secs(20));
+    insert(&mut conn, 5, 100, 1);
+    let (code, err) = w.stop();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("everything committed was stored"), "{err}");
+    assert_eq!(
+        dest.max_txid("s"),
+        2,
+        "the commit before the signal was shipped"
+    );
+
+    // With a shutdown that cannot finish (an unwritable spool folder), a
+    // second signal ends the process at once.
+    let w = dest.watch(
+        &[&db],
+        &["--sync-interval", "50ms", "--shutdown-timeout", "1h"],
+    );
+    dest.wait_for_txid("s", 2, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_dir_all(dir.path().join(".s.db-walsync")).unwrap();
+    std::fs::write(dir.path().join(".s.db-walsync"), b"x").unwrap();
+    insert(&mut conn, 5, 100, 2);
+    let pid = w.pid();
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let started = Instant::now();
+    let (code, err) = w.stop();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("second signal"), "{err}");
+}

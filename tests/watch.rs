@@ -351,7 +351,10 @@ fn one_failing_database_does_not_stop_the_others() {
     let bad = dir.path().join("bad.db");
     let mut good_conn = create_db(&good, 4096);
     let mut bad_conn = create_db(&bad, 4096);
-    let w = dest.watch(&[&good, &bad], &["--sync-interval", "50ms"]);
+    let w = dest.watch(
+        &[&good, &bad],
+        &["--sync-interval", "50ms", "--shutdown-timeout", "2s"],
+    );
     dest.wait_for_txid("good", 1, Duration::from_secs(20));
     dest.wait_for_txid("bad", 1, Duration::from_secs(20));
     // Take away bad.db's local state folder: its spool files cannot be written.
@@ -366,10 +369,15 @@ fn one_failing_database_does_not_stop_the_others() {
     assert!(t >= 6);
     assert_eq!(dest.max_txid("bad"), 1, "bad.db cannot ship");
     let (code, err) = w.stop();
-    assert_eq!(code, 0, "{err}");
+    // bad.db's commit could not be shipped: the stop says so (exit 1).
+    assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("bad"),
+        err.contains("walsync: bad:"),
         "the failure is logged with the database name: {err}"
+    );
+    assert!(
+        err.contains("before everything committed was stored"),
+        "{err}"
     );
     drop(good_conn);
     restore_equals_source(&dest, "good", &good, dir.path());
