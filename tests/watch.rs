@@ -451,3 +451,34 @@ fn a_signal_during_a_long_upload_still_ships_everything_committed() {
     drop(conn);
     restore_equals_source(&dest, "flush", &db, dir.path());
 }
+
+/// walsync opens the database file for snapshots. Closing such a descriptor
+/// would drop every POSIX lock the process holds on the file, SQLite's
+/// included, and the application's last connection to close would then
+/// checkpoint and delete the WAL under walsync.
+#[test]
+fn application_connections_closing_after_a_snapshot_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("locks.db");
+    drop(create_db(&db, 4096));
+    let w = dest.watch(
+        &[&db],
+        &["--sync-interval", "50ms", "--snapshot-interval", "200ms"],
+    );
+    dest.wait_for_txid("locks", 1, Duration::from_secs(20));
+    for i in 0..6 {
+        // Each round: one short-lived application connection, and a
+        // periodic snapshot in between.
+        let mut conn = app_conn(&db);
+        insert(&mut conn, 20, 500, i);
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            dir.path().join("locks.db-wal").exists(),
+            "round {i}: the application deleted the WAL while walsync held it"
+        );
+    }
+    stop_clean(w);
+    restore_equals_source(&dest, "locks", &db, dir.path());
+}
