@@ -46,28 +46,40 @@ pub enum Command {
     Version(VersionCmd),
 }
 
-#[derive(FromArgs, Debug)]
+/// Declares a command that reaches a replica: its own fields plus the
+/// connection flags every such command shares (argh has no flattening).
+macro_rules! replica_command {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        #[derive(FromArgs, Debug)]
+        $(#[$meta])*
+        pub struct $name {
+            $($fields)*
+            /// replica URL: s3://bucket/prefix or file:///path
+            #[argh(option, short = 'b')]
+            pub bucket: Option<String>,
+            /// config file (walsync.toml)
+            #[argh(option)]
+            pub config: Option<PathBuf>,
+            /// S3 endpoint URL for non-AWS providers (env AWS_ENDPOINT_URL_S3)
+            #[argh(option)]
+            pub endpoint: Option<String>,
+            /// S3 region (env AWS_REGION, default us-east-1)
+            #[argh(option)]
+            pub region: Option<String>,
+            /// force path-style (true) or virtual-hosted (false) S3 addressing
+            #[argh(option)]
+            pub force_path_style: Option<bool>,
+        }
+    };
+}
+
+replica_command! {
 /// Replicate databases continuously until SIGINT/SIGTERM.
 #[argh(subcommand, name = "watch")]
 pub struct WatchCmd {
     /// database files to replicate (or use [[databases]] in --config)
     #[argh(positional)]
     pub databases: Vec<PathBuf>,
-    /// replica URL: s3://bucket/prefix or file:///path
-    #[argh(option, short = 'b')]
-    pub bucket: Option<String>,
-    /// config file (walsync.toml)
-    #[argh(option)]
-    pub config: Option<PathBuf>,
-    /// S3 endpoint URL for non-AWS providers (env AWS_ENDPOINT_URL_S3)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// S3 region (env AWS_REGION, default us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
-    /// force path-style (true) or virtual-hosted (false) S3 addressing
-    #[argh(option)]
-    pub force_path_style: Option<bool>,
     /// how often each WAL is polled, e.g. 1s or 50ms (default 1s)
     #[argh(option, from_str_fn(duration))]
     pub sync_interval: Option<Duration>,
@@ -89,36 +101,21 @@ pub struct WatchCmd {
     /// how long a shutdown waits for uploads in flight (default 30s)
     #[argh(option, from_str_fn(duration))]
     pub shutdown_timeout: Option<Duration>,
-}
+}}
 
-#[derive(FromArgs, Debug)]
+replica_command! {
 /// Store a level-9 snapshot of a database now (after shipping its WAL).
 #[argh(subcommand, name = "snapshot")]
 pub struct SnapshotCmd {
     /// database file
     #[argh(positional)]
     pub database: PathBuf,
-    /// replica URL: s3://bucket/prefix or file:///path
-    #[argh(option, short = 'b')]
-    pub bucket: Option<String>,
     /// replica name (default: the file stem)
     #[argh(option)]
     pub name: Option<String>,
-    /// config file (walsync.toml) for [s3] settings
-    #[argh(option)]
-    pub config: Option<PathBuf>,
-    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// S3 region (env AWS_REGION, default us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
-    /// force path-style (true) or virtual-hosted (false) S3 addressing
-    #[argh(option)]
-    pub force_path_style: Option<bool>,
-}
+}}
 
-#[derive(FromArgs, Debug)]
+replica_command! {
 /// Restore a database from its replica, latest or at a point in time.
 #[argh(subcommand, name = "restore")]
 pub struct RestoreCmd {
@@ -128,21 +125,6 @@ pub struct RestoreCmd {
     /// output database file
     #[argh(option, short = 'o')]
     pub output: PathBuf,
-    /// replica URL: s3://bucket/prefix or file:///path
-    #[argh(option, short = 'b')]
-    pub bucket: Option<String>,
-    /// config file (walsync.toml) for [s3] settings
-    #[argh(option)]
-    pub config: Option<PathBuf>,
-    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// S3 region (env AWS_REGION, default us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
-    /// force path-style (true) or virtual-hosted (false) S3 addressing
-    #[argh(option)]
-    pub force_path_style: Option<bool>,
     /// restore the state as of this TXID (decimal, or hex with 0x)
     #[argh(option, from_str_fn(txid))]
     pub txid: Option<u64>,
@@ -161,33 +143,18 @@ pub struct RestoreCmd {
     /// parallel downloads (default 32)
     #[argh(option, default = "32")]
     pub parallelism: usize,
-}
+}}
 
-#[derive(FromArgs, Debug)]
+replica_command! {
 /// List the databases in a replica.
 #[argh(subcommand, name = "list")]
 pub struct ListCmd {
-    /// replica URL: s3://bucket/prefix or file:///path
-    #[argh(option, short = 'b')]
-    pub bucket: Option<String>,
-    /// config file (walsync.toml) for [s3] settings
-    #[argh(option)]
-    pub config: Option<PathBuf>,
-    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// S3 region (env AWS_REGION, default us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
-    /// force path-style (true) or virtual-hosted (false) S3 addressing
-    #[argh(option)]
-    pub force_path_style: Option<bool>,
     /// print JSON for scripts
     #[argh(switch)]
     pub json: bool,
-}
+}}
 
-#[derive(FromArgs, Debug)]
+replica_command! {
 /// Check that a replica restores, without writing a database.
 #[argh(subcommand, name = "verify")]
 pub struct VerifyCmd {
@@ -197,28 +164,13 @@ pub struct VerifyCmd {
     /// verify every database under the replica URL
     #[argh(switch)]
     pub all: bool,
-    /// replica URL: s3://bucket/prefix or file:///path
-    #[argh(option, short = 'b')]
-    pub bucket: Option<String>,
-    /// config file (walsync.toml) for [s3] settings
-    #[argh(option)]
-    pub config: Option<PathBuf>,
-    /// S3 endpoint URL (env AWS_ENDPOINT_URL_S3)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// S3 region (env AWS_REGION, default us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
-    /// force path-style (true) or virtual-hosted (false) S3 addressing
-    #[argh(option)]
-    pub force_path_style: Option<bool>,
     /// parallel downloads (default 32)
     #[argh(option, default = "32")]
     pub parallelism: usize,
     /// print JSON for scripts
     #[argh(switch)]
     pub json: bool,
-}
+}}
 
 #[derive(FromArgs, Debug)]
 /// Print the SQLite settings recommended for applications replicated by walsync.
