@@ -334,6 +334,20 @@ pub fn damaged_object_hint(f: &RemoteLtx) -> String {
     }
 }
 
+/// `None` when an LTX header holds the TXIDs its object's name says, else
+/// what differs (a renamed or misplaced object is damage).
+pub fn name_mismatch(f: &RemoteLtx, min_txid: u64, max_txid: u64) -> Option<String> {
+    ((min_txid, max_txid) != (f.id.min_txid, f.id.max_txid)).then(|| {
+        format!(
+            "holds TXIDs {}..{} but its name says {}..{}",
+            txid_hex(min_txid),
+            txid_hex(max_txid),
+            txid_hex(f.id.min_txid),
+            txid_hex(f.id.max_txid)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

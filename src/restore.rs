@@ -516,14 +516,8 @@ impl Applier {
         let src = File::open(path).local_io(|| format!("opening {}", path.display()))?;
         let mut dec = Decoder::new(src).map_err(ctx)?;
         let h = *dec.header();
-        if (h.min_txid, h.max_txid) != (f.id.min_txid, f.id.max_txid) {
-            return Err(Error::Integrity(format!(
-                "object {key} holds TXIDs {}..{} but its name says {}..{}",
-                txid_hex(h.min_txid),
-                txid_hex(h.max_txid),
-                txid_hex(f.id.min_txid),
-                txid_hex(f.id.max_txid)
-            )));
+        if let Some(m) = plan::name_mismatch(f, h.min_txid, h.max_txid) {
+            return Err(Error::Integrity(format!("object {key} {m}")));
         }
         match self.page_size {
             None => self.page_size = Some(h.page_size),

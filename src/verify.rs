@@ -644,14 +644,8 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
         let mut page = Vec::new();
         while dec.next_page(&mut page)?.is_some() {}
         let trailer = dec.finish()?;
-        if (h.min_txid, h.max_txid) != (f.id.min_txid, f.id.max_txid) {
-            return Err(Error::Restore(format!(
-                "holds TXIDs {}..{} but its name says {}..{}",
-                txid_hex(h.min_txid),
-                txid_hex(h.max_txid),
-                txid_hex(f.id.min_txid),
-                txid_hex(f.id.max_txid)
-            )));
+        if let Some(m) = crate::plan::name_mismatch(f, h.min_txid, h.max_txid) {
+            return Err(Error::Restore(m));
         }
         // NoChecksum files (Litestream's, and walsync's own) may carry
         // walsync's database checksums in the object metadata instead.

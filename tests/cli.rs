@@ -320,3 +320,46 @@ fn first_signal_flushes_and_exits_0_second_exits_at_once() {
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("second signal"), "{err}");
 }
+
+#[test]
+fn an_object_holding_other_txids_than_its_name_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let mut conn = create_db(&db, 4096);
+    let dest = Dest::file(&dir.path().join("replica"));
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    let mut txid = dest.wait_for_txid("m", 1, Duration::from_secs(20));
+    for i in 0..3 {
+        insert(&mut conn, 1, 100, i);
+        txid = dest.wait_for_txid("m", txid + 1, Duration::from_secs(20));
+    }
+    let (c, err) = w.stop();
+    assert_eq!(c, 0, "{err}");
+    // Put TXID 3's file (and its metadata) where TXID 4's belongs.
+    let level0 = dir.path().join("replica/m/ltx/0");
+    let meta0 = dir.path().join("replica/.walsync-meta/m/ltx/0");
+    for folder in [&level0, &meta0] {
+        let ext = if folder == &meta0 {
+            ".ltx.json"
+        } else {
+            ".ltx"
+        };
+        let name = |t: u64| folder.join(format!("{t:016x}-{t:016x}{ext}"));
+        std::fs::copy(name(3), name(4)).unwrap();
+    }
+    let out = dir.path().join("out.db");
+    let r = dest.restore("m", &out, &[]);
+    assert_eq!(code(&r), 5, "{}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("but its name says"),
+        "{}",
+        text(&r)
+    );
+    let v = dest.walsync(&["verify", "m", "-b", &dest.url]);
+    assert_eq!(code(&v), 5, "{}", text(&v));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("0000000000000004-0000000000000004.ltx"),
+        "{}",
+        text(&v)
+    );
+}
