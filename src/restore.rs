@@ -1,18 +1,22 @@
 //! `walsync restore`: rebuilds a database from its replica, at the latest
 //! state, a TXID or a point in time.
 //!
-//! Steps: plan the files (see [`crate::plan`]), download them in parallel into
-//! a temporary folder beside the output (streaming, SHA-256 checked against
-//! the object metadata), apply them strictly in TXID order into `<out>.tmp`
-//! while keeping the running database checksum (checked against every file's
-//! pre- and post-apply checksums where the file carries them), run
-//! `PRAGMA integrity_check`, fsync, rename into place and fsync the folder.
+//! Steps: plan the files (see [`crate::plan`]); stream the snapshot from the
+//! store straight into `<out>.tmp` while the files after it download in
+//! parallel into a temporary folder beside the output (every object's
+//! length and SHA-256 checked against its metadata); apply them strictly in
+//! TXID order while keeping the running database checksum (checked against
+//! every file's pre- and post-apply checksums where the file carries them);
+//! run `PRAGMA integrity_check`, fsync, rename into place and fsync the
+//! folder.
 //!
-//! Bounded resources: at most `parallelism` downloaded-but-unapplied files
-//! wait on disk, pages are applied one at a time, and the running checksum
-//! is updated from the bytes already in `<out>.tmp` (old page read back
-//! before it is overwritten), never from a table of per-page checksums.
-//! Any failure removes `<out>.tmp` and the download folder.
+//! Bounded resources: the streamed snapshot holds at most 4 MiB in flight;
+//! downloaded-but-unapplied files wait on disk, never more than
+//! `parallelism` files or 128 MiB (whichever allows more); pages are applied
+//! one at a time, and the running checksum is updated from the bytes already
+//! in `<out>.tmp` (old page read back before it is overwritten), never from a
+//! table of per-page checksums. Any failure removes `<out>.tmp` and the
+//! download folder.
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, HashingWriter};
@@ -219,13 +223,12 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
         &chain,
         &dl_dir,
         opts.parallelism.max(1),
-        |f, path, db_checksums| {
+        |f, src, db_checksums| {
             check_interrupted()?;
-            let size = fs::metadata(path).map(|m| m.len()).unwrap_or(f.size);
             applier
-                .apply(f, path, db_checksums)
+                .apply(f, src, db_checksums)
                 .map_err(|e| e.context(format!("restoring '{name}' from {url}")))?;
-            progress.file_done(size);
+            progress.file_done(f.size);
             Ok(())
         },
     )?;
@@ -266,22 +269,34 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     Ok(())
 }
 
-/// Downloads `chain` with `parallelism` workers into `dir` and calls `apply`
-/// for each file strictly in order as soon as it (and all before it) is
-/// there. At most `parallelism` downloaded files wait to be applied.
+/// How many bytes of downloaded-but-unapplied files may wait on disk beyond
+/// the `parallelism` files always allowed ahead: small incremental files are
+/// fetched while the snapshot is still being applied.
+const PREFETCH_BYTES: u64 = 128 << 20;
+/// And how many files at most, whatever their size.
+const PREFETCH_FILES: usize = 4096;
+
+/// Downloads `chain` and calls `apply` for each file strictly in order.
+///
+/// The first file (the snapshot, usually most of the bytes) is streamed: a
+/// thread downloads and hashes it while `apply` decodes it, so the download
+/// and the apply overlap. Meanwhile `parallelism` workers download the files
+/// after it into `dir`, as far ahead as [`PREFETCH_BYTES`] allows (and always
+/// `parallelism` files), and each is applied as soon as it and all before it
+/// are there.
 fn fetch_and_apply(
     storage: &dyn Storage,
     chain: &[RemoteLtx],
     dir: &Path,
     parallelism: usize,
-    mut apply: impl FnMut(&RemoteLtx, &Path, Option<(u64, u64)>) -> Result<()>,
+    mut apply: impl FnMut(&RemoteLtx, &mut dyn Read, Option<(u64, u64)>) -> Result<()>,
 ) -> Result<()> {
     let n = chain.len();
-    let workers = parallelism.min(n).max(1);
+    let workers = parallelism.min(n.saturating_sub(1)).max(1);
     let cancel = AtomicBool::new(false);
     let path_of = |i: usize| dir.join(format!("{i:08}.ltx"));
     std::thread::scope(|s| {
-        let (job_tx, job_rx) = bounded::<usize>(parallelism);
+        let (job_tx, job_rx) = unbounded::<usize>();
         let (res_tx, res_rx) = unbounded::<(usize, Result<Option<(u64, u64)>>)>();
         for _ in 0..workers {
             let job_rx = job_rx.clone();
@@ -304,15 +319,33 @@ fn fetch_and_apply(
         drop(res_tx);
 
         let result = (|| -> Result<()> {
-            let mut next = 0;
-            while next < n && next < parallelism {
-                job_tx
-                    .send(next)
-                    .map_err(|_| Error::Other("download workers stopped".into()))?;
-                next += 1;
-            }
+            let Some(first) = chain.first() else {
+                return Ok(());
+            };
+            // Queue downloads of the files after the first.
+            let mut next = 1;
+            let mut waiting_bytes = 0u64;
+            let mut dispatch = |applied: usize, waiting_bytes: &mut u64| -> Result<()> {
+                while next < n {
+                    let ahead = next - applied;
+                    let size = chain[next].size;
+                    let fits = ahead < PREFETCH_FILES && *waiting_bytes + size <= PREFETCH_BYTES;
+                    if ahead >= parallelism && !fits {
+                        break;
+                    }
+                    job_tx
+                        .send(next)
+                        .map_err(|_| Error::Other("download workers stopped".into()))?;
+                    *waiting_bytes += size;
+                    next += 1;
+                }
+                Ok(())
+            };
+            dispatch(1, &mut waiting_bytes)?;
+            apply_streamed(storage, first, &cancel, s, &mut apply)?;
+
             let mut ready: BTreeMap<usize, Result<Option<(u64, u64)>>> = BTreeMap::new();
-            for (i, f) in chain.iter().enumerate() {
+            for (i, f) in chain.iter().enumerate().skip(1) {
                 let r = loop {
                     if let Some(r) = ready.remove(&i) {
                         break r;
@@ -330,14 +363,13 @@ fn fetch_and_apply(
                 };
                 let db_checksums = r?;
                 let path = path_of(i);
-                apply(f, &path, db_checksums)?;
+                let mut src =
+                    File::open(&path).local_io(|| format!("opening {}", path.display()))?;
+                apply(f, &mut src, db_checksums)?;
+                drop(src);
                 let _ = fs::remove_file(&path);
-                if next < n {
-                    job_tx
-                        .send(next)
-                        .map_err(|_| Error::Other("download workers stopped".into()))?;
-                    next += 1;
-                }
+                waiting_bytes = waiting_bytes.saturating_sub(f.size);
+                dispatch(i + 1, &mut waiting_bytes)?;
             }
             Ok(())
         })();
@@ -349,6 +381,150 @@ fn fetch_and_apply(
     })
 }
 
+/// Size of the chunks a streamed download is handed over in, and how many
+/// may be in flight: 4 MiB of memory at most.
+const STREAM_CHUNK: usize = 256 * 1024;
+const STREAM_CHUNKS: usize = 16;
+
+/// Downloads `f` on a thread of `scope` that hashes the body and hands it to
+/// `apply` in chunks. Afterwards the length and SHA-256 are checked like a
+/// staged download's; when `apply` fails on bytes the download then finds
+/// corrupt or truncated, that is the error reported.
+fn apply_streamed<'s, 'e>(
+    storage: &'e dyn Storage,
+    f: &'e RemoteLtx,
+    cancel: &'e AtomicBool,
+    scope: &'s std::thread::Scope<'s, 'e>,
+    apply: &mut impl FnMut(&RemoteLtx, &mut dyn Read, Option<(u64, u64)>) -> Result<()>,
+) -> Result<()> {
+    let dl = get(storage, f)?;
+    let db_checksums = dl.head.meta.parsed_db_checksums();
+    let (chunk_tx, chunk_rx) = bounded::<Vec<u8>>(STREAM_CHUNKS);
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(STREAM_CHUNKS + 2);
+    let fetcher = scope.spawn(move || -> Result<()> {
+        let head = dl.head;
+        let mut body = dl.body;
+        let mut hashed = HashingWriter::new(std::io::sink());
+        loop {
+            if cancel.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
+                return Err(Error::Other("cancelled".into()));
+            }
+            let mut chunk = spare_rx
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(STREAM_CHUNK));
+            chunk.resize(STREAM_CHUNK, 0);
+            let n = match body.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(download_error(storage, f, &e)),
+            };
+            chunk.truncate(n);
+            let _ = hashed.write_all(&chunk);
+            if chunk_tx.send(chunk).is_err() {
+                // The applier stopped reading; its error is the one to report.
+                return Err(Error::Other("cancelled".into()));
+            }
+        }
+        let (_, sha, len) = hashed.finish();
+        check_download(f, &head, &sha, len)
+    });
+    let mut reader = ChunkReader {
+        chunks: chunk_rx,
+        spare: spare_tx,
+        current: Vec::new(),
+        pos: 0,
+    };
+    let applied = apply(f, &mut reader, db_checksums);
+    // Read to the end, so the whole object is hashed (unless stopping).
+    if !cancel.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) {
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    }
+    drop(reader);
+    let fetched = fetcher
+        .join()
+        .unwrap_or_else(|_| Err(Error::Other("the download thread panicked".into())));
+    check_interrupted()?;
+    match (applied, fetched) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Err(Error::Other(_))) | (Err(e), Ok(())) => Err(e),
+        (_, Err(download_err)) => Err(download_err),
+    }
+}
+
+/// Reads the chunks a streaming download hands over, returning each buffer
+/// for reuse.
+struct ChunkReader {
+    chunks: crossbeam_channel::Receiver<Vec<u8>>,
+    spare: crossbeam_channel::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    let used = std::mem::replace(&mut self.current, chunk);
+                    let _ = self.spare.try_send(used);
+                    self.pos = 0;
+                }
+                // The download ended (or failed: the fetcher reports why).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Starts the download of `f`; a listed object that is gone is an error.
+fn get(storage: &dyn Storage, f: &RemoteLtx) -> Result<crate::storage::Download> {
+    storage.get(&f.key)?.ok_or_else(|| {
+        Error::Storage(format!(
+            "object {} was listed in {} but is gone (deleted by retention or compaction?); run the restore again",
+            f.key,
+            storage.describe()
+        ))
+    })
+}
+
+fn download_error(storage: &dyn Storage, f: &RemoteLtx, e: &std::io::Error) -> Error {
+    Error::Storage(format!(
+        "downloading {} from {}: {e}",
+        f.key,
+        storage.describe()
+    ))
+}
+
+/// Checks a downloaded body's length and SHA-256 against its metadata.
+fn check_download(
+    f: &RemoteLtx,
+    head: &crate::storage::ObjectHead,
+    sha: &str,
+    len: u64,
+) -> Result<()> {
+    if len != head.size {
+        return Err(Error::Integrity(format!(
+            "object {} is truncated: received {len} of {} bytes",
+            f.key, head.size
+        )));
+    }
+    if let Some(want) = &head.meta.sha256 {
+        if !want.eq_ignore_ascii_case(sha) {
+            return Err(Error::Integrity(format!(
+                "object {} is corrupt: its SHA-256 is {sha}, the metadata says {want}{}",
+                f.key,
+                plan::damaged_object_hint(f)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Streams one object into `dest`, checking its length and SHA-256; returns
 /// the database checksums its metadata carries (walsync's files), if any.
 fn download(
@@ -357,13 +533,7 @@ fn download(
     dest: &Path,
     cancel: &AtomicBool,
 ) -> Result<Option<(u64, u64)>> {
-    let dl = storage.get(&f.key)?.ok_or_else(|| {
-        Error::Storage(format!(
-            "object {} was listed in {} but is gone (deleted by retention or compaction?); run the restore again",
-            f.key,
-            storage.describe()
-        ))
-    })?;
+    let dl = get(storage, f)?;
     let file = File::create(dest).local_io(|| format!("creating {}", dest.display()))?;
     let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
     let mut body = dl.body;
@@ -376,13 +546,7 @@ fn download(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::Storage(format!(
-                    "downloading {} from {}: {e}",
-                    f.key,
-                    storage.describe()
-                )))
-            }
+            Err(e) => return Err(download_error(storage, f, &e)),
         };
         w.write_all(&buf[..n])
             .local_io(|| format!("writing {}", dest.display()))?;
@@ -391,21 +555,7 @@ fn download(
     inner
         .into_inner()
         .map_err(|e| Error::Other(format!("writing {}: {}", dest.display(), e.error())))?;
-    if len != dl.head.size {
-        return Err(Error::Integrity(format!(
-            "object {} is truncated: received {len} of {} bytes",
-            f.key, dl.head.size
-        )));
-    }
-    if let Some(want) = &dl.head.meta.sha256 {
-        if !want.eq_ignore_ascii_case(&sha) {
-            return Err(Error::Integrity(format!(
-                "object {} is corrupt: its SHA-256 is {sha}, the metadata says {want}{}",
-                f.key,
-                plan::damaged_object_hint(f)
-            )));
-        }
-    }
+    check_download(f, &dl.head, &sha, len)?;
     Ok(dl.head.meta.parsed_db_checksums())
 }
 
@@ -508,12 +658,11 @@ impl Applier {
     fn apply(
         &mut self,
         f: &RemoteLtx,
-        path: &Path,
+        src: &mut dyn Read,
         meta_checksums: Option<(u64, u64)>,
     ) -> Result<()> {
         let key = &f.key;
         let ctx = |e: Error| e.context(format!("object {key}"));
-        let src = File::open(path).local_io(|| format!("opening {}", path.display()))?;
         let mut dec = Decoder::new(src).map_err(ctx)?;
         let h = *dec.header();
         if let Some(m) = plan::name_mismatch(f, h.min_txid, h.max_txid) {

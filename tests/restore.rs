@@ -819,3 +819,90 @@ mod built {
         assert!(fs::read(&out).unwrap() == r.states[1]);
     }
 }
+
+/// The snapshot is applied while it downloads: a damaged one is still
+/// reported as the damaged object (not as an LTX decoding error), with the
+/// integrity exit code, and leaves nothing behind.
+#[test]
+fn a_damaged_snapshot_is_named_while_streamed() {
+    let env = Env::new();
+    let conn = env.open();
+    let points = history(&env, &conn, 3, 0);
+    let snapshots = env.files(9);
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    let (_, _, victim) = &snapshots[0];
+    let key_name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    let original = fs::read(victim).unwrap();
+    let out = env.out("snap.db");
+
+    flip_byte(victim);
+    let o = env.restore(&out, &[]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 5, "{err}");
+    assert!(err.contains(&key_name) && err.contains("SHA-256"), "{err}");
+    assert_nothing_left(&out);
+
+    fs::write(victim, &original[..original.len() / 2]).unwrap();
+    let o = env.restore(&out, &[]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 5, "{err}");
+    assert!(
+        err.contains(&key_name) && err.contains("truncated"),
+        "{err}"
+    );
+    assert_nothing_left(&out);
+
+    fs::write(victim, &original).unwrap();
+    let o = env.restore(&out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(count(&out), points.last().unwrap().rows);
+}
+
+/// SIGINT while the snapshot is still streaming into the output stops the
+/// restore with exit 1 and a message saying so, and leaves nothing behind.
+#[test]
+fn an_interrupted_restore_leaves_nothing() {
+    let env = Env::new();
+    let conn = env.open();
+    // 96 MiB of incompressible rows: long enough to interrupt mid-apply.
+    conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    for i in 0..24_000u32 {
+        let body: Vec<u8> = (0..4000u32)
+            .map(|j| (i.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)).to_le_bytes()[1])
+            .collect();
+        tx.execute("INSERT INTO t(body) VALUES (?1)", [body])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    env.snapshot();
+
+    let out = env.out("interrupted.db");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let url = env.url();
+    let mut child = Command::new(BIN)
+        .args(["restore", "app", "-o", out.to_str().unwrap(), "-b", &url])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = env.out("interrupted.db.tmp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::metadata(&tmp).map_or(true, |m| m.len() == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never started writing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended early"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(code(&o), 1, "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_nothing_left(&out);
+}
