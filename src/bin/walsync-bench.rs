@@ -11,7 +11,8 @@
 //!   during idle time, CPU seconds per 10,000 commits;
 //! - lag phases (one tool at a time): commit → LTX object on the server's
 //!   disk, at two sync intervals;
-//! - the application's commit latency with no replicator, walsync, Litestream;
+//! - the application's commit latency with no replicator, walsync, Litestream
+//!   (interleaved turns, see `commit_latency`);
 //! - restore wall time and peak RSS of a large database with many
 //!   incremental files, each tool restoring its own replica and walsync
 //!   restoring Litestream's.
@@ -1165,48 +1166,82 @@ fn lag(env: &Env, tool: Tool, interval: Duration) -> R<Value> {
 }
 
 /// The application's commit latency with no replicator or one tool.
-fn commit_latency(env: &Env, tool: Option<Tool>) -> R<Value> {
-    let label = tool.map(Tool::label).unwrap_or("none");
-    let phase = format!("latency-{label}");
-    let (a, b) = create_sets(env, &phase, 1)?;
-    let set = if tool == Some(Tool::Litestream) { b } else { a };
-    let mut p = match tool {
-        Some(_) => {
-            let mut p = start_tool(env, &set, Duration::from_secs(1), &phase)?;
-            wait_initial(env, &set, 60, &mut p)?;
-            thread::sleep(Duration::from_millis(500));
-            Some(p)
-        }
-        None => None,
-    };
-    log(format!("{phase}: {} commits", env.opts.latency_commits));
-    let c = open_writer(&set.path(0))?;
+/// Commits per turn in the latency phase, and the pause after each turn
+/// (longer than the 1 s sync interval, so a replicator's work on its turn is
+/// done before the next turn starts).
+const LATENCY_TURN: usize = 250;
+const LATENCY_PAUSE: Duration = Duration::from_millis(1300);
+
+/// The application's commit latency with no replicator, under walsync and
+/// under Litestream, interleaved: three identical databases, one left alone,
+/// one watched by walsync and one by Litestream (both running throughout),
+/// are written in turns of [`LATENCY_TURN`] commits, rotating which goes
+/// first. Slow drifts of a shared machine (other load, CPU clocks, disk
+/// writeback) then fall on the three alike instead of on whichever ran
+/// last. During one database's turn the other replicators have nothing to
+/// do: their databases do not change.
+fn commit_latency(env: &Env) -> R<Vec<Value>> {
+    let phase = "latency";
+    let (a, b) = create_sets(env, phase, 1)?;
+    let alone = env.work.join(phase).join("unreplicated.db");
+    create_db(&alone)?;
+    let interval = Duration::from_secs(1);
+    let mut ws = start_tool(env, &a, interval, "latency-walsync")?;
+    let mut ls = start_tool(env, &b, interval, "latency-litestream")?;
+    wait_initial(env, &a, 60, &mut ws)?;
+    wait_initial(env, &b, 60, &mut ls)?;
+    thread::sleep(Duration::from_millis(500));
+
+    let labels = ["none", "walsync", "litestream"];
+    let writers = [
+        open_writer(&alone)?,
+        open_writer(&a.path(0))?,
+        open_writer(&b.path(0))?,
+    ];
+    let mut lat: [Vec<f64>; 3] = Default::default();
+    let turns = env.opts.latency_commits.div_ceil(LATENCY_TURN);
+    log(format!(
+        "latency: {} commits each, in {turns} turns of {LATENCY_TURN}",
+        turns * LATENCY_TURN
+    ));
     let mut rng = Rng::new(7);
-    let mut lat = Vec::with_capacity(env.opts.latency_commits);
-    for _ in 0..env.opts.latency_commits {
-        let body = rng.bytes(200);
-        let t0 = Instant::now();
-        c.execute("INSERT INTO t(body) VALUES (?1)", params![body])?;
-        lat.push(t0.elapsed().as_secs_f64() * 1e6);
-        thread::sleep(Duration::from_millis(2));
-    }
-    drop(c);
-    if let Some(run) = p.take() {
-        thread::sleep(Duration::from_secs(2));
-        let t = run.tool;
-        log(format!("{phase}: stopping {}", t.label()));
-        if !run.stop() && t == Tool::Walsync {
-            env.fail(format!("{phase}: walsync did not exit 0 on SIGINT"));
+    for round in 0..turns {
+        for k in 0..3 {
+            let who = (round + k) % 3;
+            for _ in 0..LATENCY_TURN {
+                let body = rng.bytes(200);
+                let t0 = Instant::now();
+                writers[who].execute("INSERT INTO t(body) VALUES (?1)", params![body])?;
+                lat[who].push(t0.elapsed().as_secs_f64() * 1e6);
+                thread::sleep(Duration::from_millis(2));
+            }
+            thread::sleep(LATENCY_PAUSE);
         }
-        check_restore(env, &set, 0, t)?;
     }
-    lat.sort_by(f64::total_cmp);
-    Ok(json!({
-        "replicator": label,
-        "commits": lat.len(),
-        "p50_us": pct(&lat, 0.50),
-        "p99_us": pct(&lat, 0.99),
-    }))
+    drop(writers);
+    thread::sleep(Duration::from_secs(2));
+    for run in [ws, ls] {
+        let t = run.tool;
+        log(format!("latency: stopping {}", t.label()));
+        if !run.stop() && t == Tool::Walsync {
+            env.fail("latency: walsync did not exit 0 on SIGINT".into());
+        }
+    }
+    check_restore(env, &a, 0, Tool::Walsync)?;
+    check_restore(env, &b, 0, Tool::Litestream)?;
+    Ok(labels
+        .iter()
+        .zip(lat.iter_mut())
+        .map(|(label, l)| {
+            l.sort_by(f64::total_cmp);
+            json!({
+                "replicator": label,
+                "commits": l.len(),
+                "p50_us": pct(l, 0.50),
+                "p99_us": pct(l, 0.99),
+            })
+        })
+        .collect())
 }
 
 /// Restore phase: a large database, a snapshot and many incremental files.
@@ -1665,13 +1700,11 @@ fn run(opts: &Opts) -> R<bool> {
                 lag_r.push(lag(&env, tool, iv)?);
             }
         }
-        let mut lat_r = Vec::new();
-        for tool in [None, Some(Tool::Walsync), Some(Tool::Litestream)]
-            .into_iter()
-            .filter(|_| on("latency"))
-        {
-            lat_r.push(commit_latency(&env, tool)?);
-        }
+        let lat_r = if on("latency") {
+            commit_latency(&env)?
+        } else {
+            Vec::new()
+        };
         let restore_r = if on("restore") {
             restore_phase(&env)?
         } else {
