@@ -4,7 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -34,37 +34,52 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .local_io(|| format!("syncing folder {}", dir.display()))
 }
 
-/// A writer that hashes (SHA-256) and counts what passes through it.
-pub struct HashingWriter<W: Write> {
-    inner: W,
+/// A reader or writer that hashes (SHA-256) and counts the bytes passing
+/// through it.
+pub struct Hashing<T> {
+    inner: T,
     hasher: Sha256,
-    written: u64,
+    count: u64,
 }
 
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
+impl<T> Hashing<T> {
+    pub fn new(inner: T) -> Self {
+        Hashing {
             inner,
             hasher: Sha256::new(),
-            written: 0,
+            count: 0,
         }
     }
 
-    /// The inner writer, the hex SHA-256 and the byte count.
-    pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex(&self.hasher.finalize()), self.written)
+    /// Bytes passed through so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The inner reader or writer, the hex SHA-256 and the byte count.
+    pub fn finish(self) -> (T, String, u64) {
+        (self.inner, hex(&self.hasher.finalize()), self.count)
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
-        self.written += n as u64;
+        self.count += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
     }
 }
 

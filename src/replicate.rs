@@ -273,11 +273,21 @@ impl Poller {
             }
             let s = &mut self.shippers[db];
             self.next_poll[db] = now + s.settings().sync_interval;
-            // A checkpoint ships what it needs itself, under its barrier; it is
-            // tried before polling so a database that is never idle gets one.
+            // A checkpoint builds what the WAL holds under its barrier and
+            // hands that batch over for upload after it; it is tried before
+            // polling so a database that is never idle gets one.
             if checkpoints {
-                if let Err(e) = s.maybe_checkpoint(now_ms) {
-                    shipper::log(&s.name, &format!("checkpoint: {e}"));
+                match s
+                    .maybe_checkpoint(now_ms)
+                    .map(|b| b.map(shipper::UploadRequest::from))
+                {
+                    Ok(Some(req)) => {
+                        self.failed[db] = false;
+                        self.send(db, req);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => shipper::log(&s.name, &format!("checkpoint: {e}")),
                 }
             }
             let built = s.poll(now_ms).map(|b| b.map(shipper::UploadRequest::from));

@@ -19,7 +19,7 @@
 //! download folder.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, HashingWriter};
+use crate::fsutil::{self, Hashing};
 use crate::ltx::{self, Decoder};
 use crate::plan::{self, txid_hex};
 use crate::remote::{self, RemoteLtx};
@@ -404,7 +404,7 @@ fn apply_streamed<'s, 'e>(
     let fetcher = scope.spawn(move || -> Result<()> {
         let head = dl.head;
         let mut body = dl.body;
-        let mut hashed = HashingWriter::new(std::io::sink());
+        let mut hashed = Hashing::new(std::io::sink());
         loop {
             if cancel.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
                 return Err(Error::Other("cancelled".into()));
@@ -436,8 +436,11 @@ fn apply_streamed<'s, 'e>(
         pos: 0,
     };
     let applied = apply(f, &mut reader, db_checksums);
-    // Read to the end, so the whole object is hashed (unless stopping).
-    if !cancel.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) {
+    // Read to the end, so the whole object is hashed: after the apply, and
+    // after an integrity error (damaged bytes are better named by the
+    // SHA-256), but not when stopping or after a local error (a full disk).
+    let drain = matches!(applied, Ok(()) | Err(Error::Integrity(_)));
+    if drain && !cancel.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) {
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
     }
     drop(reader);
@@ -535,7 +538,7 @@ fn download(
 ) -> Result<Option<(u64, u64)>> {
     let dl = get(storage, f)?;
     let file = File::create(dest).local_io(|| format!("creating {}", dest.display()))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+    let mut w = Hashing::new(BufWriter::with_capacity(256 * 1024, file));
     let mut body = dl.body;
     let mut buf = vec![0u8; 256 * 1024];
     loop {

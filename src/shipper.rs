@@ -18,7 +18,7 @@
 //! reset (salt change, shrink, unknown frames) is answered with a full file.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, FileLock, HashingWriter};
+use crate::fsutil::{self, FileLock, Hashing};
 use crate::ltx::{self, Encoder, Header};
 use crate::pagesums::PageSums;
 use crate::source::Source;
@@ -320,40 +320,71 @@ impl Shipper {
         s.wal_offset.saturating_sub(base) / (wal::FRAME_HEADER_SIZE + u64::from(self.page_size))
     }
 
+    /// Remembers the WAL position a checkpoint covered: the end of the batch
+    /// built for it when that is still uploading, else the shipped position.
     fn note_checkpoint(&mut self) {
-        self.last_checkpoint = self.state.as_ref().map(|s| (s.wal_salt1, s.wal_offset));
+        let at = match &self.pending {
+            Some(batch) => Some(&batch.new_state),
+            None => self.state.as_ref(),
+        };
+        self.last_checkpoint = at.map(|s| (s.wal_salt1, s.wal_offset));
     }
 
     /// Runs a checkpoint when the WAL is past a threshold and everything in
-    /// it is stored. Uploads made under the barrier go straight to `storage`.
-    pub fn maybe_checkpoint(&mut self, now_ms: i64) -> Result<()> {
+    /// it is shipped or built. Returns the batch built for it, which the
+    /// caller uploads like any other.
+    pub fn maybe_checkpoint(&mut self, now_ms: i64) -> Result<Option<&Batch>> {
         if self.pending.is_some() || self.state.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let frames = self.shipped_wal_frames();
         if frames >= self.settings.truncate_checkpoint_pages {
-            self.checkpoint_truncate(now_ms)
+            self.checkpoint_truncate(now_ms)?;
+            Ok(None)
         } else if frames >= self.settings.min_checkpoint_pages {
-            self.checkpoint_passive(now_ms)
+            if let Err(e) = self.checkpoint_passive(now_ms) {
+                // A batch built before the failure must still be uploaded.
+                if self.pending.is_none() {
+                    return Err(e);
+                }
+                log(&self.name, &format!("checkpoint: {e}"));
+            }
+            Ok(self.pending.as_ref())
         } else {
-            Ok(())
+            Ok(None)
         }
     }
 
-    /// PASSIVE checkpoint behind a writer-lock barrier: ship what landed
-    /// before the barrier, drop the read transaction, checkpoint, take it
-    /// again, release the barrier.
+    /// PASSIVE checkpoint behind a writer-lock barrier: build (not upload)
+    /// what landed before the barrier, drop the read transaction,
+    /// checkpoint, take it again, release the barrier. The application waits
+    /// only for the local work; the batch is uploaded after the barrier.
+    ///
+    /// Why that loses nothing: the batch's spool file holds every frame up to
+    /// the WAL end, so a WAL restart after the barrier overwrites nothing
+    /// unbuilt; the shipped position reaches that end when the batch is
+    /// stored, and until then nothing else is built. If walsync dies before
+    /// the upload, the next start finds the replica behind a restarted WAL
+    /// and ships a full copy.
     fn checkpoint_passive(&mut self, now_ms: i64) -> Result<()> {
         let Some(_barrier) = self.source.barrier(Duration::from_millis(200))? else {
             return Ok(()); // a long application write; try at the next poll
         };
-        if !self.ship_now(now_ms)? {
-            return Ok(());
+        match self.build_incremental(now_ms)? {
+            Incremental::Nothing => {}
+            Incremental::Reset => {
+                self.force_full = true;
+                return Ok(());
+            }
+            Incremental::Batch(batch) => self.pending = Some(*batch),
         }
-        self.source.checkpoint("PASSIVE")?;
+        self.page = Vec::new();
+        let checkpointed = self.source.checkpoint("PASSIVE");
         self.begin_new_read()?;
+        checkpointed?;
         self.note_checkpoint();
-        // Under the barrier nothing was appended: the position is the WAL end.
+        // Under the barrier nothing was appended: once the batch is stored
+        // (and nothing is built before), the position is the WAL end.
         self.covers_read_mark = true;
         Ok(())
     }
@@ -549,7 +580,7 @@ impl Shipper {
         hdr.wal_salt1 = header.salt1;
         hdr.wal_salt2 = header.salt2;
         let spool = self.spool_path(id);
-        let mut enc = Encoder::new(HashingWriter::new(BufWriter::new(create(&spool)?)), hdr)?;
+        let mut enc = Encoder::new(Hashing::new(BufWriter::new(create(&spool)?)), hdr)?;
         let lock = ltx::lock_pgno(self.page_size);
         let mut xor = state.db_checksum;
         for (&pgno, &offset) in latest.range(..=db_pages) {
@@ -685,7 +716,7 @@ impl Shipper {
         };
         let spool = self.spool_path(id);
         let mut enc = Encoder::new(
-            HashingWriter::new(BufWriter::new(create(&spool)?)),
+            Hashing::new(BufWriter::new(create(&spool)?)),
             self.header(id, db_pages, now_ms),
         )?;
         let lock = ltx::lock_pgno(self.page_size);
@@ -817,7 +848,7 @@ impl Shipper {
     fn finish(
         &self,
         kind: BatchKind,
-        enc: Encoder<HashingWriter<BufWriter<File>>>,
+        enc: Encoder<Hashing<BufWriter<File>>>,
         pre: u64,
         id: LtxId,
         spool: PathBuf,

@@ -46,9 +46,8 @@ use crate::remote::{self, RemoteLtx};
 use crate::storage::{db_prefix, LtxId, Storage, SNAPSHOT_LEVEL};
 use crossbeam_channel::{bounded, unbounded};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 /// What went wrong, and which exit code it calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -596,22 +595,6 @@ fn conclude(
     report
 }
 
-/// A reader that hashes (SHA-256) and counts what passes through it.
-struct HashingReader<R: Read> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
 /// Downloads and fully decodes one object, streaming.
 fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileFacts, Problem> {
     let problem = |kind: Kind, message: String| Problem {
@@ -633,11 +616,7 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
         Err(e) => return Err(problem(Kind::Storage, e.message().to_string())),
     };
     let meta_checksums = dl.head.meta.parsed_db_checksums();
-    let mut hr = HashingReader {
-        inner: dl.body,
-        hasher: Sha256::new(),
-        read: 0,
-    };
+    let mut hr = fsutil::Hashing::new(dl.body);
     let decoded = (|| -> Result<FileFacts> {
         let mut dec = Decoder::new(&mut hr)?;
         let h = *dec.header();
@@ -664,8 +643,8 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
         // A TXID mismatch (reported as Restore above) is damage too.
         Err(Error::Restore(m)) => return Err(problem(Kind::Mismatch, m)),
         Err(Error::Integrity(m)) => {
-            let m = if hr.read < dl.head.size {
-                format!("{m} (received {} of {} bytes)", hr.read, dl.head.size)
+            let m = if hr.count() < dl.head.size {
+                format!("{m} (received {} of {} bytes)", hr.count(), dl.head.size)
             } else {
                 m
             };
@@ -681,19 +660,19 @@ fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileF
             ))
         }
     };
-    if hr.read != dl.head.size {
+    if hr.count() != dl.head.size {
         return Err(problem(
             Kind::Corrupt,
             format!(
                 "received {} bytes, the object is {} bytes{}",
-                hr.read,
+                hr.count(),
                 dl.head.size,
                 crate::plan::damaged_object_hint(f)
             ),
         ));
     }
+    let (_, got, _) = hr.finish();
     if let Some(want) = &dl.head.meta.sha256 {
-        let got = fsutil::hex(&hr.hasher.finalize());
         if !want.eq_ignore_ascii_case(&got) {
             return Err(problem(
                 Kind::Sha256Mismatch,

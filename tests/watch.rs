@@ -482,3 +482,67 @@ fn application_connections_closing_after_a_snapshot_lose_nothing() {
     stop_clean(w);
     restore_equals_source(&dest, "locks", &db, dir.path());
 }
+
+/// walsync's own checkpoints hold the application's writer lock only for
+/// local work: on a slow store (every PUT held for 1.5 s by a relay), no
+/// application commit waits for an upload, the WAL is still checkpointed
+/// and restarted, and nothing is lost.
+#[test]
+fn own_checkpoints_do_not_hold_the_writer_lock_during_uploads() {
+    let server = common::S3Server::start();
+    let mut dest = Dest::s3(&server, "slowput", "s");
+    let upstream = dest
+        .env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL_S3")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let relay = common::SlowPuts::start(&upstream, Duration::from_millis(1500));
+    for (k, v) in dest.env.iter_mut() {
+        if k == "AWS_ENDPOINT_URL_S3" {
+            *v = relay.endpoint.clone();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("slow.db");
+    let mut conn = create_db(&db, 4096);
+    // Only walsync checkpoints this database.
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let w = dest.watch(
+        &[&db],
+        &["--sync-interval", "50ms", "--min-checkpoint-pages", "40"],
+    );
+    dest.wait_for_txid("slow", 1, Duration::from_secs(20));
+    let wal = dir.path().join("slow.db-wal");
+    let wal_salt = || {
+        std::fs::read(&wal)
+            .ok()
+            .and_then(|b| b.get(16..20).map(|s| s.to_vec()))
+    };
+    let first_salt = wal_salt();
+    let mut slowest = Duration::ZERO;
+    let mut restarts = 0;
+    let mut salt = first_salt.clone();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let t0 = Instant::now();
+        insert(&mut conn, 4, 3000, i);
+        slowest = slowest.max(t0.elapsed());
+        i += 1;
+        let now = wal_salt();
+        if now != salt {
+            restarts += 1;
+            salt = now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(restarts >= 1, "walsync's checkpoints let the WAL restart");
+    assert!(
+        slowest < Duration::from_millis(700),
+        "an application commit waited {slowest:?}: a checkpoint held the writer lock during an upload"
+    );
+    drop(conn);
+    stop_clean(w);
+    restore_equals_source(&dest, "slow", &db, dir.path());
+}

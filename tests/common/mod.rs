@@ -4,7 +4,8 @@
 //! Missing tools make tests fail with instructions, never skip.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,6 +150,62 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A TCP relay in front of an S3 server that holds every PUT request for a
+/// while before passing it on: a slow store, on loopback.
+pub struct SlowPuts {
+    pub endpoint: String,
+}
+
+impl SlowPuts {
+    /// Relays to `upstream` (`http://127.0.0.1:PORT`), delaying PUTs.
+    pub fn start(upstream: &str, delay: Duration) -> SlowPuts {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let up: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("upstream address");
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                std::thread::spawn(move || relay(client, up, delay));
+            }
+        });
+        SlowPuts {
+            endpoint: format!("http://{addr}"),
+        }
+    }
+}
+
+fn relay(client: TcpStream, up: SocketAddr, delay: Duration) {
+    let Ok(server) = TcpStream::connect(up) else {
+        return;
+    };
+    let (Ok(mut to_client), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+        let _ = to_client.shutdown(Shutdown::Write);
+    });
+    let (mut from_client, mut to_server) = (client, server);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from_client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // A request starts a read of its own (the client waits for the
+        // previous response first).
+        if buf[..n].starts_with(b"PUT ") {
+            std::thread::sleep(delay);
+        }
+        if to_server.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to_server.shutdown(Shutdown::Write);
 }
 
 /// A loopback port nobody listened on a moment ago.
