@@ -245,6 +245,9 @@ impl Shipper {
         if self.pending.is_some() {
             return Ok(None);
         }
+        if !self.source.is_reading() {
+            self.begin_new_read()?;
+        }
         let batch = match &self.state {
             // Taking over a replica that already holds TXIDs (Litestream's,
             // or walsync's after its local state was lost): the first file is
@@ -288,7 +291,11 @@ impl Shipper {
         let Some(batch) = self.pending.take() else {
             return Ok(());
         };
-        self.state_dir.save(&batch.new_state)?;
+        // The object is stored, so the shipped position moves even when the
+        // state cannot be saved: the next batch must start where this one
+        // ended (the WAL may have restarted behind it). A restart that then
+        // finds the replica ahead of the saved state handles that.
+        let saved = self.state_dir.save(&batch.new_state);
         if batch.read_epoch == self.read_epoch && batch.reached_wal_end {
             self.covers_read_mark = true;
         }
@@ -298,7 +305,7 @@ impl Shipper {
         self.state = Some(batch.new_state);
         self.failures = 0;
         let _ = std::fs::remove_file(&batch.spool);
-        Ok(())
+        saved
     }
 
     /// Records a failed upload; the same batch is retried after a backoff.
@@ -486,11 +493,13 @@ impl Shipper {
         Ok(id)
     }
 
+    /// Takes the long read transaction again. The WAL may have restarted
+    /// while it was not held, so the continuity rule starts over, even
+    /// when taking it fails (it is tried again at the next poll).
     fn begin_new_read(&mut self) -> Result<()> {
-        self.source.begin_read()?;
         self.read_epoch += 1;
         self.covers_read_mark = false;
-        Ok(())
+        self.source.begin_read()
     }
 
     /// Releases the read transaction and the connection (end of `watch`).

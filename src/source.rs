@@ -65,6 +65,11 @@ impl Source {
         Ok(self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?)
     }
 
+    /// Whether the long read transaction is held.
+    pub fn is_reading(&self) -> bool {
+        self.reading
+    }
+
     /// Starts the long read transaction (a no-op when it is held).
     pub fn begin_read(&mut self) -> Result<()> {
         if !self.reading {

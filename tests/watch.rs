@@ -546,3 +546,55 @@ fn own_checkpoints_do_not_hold_the_writer_lock_during_uploads() {
     stop_clean(w);
     restore_equals_source(&dest, "slow", &db, dir.path());
 }
+
+/// A state file that cannot be saved (here a folder squats on its temporary
+/// name) does not stop the shipped position from following what is stored:
+/// with walsync's checkpoints restarting the WAL meanwhile, nothing is
+/// shipped twice under one TXID and nothing is lost.
+#[test]
+fn an_unsavable_state_file_loses_nothing() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "nostate", "n");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("n.db");
+    let mut conn = create_db(&db, 4096);
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let w = dest.watch(
+        &[&db],
+        &["--sync-interval", "50ms", "--min-checkpoint-pages", "40"],
+    );
+    dest.wait_for_txid("n", 1, Duration::from_secs(20));
+    // The folder comes and goes, so some saves fail, among them some right
+    // after a checkpoint, while others succeed and let checkpoints happen.
+    let squatter = dir.path().join(".n.db-walsync").join(".state.json.tmp");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let toggler = {
+        let stop = stop.clone();
+        let squatter = squatter.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng(7);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::fs::create_dir(&squatter);
+                std::thread::sleep(Duration::from_millis(20 + rng.below(80)));
+                let _ = std::fs::remove_dir(&squatter);
+                std::thread::sleep(Duration::from_millis(20 + rng.below(80)));
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        insert(&mut conn, 4, 3000, i);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    toggler.join().unwrap();
+    for j in 0..20 {
+        insert(&mut conn, 1, 3000, 1_000_000 + j);
+    }
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    stop_clean(w);
+    restore_equals_source(&dest, "n", &db, dir.path());
+}
