@@ -440,6 +440,26 @@ fn flip_byte(path: &Path) {
     fs::write(path, b).unwrap();
 }
 
+/// Restores into `out` expecting an integrity failure (exit 5) whose message
+/// holds every one of `words`, with nothing left behind.
+fn assert_integrity_failure(env: &Env, out: &Path, words: &[&str]) {
+    let o = env.restore(out, &[]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 5, "{err}");
+    for w in words {
+        assert!(err.contains(w), "no '{w}' in: {err}");
+    }
+    assert_nothing_left(out);
+}
+
+/// Puts `original` back into `victim`; the restore then succeeds with `rows`.
+fn assert_restores_once_repaired(env: &Env, victim: &Path, original: &[u8], out: &Path, rows: i64) {
+    fs::write(victim, original).unwrap();
+    let o = env.restore(out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(count(out), rows);
+}
+
 #[test]
 fn corrupt_objects_fail_with_integrity_errors() {
     let env = Env::new();
@@ -453,11 +473,8 @@ fn corrupt_objects_fail_with_integrity_errors() {
     let original = fs::read(victim).unwrap();
     flip_byte(victim);
     let out = env.out("corrupt.db");
-    let o = env.restore(&out, &["--parallelism", "3"]);
-    assert_eq!(code(&o), 5, "{}", stderr(&o));
     let key_name = victim.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(stderr(&o).contains(&key_name), "{}", stderr(&o));
-    assert_nothing_left(&out);
+    assert_integrity_failure(&env, &out, &[&key_name]);
 
     // Without its metadata sidecar (as Litestream writes it), the LTX
     // checksums catch it.
@@ -467,22 +484,14 @@ fn corrupt_objects_fail_with_integrity_errors() {
         .join(format!("{key_name}.json"));
     assert!(sidecar.exists(), "{}", sidecar.display());
     fs::remove_file(&sidecar).unwrap();
-    let o = env.restore(&out, &[]);
-    assert_eq!(code(&o), 5, "{}", stderr(&o));
-    assert!(stderr(&o).contains(&key_name), "{}", stderr(&o));
-    assert_nothing_left(&out);
+    assert_integrity_failure(&env, &out, &[&key_name]);
 
     // Truncated: shorter than the metadata says.
     fs::write(victim, &original[..original.len() - 7]).unwrap();
-    let o = env.restore(&out, &[]);
-    assert_eq!(code(&o), 5, "{}", stderr(&o));
-    assert_nothing_left(&out);
+    assert_integrity_failure(&env, &out, &[]);
 
     // Restored to the original bytes (no sidecar now), it restores again.
-    fs::write(victim, &original).unwrap();
-    let o = env.restore(&out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(count(&out), points.last().unwrap().rows);
+    assert_restores_once_repaired(&env, victim, &original, &out, points.last().unwrap().rows);
 }
 
 #[test]
@@ -836,26 +845,12 @@ fn a_damaged_snapshot_is_named_while_streamed() {
     let out = env.out("snap.db");
 
     flip_byte(victim);
-    let o = env.restore(&out, &[]);
-    let err = stderr(&o);
-    assert_eq!(code(&o), 5, "{err}");
-    assert!(err.contains(&key_name) && err.contains("SHA-256"), "{err}");
-    assert_nothing_left(&out);
+    assert_integrity_failure(&env, &out, &[&key_name, "SHA-256"]);
 
     fs::write(victim, &original[..original.len() / 2]).unwrap();
-    let o = env.restore(&out, &[]);
-    let err = stderr(&o);
-    assert_eq!(code(&o), 5, "{err}");
-    assert!(
-        err.contains(&key_name) && err.contains("truncated"),
-        "{err}"
-    );
-    assert_nothing_left(&out);
+    assert_integrity_failure(&env, &out, &[&key_name, "truncated"]);
 
-    fs::write(victim, &original).unwrap();
-    let o = env.restore(&out, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(count(&out), points.last().unwrap().rows);
+    assert_restores_once_repaired(&env, victim, &original, &out, points.last().unwrap().rows);
 }
 
 /// SIGINT while the snapshot is still streaming into the output stops the
