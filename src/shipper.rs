@@ -16,6 +16,9 @@
 //! covers the WAL end seen after the read began (`covers_read_mark`), a WAL
 //! restart loses nothing and reading continues in the new log; any other
 //! reset (salt change, shrink, unknown frames) is answered with a full file.
+//! walsync's own PASSIVE checkpoint sets `covers_read_mark` while the batch
+//! it built up to the WAL end is still uploading: nothing else is built
+//! until that batch is stored, and then the shipped position is that end.
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, FileLock, Hashing};
