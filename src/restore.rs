@@ -225,8 +225,12 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
         opts.parallelism.max(1),
         |f, src, db_checksums| {
             check_interrupted()?;
+            let mut src = ProgressReader {
+                inner: src,
+                progress: &mut progress,
+            };
             applier
-                .apply(f, src, db_checksums)
+                .apply(f, &mut src, db_checksums)
                 .map_err(|e| e.context(format!("restoring '{name}' from {url}")))?;
             progress.file_done(f.size);
             Ok(())
@@ -815,11 +819,15 @@ fn check_database(path: &Path, page_size: u32, pages: u32) -> Result<()> {
 }
 
 /// Progress on stderr: an updating line on a terminal, nothing otherwise.
+/// It moves within a file too, so a large snapshot shows its bytes.
 struct Progress {
     name: String,
     total: usize,
     done: usize,
+    /// Bytes of the files applied.
     bytes: u64,
+    /// Bytes read so far of the file being applied.
+    partial: u64,
     tty: bool,
     last: Option<Instant>,
 }
@@ -831,28 +839,39 @@ impl Progress {
             total,
             done: 0,
             bytes: 0,
+            partial: 0,
             tty: std::io::stderr().is_terminal(),
             last: None,
         }
     }
 
+    fn read(&mut self, bytes: usize) {
+        self.partial += bytes as u64;
+        self.draw(false);
+    }
+
     fn file_done(&mut self, bytes: u64) {
         self.done += 1;
         self.bytes += bytes;
+        self.partial = 0;
+        self.draw(self.done == self.total);
+    }
+
+    fn draw(&mut self, now: bool) {
         if !self.tty {
             return;
         }
         let due = self
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
-        if due || self.done == self.total {
+        if due || now {
             self.last = Some(Instant::now());
             eprint!(
                 "\rrestoring {}: {}/{} files, {:.1} MB\x1b[K",
                 self.name,
                 self.done,
                 self.total,
-                self.bytes as f64 / 1e6
+                (self.bytes + self.partial) as f64 / 1e6
             );
         }
     }
@@ -861,5 +880,19 @@ impl Progress {
         if self.tty && self.last.is_some() {
             eprint!("\r\x1b[K");
         }
+    }
+}
+
+/// Counts what the applier reads into the progress line.
+struct ProgressReader<'a> {
+    inner: &'a mut dyn Read,
+    progress: &'a mut Progress,
+}
+
+impl Read for ProgressReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.read(n);
+        Ok(n)
     }
 }
