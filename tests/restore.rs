@@ -2,28 +2,30 @@
 //! written through rusqlite, replicated by the real binary (`watch` and
 //! `snapshot`) into `file://` replicas, restored by the real binary.
 
+mod common;
+mod support;
+
 use rusqlite::Connection;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::{integrity_ok, row_count as count, Dest, Watcher};
 use walsync::fsutil::{now_ms, rfc3339_ms};
 use walsync::storage::parse_ltx_filename;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walsync");
-
-/// A source database, its replica folder and a scratch folder for outputs.
+/// A source database, its `file://` replica and a scratch folder for outputs.
 struct Env {
     dir: tempfile::TempDir,
+    dest: Dest,
 }
 
 impl Env {
     fn new() -> Env {
-        let env = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        fs::create_dir_all(env.dir.path().join("src")).unwrap();
-        env
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("src")).unwrap();
+        let dest = Dest::file(&dir.path().join("replica"));
+        Env { dir, dest }
     }
 
     fn db(&self) -> PathBuf {
@@ -103,20 +105,12 @@ impl Env {
     }
 
     fn walsync(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env_remove("AWS_ENDPOINT_URL_S3")
-            .output()
-            .unwrap()
+        self.dest.walsync(args)
     }
 
     /// `walsync restore app -o OUT -b URL <extra>`.
     fn restore(&self, out: &Path, extra: &[&str]) -> Output {
-        let out = out.to_str().unwrap();
-        let url = self.url();
-        let mut args = vec!["restore", "app", "-o", out, "-b", &url];
-        args.extend_from_slice(extra);
-        self.walsync(&args)
+        self.dest.restore("app", out, extra)
     }
 
     /// `walsync snapshot DB -b URL`.
@@ -127,58 +121,16 @@ impl Env {
     }
 }
 
-/// `walsync watch` as a child process, stopped with SIGINT.
-struct Watch {
-    child: Option<Child>,
+/// `walsync watch` on the source, syncing every 50 ms.
+fn watch(env: &Env) -> Watcher {
+    env.dest
+        .watch(&[env.db().as_path()], &["--sync-interval", "50ms"])
 }
 
-impl Watch {
-    fn start(env: &Env) -> Watch {
-        let child = Command::new(BIN)
-            .args([
-                "watch",
-                env.db().to_str().unwrap(),
-                "-b",
-                &env.url(),
-                "--sync-interval",
-                "50ms",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Watch { child: Some(child) }
-    }
-
-    /// SIGINT, then waits for a clean exit (everything committed shipped).
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our own child process by its id.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "watch exited with {status}");
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("watch did not stop within 30 s of SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// SIGINT, then a clean exit (everything committed shipped).
+fn stop(w: Watcher) {
+    let (code, err) = w.stop();
+    assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
 }
 
 fn stderr(o: &Output) -> String {
@@ -187,18 +139,6 @@ fn stderr(o: &Output) -> String {
 
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited by a signal")
-}
-
-fn count(path: &Path) -> i64 {
-    let c = Connection::open(path).unwrap();
-    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap()
-}
-
-fn integrity(path: &Path) -> String {
-    let c = Connection::open(path).unwrap();
-    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
 }
 
 /// No output, no temporary output, no download folder.
@@ -227,7 +167,7 @@ struct Point {
 /// large update) under `walsync watch`, waiting for each to reach the
 /// replica, `gap_ms` apart. Returns the points; the watch is stopped.
 fn history(env: &Env, conn: &Connection, commits: usize, gap_ms: u64) -> Vec<Point> {
-    let watch = Watch::start(env);
+    let watcher = watch(env);
     let mut txid = env.wait_txid_above(0);
     let mut points = Vec::new();
     for i in 0..commits {
@@ -262,7 +202,7 @@ fn history(env: &Env, conn: &Connection, commits: usize, gap_ms: u64) -> Vec<Poi
         });
         std::thread::sleep(Duration::from_millis(gap_ms));
     }
-    watch.stop();
+    stop(watcher);
     points
 }
 
@@ -292,7 +232,7 @@ fn latest_restore_is_byte_identical_to_the_checkpointed_source() {
         p.push(suffix);
         assert!(!Path::new(&p).exists(), "{suffix} left behind");
     }
-    assert_eq!(integrity(&out), "ok");
+    integrity_ok(&out);
     assert_eq!(count(&out), points.last().unwrap().rows);
 
     // --force replaces it, and drops a WAL that belonged to the old file.
@@ -327,7 +267,7 @@ fn txid_restores_give_the_row_counts_of_the_time() {
         let o = env.restore(&out, &["--txid", &txid, "--parallelism", "2"]);
         assert!(o.status.success(), "restore --txid {txid}: {}", stderr(&o));
         assert_eq!(count(&out), p.rows, "rows at TXID {}", p.txid);
-        assert_eq!(integrity(&out), "ok");
+        integrity_ok(&out);
     }
     // Beyond the newest TXID: nothing to restore there.
     let out = env.out("beyond.db");
@@ -875,7 +815,7 @@ fn an_interrupted_restore_leaves_nothing() {
     let out = env.out("interrupted.db");
     fs::create_dir_all(out.parent().unwrap()).unwrap();
     let url = env.url();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(common::walsync_bin())
         .args(["restore", "app", "-o", out.to_str().unwrap(), "-b", &url])
         .stderr(Stdio::piped())
         .spawn()
