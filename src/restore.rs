@@ -406,32 +406,17 @@ fn apply_streamed<'s, 'e>(
     let (chunk_tx, chunk_rx) = bounded::<Vec<u8>>(STREAM_CHUNKS);
     let (spare_tx, spare_rx) = bounded::<Vec<u8>>(STREAM_CHUNKS + 2);
     let fetcher = scope.spawn(move || -> Result<()> {
-        let head = dl.head;
-        let mut body = dl.body;
-        let mut hashed = Hashing::new(std::io::sink());
-        loop {
-            if cancel.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
-                return Err(Error::Other("cancelled".into()));
-            }
-            let mut chunk = spare_rx
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(STREAM_CHUNK));
-            chunk.resize(STREAM_CHUNK, 0);
-            let n = match body.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(download_error(storage, f, &e)),
-            };
-            chunk.truncate(n);
-            let _ = hashed.write_all(&chunk);
-            if chunk_tx.send(chunk).is_err() {
-                // The applier stopped reading; its error is the one to report.
-                return Err(Error::Other("cancelled".into()));
-            }
-        }
-        let (_, sha, len) = hashed.finish();
-        check_download(f, &head, &sha, len)
+        read_checked(storage, f, dl, cancel, |bytes| {
+            let mut chunk = spare_rx.try_recv().unwrap_or_default();
+            chunk.clear();
+            chunk.extend_from_slice(bytes);
+            // A closed channel: the applier stopped reading, and its error
+            // is the one to report.
+            chunk_tx
+                .send(chunk)
+                .map_err(|_| Error::Other("cancelled".into()))
+        })
+        .map(|_| ())
     });
     let mut reader = ChunkReader {
         chunks: chunk_rx,
@@ -444,7 +429,7 @@ fn apply_streamed<'s, 'e>(
     // after an integrity error (damaged bytes are better named by the
     // SHA-256), but not when stopping or after a local error (a full disk).
     let drain = matches!(applied, Ok(()) | Err(Error::Integrity(_)));
-    if drain && !cancel.load(Ordering::Relaxed) && !INTERRUPTED.load(Ordering::Relaxed) {
+    if drain && !stopping(cancel) {
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
     }
     drop(reader);
@@ -532,21 +517,27 @@ fn check_download(
     Ok(())
 }
 
-/// Streams one object into `dest`, checking its length and SHA-256; returns
-/// the database checksums its metadata carries (walsync's files), if any.
-fn download(
+/// Whether the restore is being abandoned (an error elsewhere, or a signal).
+fn stopping(cancel: &AtomicBool) -> bool {
+    cancel.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Reads a download's body to its end, hashing it and handing each chunk
+/// to `sink`, and stops early when the restore is being abandoned; then
+/// checks its length and SHA-256 against the metadata. Returns the database
+/// checksums the metadata carries (walsync's files), if any.
+fn read_checked(
     storage: &dyn Storage,
     f: &RemoteLtx,
-    dest: &Path,
+    dl: crate::storage::Download,
     cancel: &AtomicBool,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<Option<(u64, u64)>> {
-    let dl = get(storage, f)?;
-    let file = File::create(dest).local_io(|| format!("creating {}", dest.display()))?;
-    let mut w = Hashing::new(BufWriter::with_capacity(256 * 1024, file));
     let mut body = dl.body;
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut hashed = Hashing::new(std::io::sink());
+    let mut buf = vec![0u8; STREAM_CHUNK];
     loop {
-        if cancel.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
+        if stopping(cancel) {
             return Err(Error::Other("cancelled".into()));
         }
         let n = match body.read(&mut buf) {
@@ -555,15 +546,32 @@ fn download(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(download_error(storage, f, &e)),
         };
-        w.write_all(&buf[..n])
-            .local_io(|| format!("writing {}", dest.display()))?;
+        // Writing to a sink cannot fail.
+        let _ = hashed.write_all(&buf[..n]);
+        sink(&buf[..n])?;
     }
-    let (inner, sha, len) = w.finish();
-    inner
-        .into_inner()
-        .map_err(|e| Error::Other(format!("writing {}: {}", dest.display(), e.error())))?;
+    let (_, sha, len) = hashed.finish();
     check_download(f, &dl.head, &sha, len)?;
     Ok(dl.head.meta.parsed_db_checksums())
+}
+
+/// Downloads one object into `dest`, checked as [`read_checked`] says.
+fn download(
+    storage: &dyn Storage,
+    f: &RemoteLtx,
+    dest: &Path,
+    cancel: &AtomicBool,
+) -> Result<Option<(u64, u64)>> {
+    let dl = get(storage, f)?;
+    let file = File::create(dest).local_io(|| format!("creating {}", dest.display()))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let db_checksums = read_checked(storage, f, dl, cancel, |bytes| {
+        w.write_all(bytes)
+            .local_io(|| format!("writing {}", dest.display()))
+    })?;
+    w.into_inner()
+        .map_err(|e| Error::Other(format!("writing {}: {}", dest.display(), e.error())))?;
+    Ok(db_checksums)
 }
 
 /// Applies LTX files to the output file in order, tracking the database

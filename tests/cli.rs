@@ -188,15 +188,8 @@ fn a_second_watcher_on_the_same_database_is_refused() {
 fn s3_replica_with_history(server: &common::S3Server, dir: &std::path::Path) -> Dest {
     let dest = Dest::s3(server, "damage", "p");
     let db = dir.join("d.db");
-    let mut conn = create_db(&db, 4096);
-    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
-    let mut txid = dest.wait_for_txid("d", 1, Duration::from_secs(20));
-    for i in 0..5 {
-        insert(&mut conn, 3, 500, i);
-        txid = dest.wait_for_txid("d", txid + 1, Duration::from_secs(20));
-    }
-    let (c, err) = w.stop();
-    assert_eq!(c, 0, "{err}");
+    create_db(&db, 4096);
+    dest.replicate_commits(&db, "d", 5, 3, 500);
     dest
 }
 
@@ -325,16 +318,9 @@ fn first_signal_flushes_and_exits_0_second_exits_at_once() {
 fn an_object_holding_other_txids_than_its_name_is_damage() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let mut conn = create_db(&db, 4096);
+    create_db(&db, 4096);
     let dest = Dest::file(&dir.path().join("replica"));
-    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
-    let mut txid = dest.wait_for_txid("m", 1, Duration::from_secs(20));
-    for i in 0..3 {
-        insert(&mut conn, 1, 100, i);
-        txid = dest.wait_for_txid("m", txid + 1, Duration::from_secs(20));
-    }
-    let (c, err) = w.stop();
-    assert_eq!(c, 0, "{err}");
+    dest.replicate_commits(&db, "m", 3, 1, 100);
     // Put TXID 3's file (and its metadata) where TXID 4's belongs.
     let level0 = dir.path().join("replica/m/ltx/0");
     let meta0 = dir.path().join("replica/.walsync-meta/m/ltx/0");

@@ -82,6 +82,21 @@ impl Dest {
         self.walsync(&args)
     }
 
+    /// Replicates `db` (a new database from [`create_db`]) as `name` with a
+    /// 50 ms sync: the first snapshot, then `commits` transactions of `rows`
+    /// rows of `size` bytes, each waited for in the replica; stops cleanly.
+    pub fn replicate_commits(&self, db: &Path, name: &str, commits: u64, rows: usize, size: usize) {
+        let mut conn = app_conn(db);
+        let w = self.watch(&[db], &["--sync-interval", "50ms"]);
+        let mut txid = self.wait_for_txid(name, 1, Duration::from_secs(20));
+        for i in 0..commits {
+            insert(&mut conn, rows, size, i);
+            txid = self.wait_for_txid(name, txid + 1, Duration::from_secs(20));
+        }
+        let (code, err) = w.stop();
+        assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
+    }
+
     /// Starts `walsync watch` on `dbs` with extra flags.
     pub fn watch(&self, dbs: &[&Path], extra: &[&str]) -> Watcher {
         let mut cmd = Command::new(crate::common::walsync_bin());
