@@ -3,12 +3,12 @@
 //! Usage errors (unknown flag, missing argument, bad value) exit 2, not
 //! argh's default 1; `--help` prints to standard output and exits 0.
 
+use crate::cancel::CancelToken;
 use crate::config::{self, ConfigFile};
 use crate::error::{Error, Result};
 use crate::names::{self, NamedDb};
-use crate::replicate::{self, WatchOptions};
-use crate::shipper::{Settings, Shipper};
 use crate::storage::{self, s3::S3Options, Storage};
+use crate::watch::{self, Settings, Shipper, WatchOptions};
 use argh::FromArgs;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -336,7 +336,15 @@ fn watch(c: WatchCmd) -> Result<()> {
         uploaders: c.uploaders.or(cfg.sync.uploaders).unwrap_or(4).max(1),
         shutdown_timeout: c.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
     };
-    replicate::watch(storage, dbs, &options)
+    raise_open_files_limit(dbs.len())?;
+    let stop = CancelToken::new();
+    on_signals(
+        stop.clone(),
+        Some(
+            "walsync: stopping: shipping what is committed (send the signal again to exit at once)",
+        ),
+    )?;
+    watch::watch(storage, dbs, &options, &stop)
 }
 
 /// The databases to watch: command-line paths plus config entries (globs
@@ -445,6 +453,8 @@ fn restore(c: RestoreCmd) -> Result<()> {
             "use --txid or --point-in-time, not both".into(),
         ));
     }
+    let cancel = CancelToken::new();
+    on_signals(cancel.clone(), None)?;
     crate::restore::run(
         storage.as_ref(),
         &crate::restore::RestoreOptions {
@@ -456,6 +466,7 @@ fn restore(c: RestoreCmd) -> Result<()> {
             if_db_not_exists: c.if_db_not_exists,
             if_replica_exists: c.if_replica_exists,
             parallelism: c.parallelism.max(1),
+            cancel,
         },
     )
 }
@@ -480,5 +491,64 @@ fn verify(c: VerifyCmd) -> Result<()> {
             ))
         }
     };
-    crate::verify::run(storage.as_ref(), &names, c.parallelism.max(1), c.json)
+    let cancel = CancelToken::new();
+    on_signals(cancel.clone(), None)?;
+    crate::verify::run(
+        storage.as_ref(),
+        &names,
+        c.parallelism.max(1),
+        c.json,
+        &cancel,
+    )
+}
+
+/// Installs the SIGINT/SIGTERM handler of a long command: the first signal
+/// cancels `token` (after printing `first`), the second exits at once.
+fn on_signals(token: CancelToken, first: Option<&'static str>) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+    let r = ctrlc::set_handler(move || {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+            eprintln!("walsync: second signal, exiting at once");
+            std::process::exit(1);
+        }
+        if let Some(m) = first {
+            eprintln!("{m}");
+        }
+        token.cancel();
+    });
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::Other(format!(
+            "cannot install the signal handler: {e}"
+        ))),
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; fails when even that
+/// is too low for `dbs` databases (each needs about six descriptors).
+fn raise_open_files_limit(dbs: usize) -> Result<()> {
+    let needed = (dbs as u64) * 6 + 64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    if lim.rlim_cur < needed {
+        return Err(Error::Usage(format!(
+            "watching {dbs} databases needs about {needed} open files but the limit is {}; raise it (`ulimit -n {needed}`, or LimitNOFILE= in the systemd unit)",
+            lim.rlim_cur
+        )));
+    }
+    Ok(())
 }

@@ -24,6 +24,9 @@ pub enum Error {
     Integrity(String),
     /// Nothing to restore, nothing at that point in time, output exists. Exit 6.
     Restore(String),
+    /// The caller cancelled the work (a signal, or `stop()` of an embedder).
+    /// Exit 1: the work did not complete.
+    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,6 +41,7 @@ impl Error {
             Error::Storage(_) => 4,
             Error::Integrity(_) => 5,
             Error::Restore(_) => 6,
+            Error::Cancelled => 1,
         }
     }
 
@@ -50,6 +54,7 @@ impl Error {
             | Error::Storage(m)
             | Error::Integrity(m)
             | Error::Restore(m) => m,
+            Error::Cancelled => "interrupted before it completed; nothing was left half-written",
         }
     }
 
@@ -61,6 +66,7 @@ impl Error {
             Error::Storage(_) => "storage error",
             Error::Integrity(_) => "integrity error",
             Error::Restore(_) => "restore error",
+            Error::Cancelled => "stopped",
         }
     }
 
@@ -74,6 +80,7 @@ impl Error {
             Error::Storage(m) => Error::Storage(wrap(m)),
             Error::Integrity(m) => Error::Integrity(wrap(m)),
             Error::Restore(m) => Error::Restore(wrap(m)),
+            Error::Cancelled => Error::Cancelled,
         }
     }
 }

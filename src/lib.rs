@@ -1,21 +1,21 @@
 //! walsync: continuous replication of SQLite WAL databases to S3-compatible
 //! storage (Litestream 0.5 layout and LTX v3 format), and restore.
 
+pub mod apply;
+pub mod backoff;
+pub mod cancel;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod fsutil;
 pub mod list;
 pub mod ltx;
 pub mod names;
-pub mod pagesums;
 pub mod plan;
-pub mod remote;
-pub mod replicate;
 pub mod restore;
-pub mod shipper;
-pub mod source;
-pub mod state;
 pub mod storage;
 pub mod verify;
 pub mod wal;
+pub mod watch;

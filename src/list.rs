@@ -6,59 +6,19 @@
 //! (`<name>/<level %04x>/<min>-<max>.ltx` on S3, `<name>/ltx/<level>/...` in a
 //! file replica; the name may contain `/`). Anything else is ignored.
 
+use crate::catalog::{Catalog, RemoteLtx};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::plan;
-use crate::remote::RemoteLtx;
-use crate::storage::{parse_ltx_filename, Layout, LtxId, Storage, SNAPSHOT_LEVEL};
+use crate::storage::{Storage, SNAPSHOT_LEVEL};
 use serde::Serialize;
-use std::collections::BTreeMap;
 
 /// Threads reading last-change timestamps (one small request per database).
 const LOOKUP_THREADS: usize = 8;
 
-/// Splits a key relative to the replica root into (database name, LTX id)
-/// for `layout`; `None` for anything that is not an LTX file.
-pub fn parse_key(layout: Layout, key: &str) -> Option<(String, LtxId)> {
-    if key.starts_with(".walsync-meta/") {
-        return None;
-    }
-    let (rest, file) = key.rsplit_once('/')?;
-    parse_ltx_filename(file)?;
-    // `rest` ends with the level folder; what is before it names the database.
-    let name = rest.rsplit_once('/').map_or("", |(n, _)| n);
-    let name = match layout {
-        Layout::S3 => name,
-        Layout::File => match name.rsplit_once('/') {
-            Some((n, "ltx")) => n,
-            None if name == "ltx" => "",
-            _ => return None,
-        },
-    };
-    let id = layout.parse_ltx_key(name, key)?;
-    // Only canonical spellings (e.g. no "00A0" vs "00a0" duplicates).
-    (layout.ltx_key(name, id) == key).then(|| (name.to_string(), id))
-}
-
-/// Every database in the replica with its LTX files, by name.
-fn scan(storage: &dyn Storage) -> Result<BTreeMap<String, Vec<RemoteLtx>>> {
-    let layout = storage.layout();
-    let mut dbs: BTreeMap<String, Vec<RemoteLtx>> = BTreeMap::new();
-    for o in storage.list("")? {
-        if let Some((name, id)) = parse_key(layout, &o.key) {
-            dbs.entry(name).or_default().push(RemoteLtx {
-                id,
-                key: o.key,
-                size: o.size,
-            });
-        }
-    }
-    Ok(dbs)
-}
-
 /// The names of every database in the replica, sorted.
 pub fn database_names(storage: &dyn Storage) -> Result<Vec<String>> {
-    Ok(scan(storage)?.into_keys().collect())
+    Ok(Catalog::read_all(storage)?.names())
 }
 
 /// One row of `walsync list`.
@@ -76,10 +36,7 @@ pub struct DbSummary {
 
 /// Summaries of every database in the replica, sorted by name.
 pub fn summaries(storage: &dyn Storage) -> Result<Vec<DbSummary>> {
-    let dbs: Vec<(String, Vec<RemoteLtx>)> = scan(storage)?
-        .into_iter()
-        .filter(|(_, files)| !files.is_empty())
-        .collect();
+    let dbs: Vec<(String, Vec<RemoteLtx>)> = Catalog::read_all(storage)?.into_databases().collect();
     // The newest file of each database: highest max TXID, lowest level.
     let newest: Vec<RemoteLtx> = dbs
         .iter()
@@ -231,56 +188,6 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_of_both_layouts() {
-        let id = |level, min, max| LtxId {
-            level,
-            min_txid: min,
-            max_txid: max,
-        };
-        assert_eq!(
-            parse_key(
-                Layout::S3,
-                "tenants/a/app/0009/0000000000000001-0000000000000010.ltx"
-            ),
-            Some(("tenants/a/app".into(), id(9, 1, 16)))
-        );
-        assert_eq!(
-            parse_key(Layout::S3, "0000/0000000000000002-0000000000000002.ltx"),
-            Some((String::new(), id(0, 2, 2)))
-        );
-        assert_eq!(
-            parse_key(
-                Layout::File,
-                "smiths/app/ltx/0/0000000000000002-0000000000000003.ltx"
-            ),
-            Some(("smiths/app".into(), id(0, 2, 3)))
-        );
-        for (layout, key) in [
-            (
-                Layout::S3,
-                "app/ltx/0/0000000000000002-0000000000000002.ltx",
-            ),
-            (Layout::S3, "app/000A/0000000000000002-0000000000000002.ltx"),
-            (Layout::S3, "app/0000/0000000000000002-0000000000000001.ltx"),
-            (
-                Layout::File,
-                "app/0000/0000000000000002-0000000000000002.ltx",
-            ),
-            (
-                Layout::File,
-                "app/ltx/00/0000000000000002-0000000000000002.ltx",
-            ),
-            (
-                Layout::File,
-                ".walsync-meta/app/ltx/0/0000000000000002-0000000000000002.ltx",
-            ),
-            (Layout::File, "app/ltx/0/notes.txt"),
-        ] {
-            assert_eq!(parse_key(layout, key), None, "{key}");
-        }
-    }
 
     #[test]
     fn table_aligns() {

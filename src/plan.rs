@@ -1,13 +1,14 @@
 //! Restore planning: which LTX files rebuild a database at a target TXID,
 //! and when each TXID was committed (for `--point-in-time` and `list`).
 //!
-//! A plan is one snapshot (a file with min TXID 1, normally level 9) followed
-//! by files of any level whose TXID ranges continue it without a gap
+//! A plan is one full image (a snapshot, i.e. a file with min TXID 1,
+//! normally level 9, or a level-0 full copy walsync marked) followed by files
+//! of any level whose TXID ranges continue it without a gap
 //! (`next.min_txid == current_max + 1`) up to exactly the target TXID.
 
+use crate::catalog::RemoteLtx;
 use crate::error::{Error, Result};
 use crate::ltx::{Header, HEADER_SIZE};
-use crate::remote::RemoteLtx;
 use crate::storage::{Layout, Storage};
 use std::collections::HashMap;
 
@@ -16,78 +17,97 @@ pub fn txid_hex(txid: u64) -> String {
     format!("0x{txid:016x}")
 }
 
-/// The files that restore the database to exactly `target`: the newest
-/// snapshot at or before `target` from which an unbroken chain reaches it,
-/// then the chain (fewest files, then fewest bytes).
+/// Why no chain of files restores exactly the target TXID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanFailure {
+    /// The replica holds no file of the database.
+    NoBackups,
+    /// The target is 0 or beyond the newest TXID stored.
+    OutOfRange { latest: u64 },
+    /// No full image (snapshot or marked full copy) at or before the
+    /// target; `oldest` is the oldest image's TXID, if there is one.
+    NoImage { oldest: Option<u64> },
+    /// The target lies inside a compacted file that no finer files cover.
+    InsideCompacted(RemoteLtx),
+    /// The TXIDs stop short of the target.
+    Gap(Gap),
+}
+
+/// Where the TXID chain stops short of the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The highest TXID below the target the chain reaches.
+    pub last: u64,
+    /// The file that reaches it (the image when nothing continues it).
+    pub last_file: RemoteLtx,
+    /// The min TXID of the first file above the gap, if any.
+    pub next_min: Option<u64>,
+}
+
+/// The files that restore the database to exactly `target`: the newest full
+/// image at or before `target` from which an unbroken chain reaches it, then
+/// the chain (fewest files, then fewest bytes).
 ///
-/// `name` and `url` are for messages. Errors:
-/// - no snapshot at or before `target`, or `target` inside a compacted file
-///   that no finer files cover: [`Error::Restore`];
-/// - a gap in the TXIDs between the snapshot and `target`: [`Error::Integrity`].
-pub fn plan(files: &[RemoteLtx], target: u64, name: &str, url: &str) -> Result<Vec<RemoteLtx>> {
+/// A full image is a level-9 snapshot or a level-0 full copy walsync marked
+/// ([`RemoteLtx::image`]); starting from the newest one means a restore reads
+/// one full copy of the database and the files after it, not every full copy
+/// since an old snapshot. The chain after it may use files of any level.
+///
+/// This is the one planner: restore, verify and (later) retention all ask it,
+/// so what one of them proves restorable is what the others restore.
+pub fn plan_chain(files: &[RemoteLtx], target: u64) -> Result<Vec<RemoteLtx>, PlanFailure> {
     let latest = files.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
     if files.is_empty() {
-        return Err(Error::Restore(format!(
-            "no backups for '{name}' in {url}; check the name with `walsync list -b {url}`"
-        )));
+        return Err(PlanFailure::NoBackups);
     }
     if target == 0 || target > latest {
-        return Err(Error::Restore(format!(
-            "nothing to restore at TXID {} for '{name}': the replica holds TXIDs up to {} ({latest}); pick a TXID in that range",
-            target,
-            txid_hex(latest)
-        )));
+        return Err(PlanFailure::OutOfRange { latest });
     }
-    let mut snapshots: Vec<&RemoteLtx> = files
+    let mut images: Vec<&RemoteLtx> = files
         .iter()
-        .filter(|f| f.id.min_txid == 1 && f.id.max_txid <= target)
+        .filter(|f| f.image && f.id.max_txid <= target)
         .collect();
-    if snapshots.is_empty() {
+    if images.is_empty() {
         let oldest = files
             .iter()
-            .filter(|f| f.id.min_txid == 1)
+            .filter(|f| f.image)
             .map(|f| f.id.max_txid)
             .min();
-        return Err(Error::Restore(match oldest {
-            Some(t) => format!(
-                "nothing to restore at that point for '{name}' in {url}: the oldest snapshot is at TXID {} ({t}), after the target TXID {} ({target})",
-                txid_hex(t),
-                txid_hex(target)
-            ),
-            None => format!(
-                "nothing to restore for '{name}' in {url}: the replica holds no snapshot (no file starting at TXID 1); run `walsync snapshot` on the source"
-            ),
-        }));
+        return Err(PlanFailure::NoImage { oldest });
     }
     // Newest first; for equal TXIDs the smaller object.
-    snapshots.sort_by_key(|f| (std::cmp::Reverse(f.id.max_txid), f.size, f.id.level));
-    let mut incrementals: Vec<&RemoteLtx> = files
+    images.sort_by_key(|f| (std::cmp::Reverse(f.id.max_txid), f.size, f.id.level));
+    let mut links: Vec<&RemoteLtx> = files
         .iter()
         .filter(|f| f.id.min_txid > 1 && f.id.max_txid <= target)
         .collect();
-    incrementals.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
-
-    for snap in &snapshots {
-        if let Some(chain) = chain_from(snap, &incrementals, target) {
+    links.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
+    for image in &images {
+        if let Some(chain) = chain_from(image, &links, target) {
             return Ok(chain);
         }
     }
-    Err(explain_failure(files, snapshots[0], target, name, url))
+    Err(why_unreachable(files, images[0], target))
 }
 
-/// Shortest chain (files, then bytes) from `snap` to `target`, if any.
-fn chain_from(
-    snap: &RemoteLtx,
-    incrementals: &[&RemoteLtx],
-    target: u64,
-) -> Option<Vec<RemoteLtx>> {
+/// [`plan_chain`], with a failure turned into the error a command reports.
+/// `name` and `url` are for messages. Errors:
+/// - no image at or before `target`, or `target` inside a compacted file
+///   that no finer files cover: [`Error::Restore`];
+/// - a gap in the TXIDs between the image and `target`: [`Error::Integrity`].
+pub fn plan(files: &[RemoteLtx], target: u64, name: &str, url: &str) -> Result<Vec<RemoteLtx>> {
+    plan_chain(files, target).map_err(|f| f.into_error(name, url, target))
+}
+
+/// Shortest chain (files, then bytes) from `image` to `target`, if any.
+fn chain_from(image: &RemoteLtx, links: &[&RemoteLtx], target: u64) -> Option<Vec<RemoteLtx>> {
     // best[boundary] = (files, bytes, index of the file that reached it)
     let mut best: HashMap<u64, (u64, u64, Option<usize>)> = HashMap::new();
-    best.insert(snap.id.max_txid, (1, snap.size, None));
+    best.insert(image.id.max_txid, (1, image.size, None));
     // Sorted by min TXID: every file ending at `min - 1` is processed before
     // any file starting at `min`, so best[min - 1] is final when used.
-    for (i, f) in incrementals.iter().enumerate() {
-        if f.id.min_txid <= snap.id.max_txid {
+    for (i, f) in links.iter().enumerate() {
+        if f.id.min_txid <= image.id.max_txid {
             continue;
         }
         let Some(&(n, bytes, _)) = best.get(&(f.id.min_txid - 1)) else {
@@ -106,133 +126,104 @@ fn chain_from(
     let mut chain = Vec::new();
     let mut at = target;
     while let Some(&(_, _, Some(i))) = best.get(&at) {
-        let f = incrementals[i];
+        let f = links[i];
         chain.push(f.clone());
         at = f.id.min_txid - 1;
     }
-    chain.push(snap.clone());
+    chain.push(image.clone());
     chain.reverse();
     Some(chain)
 }
 
-/// Every boundary (max TXID) reachable from `snap` through files that
-/// continue it without a gap, with the file that reached it.
-fn reach<'a>(files: &'a [RemoteLtx], snap: &'a RemoteLtx) -> HashMap<u64, &'a RemoteLtx> {
+/// Why no chain from the newest usable image reaches `target`: inside a
+/// compacted file, or a gap (named by the furthest TXID below the target
+/// that files continuing the image reach).
+fn why_unreachable(files: &[RemoteLtx], image: &RemoteLtx, target: u64) -> PlanFailure {
     let mut all: Vec<&RemoteLtx> = files.iter().filter(|f| f.id.min_txid > 1).collect();
     all.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
     let mut reached: HashMap<u64, &RemoteLtx> = HashMap::new();
-    reached.insert(snap.id.max_txid, snap);
+    reached.insert(image.id.max_txid, image);
     for f in &all {
-        if f.id.min_txid > snap.id.max_txid && reached.contains_key(&(f.id.min_txid - 1)) {
+        if f.id.min_txid > image.id.max_txid && reached.contains_key(&(f.id.min_txid - 1)) {
             reached.entry(f.id.max_txid).or_insert(f);
         }
     }
-    reached
-}
-
-/// Where the TXID chain stops short of `target`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gap {
-    /// The highest TXID below `target` the chain reaches.
-    pub last: u64,
-    /// The file that reaches it (the snapshot when nothing continues it).
-    pub last_file: RemoteLtx,
-    /// The min TXID of the first file above the gap, if any.
-    pub next_min: Option<u64>,
-}
-
-/// The gap that stops every chain from the newest snapshot at or before
-/// `target` short of it; `None` when there is no such snapshot or the
-/// chain reaches `target` (or a compacted file containing it).
-pub fn find_gap(files: &[RemoteLtx], target: u64) -> Option<Gap> {
-    let snap = files
-        .iter()
-        .filter(|f| f.id.min_txid == 1 && f.id.max_txid <= target)
-        .min_by_key(|f| (std::cmp::Reverse(f.id.max_txid), f.size, f.id.level))?;
-    let reached = reach(files, snap);
-    let inside = files.iter().any(|f| {
-        f.id.min_txid > 1
-            && f.id.min_txid <= target
-            && target <= f.id.max_txid
+    if let Some(f) = all.iter().find(|f| {
+        f.id.min_txid <= target
+            && target < f.id.max_txid
             && reached.contains_key(&(f.id.min_txid - 1))
-    });
-    if inside || reached.contains_key(&target) {
-        return None;
+    }) {
+        return PlanFailure::InsideCompacted((*f).clone());
     }
-    let (&last, &last_file) = reached
+    // The image itself is below the target, so this always finds one.
+    let (last, last_file) = reached
         .iter()
         .filter(|(&b, _)| b < target)
-        .max_by_key(|(&b, _)| b)?;
+        .max_by_key(|(&b, _)| b)
+        .map_or((image.id.max_txid, image), |(&b, &f)| (b, f));
     let next_min = files
         .iter()
         .map(|f| f.id.min_txid)
         .filter(|&m| m > last + 1)
         .min();
-    Some(Gap {
+    PlanFailure::Gap(Gap {
         last,
         last_file: last_file.clone(),
         next_min,
     })
 }
 
-/// Why no chain reaches `target` from the newest usable snapshot.
-fn explain_failure(
-    files: &[RemoteLtx],
-    snap: &RemoteLtx,
-    target: u64,
-    name: &str,
-    url: &str,
-) -> Error {
-    let reached = reach(files, snap);
-    // The target inside a compacted file that the chain can reach the start of.
-    if let Some(f) = files.iter().find(|f| {
-        f.id.min_txid > 1
-            && f.id.min_txid <= target
-            && target < f.id.max_txid
-            && reached.contains_key(&(f.id.min_txid - 1))
-    }) {
-        return Error::Restore(format!(
-            "TXID {} of '{name}' cannot be restored exactly: it lies inside {} (TXIDs {}..{}), and no finer files remain; restore --txid {} or --txid {} instead",
-            txid_hex(target),
-            f.key,
-            txid_hex(f.id.min_txid),
-            txid_hex(f.id.max_txid),
-            f.id.min_txid - 1,
-            f.id.max_txid
-        ));
+impl PlanFailure {
+    /// The error a command reports for this failure (see [`plan`]).
+    pub fn into_error(self, name: &str, url: &str, target: u64) -> Error {
+        match self {
+            PlanFailure::NoBackups => Error::Restore(format!(
+                "no backups for '{name}' in {url}; check the name with `walsync list -b {url}`"
+            )),
+            PlanFailure::OutOfRange { latest } => Error::Restore(format!(
+                "nothing to restore at TXID {target} for '{name}': the replica holds TXIDs up to {} ({latest}); pick a TXID in that range",
+                txid_hex(latest)
+            )),
+            PlanFailure::NoImage { oldest: Some(t) } => Error::Restore(format!(
+                "nothing to restore at that point for '{name}' in {url}: the oldest snapshot is at TXID {} ({t}), after the target TXID {} ({target})",
+                txid_hex(t),
+                txid_hex(target)
+            )),
+            PlanFailure::NoImage { oldest: None } => Error::Restore(format!(
+                "nothing to restore for '{name}' in {url}: the replica holds no snapshot (no file starting at TXID 1); run `walsync snapshot` on the source"
+            )),
+            PlanFailure::InsideCompacted(f) => Error::Restore(format!(
+                "TXID {} of '{name}' cannot be restored exactly: it lies inside {} (TXIDs {}..{}), and no finer files remain; restore --txid {} or --txid {} instead",
+                txid_hex(target),
+                f.key,
+                txid_hex(f.id.min_txid),
+                txid_hex(f.id.max_txid),
+                f.id.min_txid - 1,
+                f.id.max_txid
+            )),
+            PlanFailure::Gap(gap) => {
+                let missing = match gap.next_min {
+                    Some(n) => format!(
+                        "TXIDs {}..{} are missing; the next file starts at {}",
+                        txid_hex(gap.last + 1),
+                        txid_hex(n - 1),
+                        txid_hex(n)
+                    ),
+                    None => format!(
+                        "TXIDs {}..{} are missing",
+                        txid_hex(gap.last + 1),
+                        txid_hex(target)
+                    ),
+                };
+                Error::Integrity(format!(
+                    "gap in replica '{name}' ({url}): no file starts at TXID {} after {} ({missing}); restore an earlier state with --txid {}, or take a new snapshot of the source with `walsync snapshot`",
+                    txid_hex(gap.last + 1),
+                    gap.last_file.key,
+                    gap.last
+                ))
+            }
+        }
     }
-    let Some((&last, last_file)) = reached
-        .iter()
-        .filter(|(&b, _)| b < target)
-        .max_by_key(|(&b, _)| b)
-    else {
-        return Error::Other(format!(
-            "restore plan of '{name}': no reachable TXID below the target"
-        ));
-    };
-    let next = files
-        .iter()
-        .map(|f| f.id.min_txid)
-        .filter(|&m| m > last + 1)
-        .min();
-    let missing = match next {
-        Some(n) => format!(
-            "TXIDs {}..{} are missing; the next file starts at {}",
-            txid_hex(last + 1),
-            txid_hex(n - 1),
-            txid_hex(n)
-        ),
-        None => format!(
-            "TXIDs {}..{} are missing",
-            txid_hex(last + 1),
-            txid_hex(target)
-        ),
-    };
-    Error::Integrity(format!(
-        "gap in replica '{name}' ({url}): no file starts at TXID {} after {} ({missing}); restore an earlier state with --txid {last}, or take a new snapshot of the source with `walsync snapshot`",
-        txid_hex(last + 1),
-        last_file.key
-    ))
 }
 
 /// When the transaction `f.max_txid` was committed, in Unix milliseconds:
@@ -354,14 +345,21 @@ mod tests {
     use crate::storage::LtxId;
 
     fn f(level: u32, min: u64, max: u64) -> RemoteLtx {
+        let id = LtxId {
+            level,
+            min_txid: min,
+            max_txid: max,
+        };
+        let key = format!("db/{level:04x}/{min:016x}-{max:016x}.ltx");
+        RemoteLtx::new(id, key, if min == 1 { 1000 } else { 10 })
+    }
+
+    /// A level-0 full copy walsync marked as an image.
+    fn image(txid: u64) -> RemoteLtx {
         RemoteLtx {
-            id: LtxId {
-                level,
-                min_txid: min,
-                max_txid: max,
-            },
-            key: format!("db/{level:04x}/{min:016x}-{max:016x}.ltx"),
-            size: if min == 1 { 1000 } else { 10 },
+            image: true,
+            size: 900,
+            ..f(0, txid, txid)
         }
     }
 
@@ -441,14 +439,51 @@ mod tests {
     }
 
     #[test]
-    fn find_gap_names_the_last_file_and_the_next_start() {
+    fn gaps_name_the_last_file_and_the_next_start() {
         let files = vec![f(9, 1, 2), f(0, 3, 3), f(0, 6, 6), f(0, 7, 7)];
-        let g = find_gap(&files, 7).unwrap();
+        let Err(PlanFailure::Gap(g)) = plan_chain(&files, 7) else {
+            panic!("a gap")
+        };
         assert_eq!((g.last, g.next_min), (3, Some(6)));
         assert_eq!((g.last_file.id.min_txid, g.last_file.id.max_txid), (3, 3));
-        assert_eq!(find_gap(&files, 3), None);
+        assert!(plan_chain(&files, 3).is_ok());
         // No snapshot: no gap to name.
-        assert_eq!(find_gap(&[f(0, 2, 2)], 2), None);
+        assert_eq!(
+            plan_chain(&[f(0, 2, 2)], 2),
+            Err(PlanFailure::NoImage { oldest: None })
+        );
+    }
+
+    #[test]
+    fn restores_start_from_the_newest_full_image() {
+        // Snapshot 1-2, then level-0 files with full copies at 5 and 8.
+        let mut files = vec![f(9, 1, 2), f(0, 3, 3), f(0, 4, 4)];
+        files.extend([image(5), f(0, 6, 6), f(0, 7, 7), image(8), f(0, 9, 9)]);
+        assert_eq!(
+            ids(&plan(&files, 9, "db", "u").unwrap()),
+            vec![(0, 8, 8), (0, 9, 9)]
+        );
+        assert_eq!(
+            ids(&plan(&files, 7, "db", "u").unwrap()),
+            vec![(0, 5, 5), (0, 6, 6), (0, 7, 7)]
+        );
+        assert_eq!(
+            ids(&plan(&files, 4, "db", "u").unwrap()),
+            vec![(9, 1, 2), (0, 3, 3), (0, 4, 4)]
+        );
+        // An unmarked full copy is just a link of the chain.
+        let unmarked: Vec<RemoteLtx> = files
+            .iter()
+            .map(|x| RemoteLtx {
+                image: x.id.min_txid == 1,
+                ..x.clone()
+            })
+            .collect();
+        assert_eq!(plan(&unmarked, 9, "db", "u").unwrap().len(), 8);
+        // A gap before an image does not matter to the states after it.
+        files.retain(|x| x.id.min_txid != 6);
+        assert_eq!(plan(&files, 9, "db", "u").unwrap().len(), 2);
+        assert_eq!(plan(&files, 7, "db", "u").unwrap_err().exit_code(), 5);
     }
 
     #[test]

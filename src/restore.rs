@@ -18,19 +18,18 @@
 //! table of per-page checksums. Any failure removes `<out>.tmp` and the
 //! download folder.
 
+use crate::apply::{Applier, ObjectError, OutputPages};
+use crate::cancel::CancelToken;
+use crate::catalog::{self, RemoteLtx};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, Hashing};
-use crate::ltx::{self, Decoder};
+use crate::fetch::{self, Replay, Staging};
+use crate::fsutil;
 use crate::plan::{self, txid_hex};
-use crate::remote::{self, RemoteLtx};
 use crate::storage::Storage;
-use crossbeam_channel::{bounded, unbounded};
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct RestoreOptions {
@@ -42,32 +41,8 @@ pub struct RestoreOptions {
     pub if_db_not_exists: bool,
     pub if_replica_exists: bool,
     pub parallelism: usize,
-}
-
-/// Set by SIGINT/SIGTERM during a restore: stop and clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static SIGNALS: AtomicU32 = AtomicU32::new(0);
-
-fn install_signal_handler() {
-    // Only one handler per process; when one is already installed (e.g. a
-    // caller embedding walsync) restore simply is not interruptible cleanly.
-    let _ = ctrlc::set_handler(|| {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-            eprintln!("walsync: second signal, exiting at once (the .tmp output may remain)");
-            std::process::exit(1);
-        }
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    });
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err(Error::Other(
-            "restore interrupted; the output was not written".into(),
-        ))
-    } else {
-        Ok(())
-    }
+    /// Cancelling it stops the restore and removes what it wrote.
+    pub cancel: CancelToken,
 }
 
 /// `<out><suffix>` (suffix appended to the file name).
@@ -89,10 +64,9 @@ fn remove_file_if_exists(p: &Path) -> Result<()> {
     }
 }
 
-/// Removes the temporary output and download folder unless disarmed.
+/// Removes the temporary output unless disarmed.
 struct Cleanup {
     paths: Vec<PathBuf>,
-    dir: PathBuf,
     armed: bool,
 }
 
@@ -103,7 +77,6 @@ impl Drop for Cleanup {
                 let _ = fs::remove_file(p);
             }
         }
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -148,7 +121,7 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
         }
     }
 
-    let files = remote::list_ltx(storage, name)?;
+    let files = catalog::list_db(storage, name)?;
     if files.is_empty() {
         if opts.if_replica_exists {
             eprintln!(
@@ -184,7 +157,6 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     };
     let chain = plan::plan(&files, target, name, &url)?;
 
-    install_signal_handler();
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -192,7 +164,6 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     fs::create_dir_all(&parent)
         .local_io(|| format!("creating the output folder {}", parent.display()))?;
     let tmp = sibling(out, ".tmp");
-    let dl_dir = sibling(out, ".tmp-ltx");
     let mut cleanup = Cleanup {
         paths: vec![
             tmp.clone(),
@@ -200,11 +171,9 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
             sibling(&tmp, "-shm"),
             sibling(&tmp, "-journal"),
         ],
-        dir: dl_dir.clone(),
         armed: true,
     };
-    let _ = fs::remove_dir_all(&dl_dir);
-    fs::create_dir(&dl_dir).local_io(|| format!("creating {}", dl_dir.display()))?;
+    let staging = Staging::create(sibling(out, ".tmp-ltx"))?;
     for p in &cleanup.paths[1..] {
         remove_file_if_exists(p)?;
     }
@@ -216,31 +185,28 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
         .truncate(true)
         .open(&tmp)
         .local_io(|| format!("creating {}", tmp.display()))?;
-    let mut applier = Applier::new(file);
-    let mut progress = Progress::new(name, chain.len());
-    fetch_and_apply(
+    let mut replay = RestoreReplay {
+        applier: Applier::new(OutputPages::new(file)),
+        progress: Progress::new(name, chain.len()),
+        context: format!("restoring '{name}' from {url}"),
+    };
+    fetch::fetch_and_replay(
         storage,
         &chain,
-        &dl_dir,
-        opts.parallelism.max(1),
-        |f, src, db_checksums| {
-            check_interrupted()?;
-            let mut src = ProgressReader {
-                inner: src,
-                progress: &mut progress,
-            };
-            applier
-                .apply(f, &mut src, db_checksums)
-                .map_err(|e| e.context(format!("restoring '{name}' from {url}")))?;
-            progress.file_done(f.size);
-            Ok(())
-        },
+        &staging,
+        opts.parallelism,
+        &opts.cancel,
+        &mut replay,
     )?;
+    drop(staging);
+    let RestoreReplay {
+        applier, progress, ..
+    } = replay;
     progress.finish_line();
 
     let page_size = applier.page_size.unwrap_or(0);
     let pages = applier.pages;
-    let file = applier.file;
+    let file = applier.pages_target.file;
     file.sync_all()
         .local_io(|| format!("syncing {}", tmp.display()))?;
     drop(file);
@@ -248,7 +214,7 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     for p in &cleanup.paths[1..] {
         remove_file_if_exists(p)?;
     }
-    check_interrupted()?;
+    opts.cancel.check()?;
 
     if opts.force {
         // The old database's WAL or journal would be applied to the new file.
@@ -259,7 +225,6 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     fs::rename(&tmp, out)
         .local_io(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     cleanup.armed = false;
-    drop(cleanup);
     fsutil::fsync_dir(&parent)?;
 
     eprintln!(
@@ -273,499 +238,38 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     Ok(())
 }
 
-/// How many bytes of downloaded-but-unapplied files may wait on disk beyond
-/// the `parallelism` files always allowed ahead: small incremental files are
-/// fetched while the snapshot is still being applied.
-const PREFETCH_BYTES: u64 = 128 << 20;
-/// And how many files at most, whatever their size.
-const PREFETCH_FILES: usize = 4096;
-
-/// Downloads `chain` and calls `apply` for each file strictly in order.
-///
-/// The first file (the snapshot, usually most of the bytes) is streamed: a
-/// thread downloads and hashes it while `apply` decodes it, so the download
-/// and the apply overlap. Meanwhile `parallelism` workers download the files
-/// after it into `dir`, as far ahead as [`PREFETCH_BYTES`] allows (and always
-/// `parallelism` files), and each is applied as soon as it and all before it
-/// are there.
-fn fetch_and_apply(
-    storage: &dyn Storage,
-    chain: &[RemoteLtx],
-    dir: &Path,
-    parallelism: usize,
-    mut apply: impl FnMut(&RemoteLtx, &mut dyn Read, Option<(u64, u64)>) -> Result<()>,
-) -> Result<()> {
-    let n = chain.len();
-    let workers = parallelism.min(n.saturating_sub(1)).max(1);
-    let cancel = AtomicBool::new(false);
-    let path_of = |i: usize| dir.join(format!("{i:08}.ltx"));
-    std::thread::scope(|s| {
-        let (job_tx, job_rx) = unbounded::<usize>();
-        let (res_tx, res_rx) = unbounded::<(usize, Result<Option<(u64, u64)>>)>();
-        for _ in 0..workers {
-            let job_rx = job_rx.clone();
-            let res_tx = res_tx.clone();
-            let cancel = &cancel;
-            s.spawn(move || {
-                for i in job_rx {
-                    let r = if cancel.load(Ordering::SeqCst) {
-                        Err(Error::Other("cancelled".into()))
-                    } else {
-                        download(storage, &chain[i], &path_of(i), cancel)
-                    };
-                    if res_tx.send((i, r)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(job_rx);
-        drop(res_tx);
-
-        let result = (|| -> Result<()> {
-            let Some(first) = chain.first() else {
-                return Ok(());
-            };
-            // Queue downloads of the files after the first.
-            let mut next = 1;
-            let mut waiting_bytes = 0u64;
-            let mut dispatch = |applied: usize, waiting_bytes: &mut u64| -> Result<()> {
-                while next < n {
-                    let ahead = next - applied;
-                    let size = chain[next].size;
-                    let fits = ahead < PREFETCH_FILES && *waiting_bytes + size <= PREFETCH_BYTES;
-                    if ahead >= parallelism && !fits {
-                        break;
-                    }
-                    job_tx
-                        .send(next)
-                        .map_err(|_| Error::Other("download workers stopped".into()))?;
-                    *waiting_bytes += size;
-                    next += 1;
-                }
-                Ok(())
-            };
-            dispatch(1, &mut waiting_bytes)?;
-            apply_streamed(storage, first, &cancel, s, &mut apply)?;
-
-            let mut ready: BTreeMap<usize, Result<Option<(u64, u64)>>> = BTreeMap::new();
-            for (i, f) in chain.iter().enumerate().skip(1) {
-                let r = loop {
-                    if let Some(r) = ready.remove(&i) {
-                        break r;
-                    }
-                    check_interrupted()?;
-                    match res_rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok((j, r)) => {
-                            ready.insert(j, r);
-                        }
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                            return Err(Error::Other("download workers stopped".into()))
-                        }
-                    }
-                };
-                let db_checksums = r?;
-                let path = path_of(i);
-                let mut src =
-                    File::open(&path).local_io(|| format!("opening {}", path.display()))?;
-                apply(f, &mut src, db_checksums)?;
-                drop(src);
-                let _ = fs::remove_file(&path);
-                waiting_bytes = waiting_bytes.saturating_sub(f.size);
-                dispatch(i + 1, &mut waiting_bytes)?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            cancel.store(true, Ordering::SeqCst);
-        }
-        drop(job_tx);
-        result
-    })
+/// Restore's consumer of the plan: applies each file to the output and
+/// stops at the first problem.
+struct RestoreReplay {
+    applier: Applier<OutputPages>,
+    progress: Progress,
+    /// Put in front of every error: which database, from where.
+    context: String,
 }
 
-/// Size of the chunks a streamed download is handed over in, and how many
-/// may be in flight: 4 MiB of memory at most.
-const STREAM_CHUNK: usize = 256 * 1024;
-const STREAM_CHUNKS: usize = 16;
-
-/// Downloads `f` on a thread of `scope` that hashes the body and hands it to
-/// `apply` in chunks. Afterwards the length and SHA-256 are checked like a
-/// staged download's; when `apply` fails on bytes the download then finds
-/// corrupt or truncated, that is the error reported.
-fn apply_streamed<'s, 'e>(
-    storage: &'e dyn Storage,
-    f: &'e RemoteLtx,
-    cancel: &'e AtomicBool,
-    scope: &'s std::thread::Scope<'s, 'e>,
-    apply: &mut impl FnMut(&RemoteLtx, &mut dyn Read, Option<(u64, u64)>) -> Result<()>,
-) -> Result<()> {
-    let dl = get(storage, f)?;
-    let db_checksums = dl.head.meta.parsed_db_checksums();
-    let (chunk_tx, chunk_rx) = bounded::<Vec<u8>>(STREAM_CHUNKS);
-    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(STREAM_CHUNKS + 2);
-    let fetcher = scope.spawn(move || -> Result<()> {
-        read_checked(storage, f, dl, cancel, |bytes| {
-            let mut chunk = spare_rx.try_recv().unwrap_or_default();
-            chunk.clear();
-            chunk.extend_from_slice(bytes);
-            // A closed channel: the applier stopped reading, and its error
-            // is the one to report.
-            chunk_tx
-                .send(chunk)
-                .map_err(|_| Error::Other("cancelled".into()))
-        })
-        .map(|_| ())
-    });
-    let mut reader = ChunkReader {
-        chunks: chunk_rx,
-        spare: spare_tx,
-        current: Vec::new(),
-        pos: 0,
-    };
-    let applied = apply(f, &mut reader, db_checksums);
-    // Read to the end, so the whole object is hashed: after the apply, and
-    // after an integrity error (damaged bytes are better named by the
-    // SHA-256), but not when stopping or after a local error (a full disk).
-    let drain = matches!(applied, Ok(()) | Err(Error::Integrity(_)));
-    if drain && !stopping(cancel) {
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    }
-    drop(reader);
-    let fetched = fetcher
-        .join()
-        .unwrap_or_else(|_| Err(Error::Other("the download thread panicked".into())));
-    check_interrupted()?;
-    match (applied, fetched) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Err(Error::Other(_))) | (Err(e), Ok(())) => Err(e),
-        (_, Err(download_err)) => Err(download_err),
-    }
-}
-
-/// Reads the chunks a streaming download hands over, returning each buffer
-/// for reuse.
-struct ChunkReader {
-    chunks: crossbeam_channel::Receiver<Vec<u8>>,
-    spare: crossbeam_channel::Sender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
-                    let used = std::mem::replace(&mut self.current, chunk);
-                    let _ = self.spare.try_send(used);
-                    self.pos = 0;
-                }
-                // The download ended (or failed: the fetcher reports why).
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Starts the download of `f`; a listed object that is gone is an error.
-fn get(storage: &dyn Storage, f: &RemoteLtx) -> Result<crate::storage::Download> {
-    storage.get(&f.key)?.ok_or_else(|| {
-        Error::Storage(format!(
-            "object {} was listed in {} but is gone (deleted by retention or compaction?); run the restore again",
-            f.key,
-            storage.describe()
-        ))
-    })
-}
-
-fn download_error(storage: &dyn Storage, f: &RemoteLtx, e: &std::io::Error) -> Error {
-    Error::Storage(format!(
-        "downloading {} from {}: {e}",
-        f.key,
-        storage.describe()
-    ))
-}
-
-/// Checks a downloaded body's length and SHA-256 against its metadata.
-fn check_download(
-    f: &RemoteLtx,
-    head: &crate::storage::ObjectHead,
-    sha: &str,
-    len: u64,
-) -> Result<()> {
-    if len != head.size {
-        return Err(Error::Integrity(format!(
-            "object {} is truncated: received {len} of {} bytes",
-            f.key, head.size
-        )));
-    }
-    if let Some(want) = &head.meta.sha256 {
-        if !want.eq_ignore_ascii_case(sha) {
-            return Err(Error::Integrity(format!(
-                "object {} is corrupt: its SHA-256 is {sha}, the metadata says {want}{}",
-                f.key,
-                plan::damaged_object_hint(f)
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Whether the restore is being abandoned (an error elsewhere, or a signal).
-fn stopping(cancel: &AtomicBool) -> bool {
-    cancel.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed)
-}
-
-/// Reads a download's body to its end, hashing it and handing each chunk
-/// to `sink`, and stops early when the restore is being abandoned; then
-/// checks its length and SHA-256 against the metadata. Returns the database
-/// checksums the metadata carries (walsync's files), if any.
-fn read_checked(
-    storage: &dyn Storage,
-    f: &RemoteLtx,
-    dl: crate::storage::Download,
-    cancel: &AtomicBool,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<Option<(u64, u64)>> {
-    let mut body = dl.body;
-    let mut hashed = Hashing::new(std::io::sink());
-    let mut buf = vec![0u8; STREAM_CHUNK];
-    loop {
-        if stopping(cancel) {
-            return Err(Error::Other("cancelled".into()));
-        }
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(download_error(storage, f, &e)),
-        };
-        // Writing to a sink cannot fail.
-        let _ = hashed.write_all(&buf[..n]);
-        sink(&buf[..n])?;
-    }
-    let (_, sha, len) = hashed.finish();
-    check_download(f, &dl.head, &sha, len)?;
-    Ok(dl.head.meta.parsed_db_checksums())
-}
-
-/// Downloads one object into `dest`, checked as [`read_checked`] says.
-fn download(
-    storage: &dyn Storage,
-    f: &RemoteLtx,
-    dest: &Path,
-    cancel: &AtomicBool,
-) -> Result<Option<(u64, u64)>> {
-    let dl = get(storage, f)?;
-    let file = File::create(dest).local_io(|| format!("creating {}", dest.display()))?;
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let db_checksums = read_checked(storage, f, dl, cancel, |bytes| {
-        w.write_all(bytes)
-            .local_io(|| format!("writing {}", dest.display()))
-    })?;
-    w.into_inner()
-        .map_err(|e| Error::Other(format!("writing {}: {}", dest.display(), e.error())))?;
-    Ok(db_checksums)
-}
-
-/// Applies LTX files to the output file in order, tracking the database
-/// checksum from the bytes in the file.
-struct Applier {
-    file: File,
-    page_size: Option<u32>,
-    /// Database size in pages.
-    pages: u32,
-    /// Running database checksum of the file's content.
-    checksum: u64,
-    first: bool,
-    page: Vec<u8>,
-    old: Vec<u8>,
-    zeros: Vec<u8>,
-    /// Consecutive pages not yet written (a snapshot is one long run), so a
-    /// restore makes one write per MiB instead of one per page.
-    run: Vec<u8>,
-    run_start: u32,
-}
-
-/// How many bytes of consecutive pages are gathered before one write.
-const WRITE_RUN: usize = 1 << 20;
-
-impl Applier {
-    fn new(file: File) -> Applier {
-        Applier {
-            file,
-            page_size: None,
-            pages: 0,
-            checksum: ltx::EMPTY_DB_CHECKSUM,
-            first: true,
-            page: Vec::new(),
-            old: Vec::new(),
-            zeros: Vec::new(),
-            run: Vec::new(),
-            run_start: 0,
-        }
-    }
-
-    /// Queues page `pgno` for writing, after the pages queued before it when
-    /// it follows them; otherwise writes those first.
-    fn write_page(&mut self, pgno: u32, page: &[u8]) -> Result<()> {
-        let queued = (self.run.len() / page.len().max(1)) as u32;
-        if !self.run.is_empty() && (pgno != self.run_start + queued || self.run.len() >= WRITE_RUN)
-        {
-            self.flush_run()?;
-        }
-        if self.run.is_empty() {
-            self.run_start = pgno;
-        }
-        self.run.extend_from_slice(page);
-        Ok(())
-    }
-
-    /// Writes the queued pages.
-    fn flush_run(&mut self) -> Result<()> {
-        if self.run.is_empty() {
-            return Ok(());
-        }
-        let at = self.offset(self.run_start);
-        let first = self.run_start;
-        self.file
-            .write_all_at(&self.run, at)
-            .local_io(|| format!("writing pages from {first} of the restored file"))?;
-        self.run.clear();
-        Ok(())
-    }
-
-    fn offset(&self, pgno: u32) -> u64 {
-        u64::from(pgno - 1) * u64::from(self.page_size.unwrap_or(0))
-    }
-
-    fn old_page_checksum(&mut self, pgno: u32) -> Result<u64> {
-        let ps = self.page_size.unwrap_or(0) as usize;
-        self.old.resize(ps, 0);
-        let at = self.offset(pgno);
-        self.file
-            .read_exact_at(&mut self.old, at)
-            .local_io(|| format!("reading back page {pgno} of the restored file"))?;
-        Ok(ltx::page_checksum(pgno, &self.old))
-    }
-
-    /// Pages between the old end and a page written beyond it that no file
-    /// wrote are zeros in the output; they count as zero pages.
-    fn add_holes(&mut self, from: u32, to: u32, lock: u32) {
-        self.zeros.resize(self.page_size.unwrap_or(0) as usize, 0);
-        for pgno in from..to {
-            if pgno != lock {
-                let sum = ltx::page_checksum(pgno, &self.zeros);
-                self.checksum = ltx::db_checksum_add(self.checksum, sum);
-            }
-        }
-    }
-
-    /// Applies one file. Its expected database checksums come from the LTX
-    /// header and trailer, or, for files written with the NoChecksum flag
-    /// (Litestream compatibility), from walsync's object metadata when present.
+impl Replay for RestoreReplay {
     fn apply(
         &mut self,
         f: &RemoteLtx,
-        src: &mut dyn Read,
-        meta_checksums: Option<(u64, u64)>,
-    ) -> Result<()> {
-        let key = &f.key;
-        let ctx = |e: Error| e.context(format!("object {key}"));
-        let mut dec = Decoder::new(src).map_err(ctx)?;
-        let h = *dec.header();
-        if let Some(m) = plan::name_mismatch(f, h.min_txid, h.max_txid) {
-            return Err(Error::Integrity(format!("object {key} {m}")));
-        }
-        match self.page_size {
-            None => self.page_size = Some(h.page_size),
-            Some(ps) if ps != h.page_size => {
-                return Err(Error::Integrity(format!(
-                    "object {key} has page size {} but the files before it have {ps}",
-                    h.page_size
-                )))
-            }
-            Some(_) => {}
-        }
-        if self.first != h.is_snapshot() {
-            return Err(Error::Integrity(format!(
-                "object {key}: a restore must start with a snapshot and continue with incremental files"
-            )));
-        }
-        let expected = if h.no_checksum() {
-            meta_checksums
-        } else {
-            Some((h.pre_apply_checksum, 0))
+        body: &mut dyn Read,
+        db_checksums: Option<(u64, u64)>,
+    ) -> Result<(), ObjectError> {
+        let mut body = ProgressReader {
+            inner: body,
+            progress: &mut self.progress,
         };
-        // A zero checksum is "not recorded" (e.g. the first file walsync
-        // writes when it takes over a replica from another tool).
-        if let Some((pre, _)) = expected.filter(|&(pre, _)| !self.first && pre != 0) {
-            if pre != self.checksum {
-                return Err(Error::Integrity(format!(
-                    "restored bytes differ from the source's before {key}: its pre-apply checksum is {pre:016x}, the restored database's is {:016x}; the files before it do not lead to its starting state",
-                    self.checksum
-                )));
+        self.applier.apply(f, &mut body, db_checksums)
+    }
+
+    fn done(&mut self, f: &RemoteLtx, result: Result<(), ObjectError>) -> Result<()> {
+        match result {
+            Ok(()) => {
+                self.progress.file_done(f.size);
+                Ok(())
             }
+            Err(e) if matches!(e.error, Error::Cancelled) => Err(Error::Cancelled),
+            Err(e) => Err(e.error.context(&self.context)),
         }
-        let lock = h.lock_pgno();
-        let old_pages = self.pages;
-        // Highest page that exists in the file so far.
-        let mut high = old_pages;
-        let mut page = std::mem::take(&mut self.page);
-        let r = (|| -> Result<()> {
-            while let Some(pgno) = dec.next_page(&mut page).map_err(ctx)? {
-                if pgno <= old_pages {
-                    let old = self.old_page_checksum(pgno)?;
-                    self.checksum = ltx::db_checksum_remove(self.checksum, old);
-                } else if pgno > high + 1 {
-                    self.add_holes(high + 1, pgno, lock);
-                }
-                high = high.max(pgno);
-                self.write_page(pgno, &page)?;
-                self.checksum =
-                    ltx::db_checksum_add(self.checksum, ltx::page_checksum(pgno, &page));
-            }
-            Ok(())
-        })();
-        self.page = page;
-        r?;
-        // Pages are read back below (truncation) and by the next file.
-        self.flush_run()?;
-        let trailer = dec.finish().map_err(ctx)?;
-        if h.commit < old_pages {
-            for pgno in (h.commit + 1)..=old_pages {
-                if pgno == lock {
-                    continue;
-                }
-                let old = self.old_page_checksum(pgno)?;
-                self.checksum = ltx::db_checksum_remove(self.checksum, old);
-            }
-        } else if h.commit > high {
-            self.add_holes(high + 1, h.commit + 1, lock);
-        }
-        self.file
-            .set_len(u64::from(h.commit) * u64::from(h.page_size))
-            .local_io(|| "resizing the restored file".to_string())?;
-        self.pages = h.commit;
-        self.first = false;
-        let post = match expected {
-            None => None,
-            Some(_) if !h.no_checksum() => Some(trailer.post_apply_checksum),
-            Some((_, post)) => Some(post),
-        };
-        if let Some(post) = post.filter(|&p| p != 0 && p != self.checksum) {
-            return Err(Error::Integrity(format!(
-                "restored bytes differ from the source's after {key}: its post-apply checksum is {post:016x}, the restored database's is {:016x}",
-                self.checksum
-            )));
-        }
-        Ok(())
     }
 }
 

@@ -10,13 +10,20 @@
 //!   (order, bounds, LZ4), page index, trailer and the file's CRC-64; its
 //!   SHA-256 is computed on the way and compared with the `x-amz-meta-sha256`
 //!   metadata (or the file replica's sidecar) when there is one;
-//! - each file's header TXIDs match its key, its page size matches the
-//!   snapshot's, and its pre-apply checksum equals the previous file's
-//!   post-apply checksum where both are present (Litestream's NoChecksum
-//!   files carry neither).
+//! - each file's header TXIDs match its key and its page size the image's;
+//! - the files are replayed in order into a map of page checksums (8 bytes
+//!   per page, on disk for large databases), exactly as `restore` applies
+//!   them, without writing a database: the database checksum before each
+//!   file must equal its recorded pre-apply checksum, and the checksum its
+//!   pages produce must equal its recorded post-apply checksum (walsync's
+//!   files record both; Litestream's NoChecksum files record neither). So a
+//!   replica `restore` rejects is rejected here, with the same exit code,
+//!   naming the same object: both run [`crate::apply::Applier`].
 //!
 //! Only the files of the plan to the latest TXID are downloaded: older
-//! snapshots and the finer files a compaction covers are not.
+//! images and the finer files a compaction covers are not. After the first
+//! problem the rest of the plan is still downloaded and decoded (to name
+//! every damaged object), but no longer replayed.
 //!
 //! Output: a line per problem, naming the object key, and a summary line per
 //! database, on stdout; with `--json`, one JSON object per database per line
@@ -31,23 +38,23 @@
 //! it means stored bytes changed, which needs attention even where another
 //! problem already stops the restore.
 //!
-//! Resources: `parallelism` worker threads download and decode files; the
-//! databases are planned one after the other by a feeder thread that hands
-//! files to the workers over a bounded channel, so memory holds the
-//! listing, the plan of the databases in flight and one page buffer per
-//! worker, whatever the size of the files.
+//! Resources: a few databases are verified at once, each through the same
+//! download pipeline as restore ([`crate::fetch`]): its image streamed, the
+//! files after it prefetched to a temporary folder, `parallelism` downloads
+//! in flight in all. Memory holds the listing, the plans in flight, the
+//! stream buffers and the page-checksum maps (in memory up to 64 MiB each).
 
+use crate::apply::{Applier, ChecksumMap, Fault, ObjectError};
+use crate::cancel::CancelToken;
+use crate::catalog::{self, Catalog, RemoteLtx};
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::list;
+use crate::fetch::{self, Replay, Staging};
 use crate::ltx::Decoder;
-use crate::plan::{self, txid_hex};
-use crate::remote::{self, RemoteLtx};
+use crate::plan::{self, txid_hex, PlanFailure};
 use crate::storage::{db_prefix, LtxId, Storage, SNAPSHOT_LEVEL};
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::unbounded;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 /// What went wrong, and which exit code it calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,43 +116,15 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
-/// What one downloaded and decoded file says.
-struct FileFacts {
-    page_size: u32,
-    pre_apply: u64,
-    post_apply: u64,
-}
-
-/// A file to check: database slot, position in its plan, the file.
-struct Job {
-    slot: usize,
-    index: usize,
-    file: RemoteLtx,
-}
-
-enum Msg {
-    /// A database was planned: its report so far and how many files follow.
-    Planned {
-        slot: usize,
-        report: Report,
-        chain: Vec<RemoteLtx>,
-    },
-    /// One file checked.
-    Checked {
-        slot: usize,
-        index: usize,
-        result: std::result::Result<FileFacts, Problem>,
-    },
-    /// Planning failed on the storage (fatal).
-    Failed(Error),
-}
-
-/// Jobs waiting per worker before the feeder blocks.
-const QUEUE_PER_WORKER: usize = 2;
-
 /// Verifies `names` in `storage`; prints the results (human lines or JSON
 /// Lines) and returns the error whose exit code sums them up.
-pub fn run(storage: &dyn Storage, names: &[String], parallelism: usize, json: bool) -> Result<()> {
+pub fn run(
+    storage: &dyn Storage,
+    names: &[String],
+    parallelism: usize,
+    json: bool,
+    cancel: &CancelToken,
+) -> Result<()> {
     if names.is_empty() {
         let url = storage.describe();
         return Err(Error::Restore(format!(
@@ -155,7 +134,7 @@ pub fn run(storage: &dyn Storage, names: &[String], parallelism: usize, json: bo
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut counts = Counts::default();
-    verify_each(storage, names, parallelism, |report| {
+    verify_each(storage, names, parallelism, cancel, |report| {
         counts.add(report);
         let written = if json {
             serde_json::to_string(report)
@@ -274,157 +253,66 @@ fn kind_label(k: Kind) -> &'static str {
 }
 
 /// Verifies every database and hands each report to `emit` as soon as it
-/// is complete (in order of completion, which is mostly the order of
-/// `names`: a short plan may finish before a long one queued earlier).
-/// Storage failures while listing are returned as errors.
+/// is complete (in order of completion). Storage failures while listing,
+/// and cancellation, are returned as errors.
 pub fn verify_each(
     storage: &dyn Storage,
     names: &[String],
     parallelism: usize,
+    cancel: &CancelToken,
     mut emit: impl FnMut(&Report) -> Result<()>,
 ) -> Result<()> {
-    let workers = parallelism.max(1);
-    // With several names, one listing of the whole replica (bounded by what
-    // the storage returns anyway) instead of one per database.
-    let grouped: Option<HashMap<String, Vec<RemoteLtx>>> = if names.len() > 1 {
-        let layout = storage.layout();
-        let mut map: HashMap<String, Vec<RemoteLtx>> = HashMap::new();
-        for o in storage.list("")? {
-            if let Some((name, id)) = list::parse_key(layout, &o.key) {
-                map.entry(name).or_default().push(RemoteLtx {
-                    id,
-                    key: o.key,
-                    size: o.size,
-                });
-            }
-        }
-        for files in map.values_mut() {
-            files.sort_by_key(|f| f.id);
-        }
-        Some(map)
+    // With several names, one listing of the whole replica instead of one
+    // per database.
+    let mut catalog = if names.len() > 1 {
+        Some(Catalog::read_all(storage)?)
     } else {
         None
     };
-
+    let mut planned: Vec<(String, Vec<RemoteLtx>)> = Vec::with_capacity(names.len());
+    for name in names {
+        let files = match catalog.as_mut() {
+            Some(c) => c.take(name),
+            None => catalog::list_db(storage, name)?,
+        };
+        planned.push((name.clone(), files));
+    }
+    drop(catalog);
+    let parallelism = parallelism.max(1);
+    let at_once = planned.len().clamp(1, (parallelism / 4).clamp(1, 8));
+    let per_db = (parallelism / at_once).max(1);
+    let (job_tx, job_rx) = unbounded::<(String, Vec<RemoteLtx>)>();
+    let (report_tx, report_rx) = unbounded::<Result<Report>>();
+    for job in planned {
+        let _ = job_tx.send(job);
+    }
+    drop(job_tx);
     std::thread::scope(|s| -> Result<()> {
-        let (job_tx, job_rx) = bounded::<Job>(workers * QUEUE_PER_WORKER);
-        let (msg_tx, msg_rx) = unbounded::<Msg>();
-        for _ in 0..workers {
+        for _ in 0..at_once {
             let job_rx = job_rx.clone();
-            let msg_tx = msg_tx.clone();
+            let report_tx = report_tx.clone();
             s.spawn(move || {
-                for job in job_rx {
-                    let result = check_file(storage, &job.file);
-                    let m = Msg::Checked {
-                        slot: job.slot,
-                        index: job.index,
-                        result,
-                    };
-                    if msg_tx.send(m).is_err() {
+                for (name, files) in job_rx {
+                    let r = verify_one(storage, &name, &files, per_db, cancel);
+                    let stop = r.is_err();
+                    if report_tx.send(r).is_err() || stop {
                         break;
                     }
                 }
             });
         }
-        drop(job_rx);
-        {
-            let msg_tx = msg_tx.clone();
-            let grouped = grouped;
-            s.spawn(move || {
-                let mut grouped = grouped;
-                for (slot, name) in names.iter().enumerate() {
-                    let files = match grouped.as_mut() {
-                        Some(map) => Ok(map.remove(name).unwrap_or_default()),
-                        None => remote::list_ltx(storage, name),
-                    };
-                    let files = match files {
-                        Ok(f) => f,
-                        Err(e) => {
-                            let _ = msg_tx.send(Msg::Failed(e));
-                            return;
-                        }
-                    };
-                    let (report, chain) = plan_one(storage, name, &files);
-                    let jobs: Vec<Job> = chain
-                        .iter()
-                        .enumerate()
-                        .map(|(index, f)| Job {
-                            slot,
-                            index,
-                            file: f.clone(),
-                        })
-                        .collect();
-                    drop(files);
-                    if msg_tx
-                        .send(Msg::Planned {
-                            slot,
-                            report,
-                            chain,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                    for job in jobs {
-                        if job_tx.send(job).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-        drop(msg_tx);
-
-        // Collect: per database in flight, its report, plan and results.
-        struct Pending {
-            report: Report,
-            chain: Vec<RemoteLtx>,
-            results: BTreeMap<usize, std::result::Result<FileFacts, Problem>>,
-        }
-        let mut pending: HashMap<usize, Pending> = HashMap::new();
+        drop(report_tx);
         let mut done = 0usize;
-        let finish = |p: Pending, emit: &mut dyn FnMut(&Report) -> Result<()>| {
-            let report = conclude(p.report, &p.chain, p.results);
-            emit(&report)
-        };
-        for msg in msg_rx.iter() {
-            let slot = match msg {
-                Msg::Failed(e) => return Err(e),
-                Msg::Planned {
-                    slot,
-                    report,
-                    chain,
-                } => {
-                    pending.insert(
-                        slot,
-                        Pending {
-                            report,
-                            chain,
-                            results: BTreeMap::new(),
-                        },
-                    );
-                    slot
-                }
-                Msg::Checked {
-                    slot,
-                    index,
-                    result,
-                } => {
-                    if let Some(p) = pending.get_mut(&slot) {
-                        p.results.insert(index, result);
-                    }
-                    slot
+        for r in report_rx {
+            let report = match r {
+                Ok(report) => report,
+                Err(e) => {
+                    cancel.cancel();
+                    return Err(e);
                 }
             };
-            let complete = pending
-                .get(&slot)
-                .is_some_and(|p| p.results.len() == p.chain.len());
-            if complete {
-                if let Some(p) = pending.remove(&slot) {
-                    finish(p, &mut emit)?;
-                    done += 1;
-                }
-            }
+            emit(&report)?;
+            done += 1;
         }
         if done != names.len() {
             return Err(Error::Other(format!(
@@ -434,6 +322,101 @@ pub fn verify_each(
         }
         Ok(())
     })
+}
+
+/// Verifies one database: plans its latest state, then replays the plan.
+fn verify_one(
+    storage: &dyn Storage,
+    name: &str,
+    files: &[RemoteLtx],
+    parallelism: usize,
+    cancel: &CancelToken,
+) -> Result<Report> {
+    let (report, chain) = plan_one(storage, name, files);
+    if chain.is_empty() {
+        return Ok(conclude(report));
+    }
+    let staging = Staging::temporary("verify")?;
+    let mut replay = VerifyReplay {
+        applier: Applier::new(ChecksumMap::new()),
+        replaying: true,
+        report,
+    };
+    fetch::fetch_and_replay(storage, &chain, &staging, parallelism, cancel, &mut replay)?;
+    Ok(conclude(replay.report))
+}
+
+/// Verify's consumer of the plan: replays each file into a checksum map
+/// and records problems instead of stopping at the first.
+struct VerifyReplay {
+    applier: Applier<ChecksumMap>,
+    /// False after the first problem: the map no longer follows the
+    /// source, so later files are only decoded.
+    replaying: bool,
+    report: Report,
+}
+
+impl Replay for VerifyReplay {
+    fn apply(
+        &mut self,
+        f: &RemoteLtx,
+        body: &mut dyn Read,
+        db_checksums: Option<(u64, u64)>,
+    ) -> Result<(), ObjectError> {
+        if self.replaying {
+            self.applier.apply(f, body, db_checksums)
+        } else {
+            decode_only(f, body)
+        }
+    }
+
+    fn done(&mut self, f: &RemoteLtx, result: Result<(), ObjectError>) -> Result<()> {
+        let e = match result {
+            Ok(()) => {
+                self.report.files_checked += 1;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let kind = match e.fault {
+            Fault::Cancelled | Fault::Local => return Err(e.error),
+            Fault::Missing => Kind::Missing,
+            Fault::Corrupt => Kind::Corrupt,
+            Fault::Sha256Mismatch => Kind::Sha256Mismatch,
+            Fault::Mismatch => Kind::Mismatch,
+            Fault::ChecksumChain => Kind::ChecksumChain,
+            Fault::Storage => Kind::Storage,
+        };
+        let hint = match kind {
+            Kind::Corrupt | Kind::Mismatch | Kind::ChecksumChain => plan::damaged_object_hint(f),
+            _ => String::new(),
+        };
+        let message = format!("{}{hint}", e.error.message());
+        self.report.problems.push(Problem {
+            key: f.key.clone(),
+            kind,
+            message,
+        });
+        self.replaying = false;
+        Ok(())
+    }
+}
+
+/// Decodes a whole file without applying it (after the replay stopped).
+fn decode_only(f: &RemoteLtx, body: &mut dyn Read) -> Result<(), ObjectError> {
+    let ctx = |e: Error| ObjectError::classify(e.context(format!("object {}", f.key)));
+    let mut dec = Decoder::new(body).map_err(ctx)?;
+    let h = *dec.header();
+    let mut page = Vec::new();
+    while dec.next_page(&mut page).map_err(ctx)?.is_some() {}
+    dec.finish().map_err(ctx)?;
+    match plan::name_mismatch(f, h.min_txid, h.max_txid) {
+        Some(m) => Err(ObjectError::new(
+            Fault::Mismatch,
+            Error::Integrity(format!("object {} {m}", f.key)),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The checks that need only the listing, and the plan to download.
@@ -449,65 +432,54 @@ fn plan_one(storage: &dyn Storage, name: &str, files: &[RemoteLtx]) -> (Report, 
         latest_txid: latest,
         problems: Vec::new(),
     };
-    if files.is_empty() {
-        report.problems.push(Problem {
-            key: db_prefix(name),
-            kind: Kind::NoBackup,
-            message: format!(
-                "no LTX files for '{name}' in {url}; check the name with `walsync list -b {url}`"
-            ),
-        });
-        return (report, Vec::new());
-    }
     let snapshot_dir = layout.level_prefix(name, SNAPSHOT_LEVEL);
     let has_l9 = files.iter().any(|f| f.id.level == SNAPSHOT_LEVEL);
-    match plan::plan(files, latest, name, &url) {
-        Ok(chain) => {
-            if !has_l9 {
-                report.problems.push(Problem {
-                    key: snapshot_dir,
-                    kind: Kind::NoSnapshot,
-                    message: format!(
-                        "no level-9 snapshot of '{name}' (the plan starts from {}); take one with `walsync snapshot`",
-                        chain.first().map_or("?", |f| f.key.as_str())
-                    ),
-                });
-            }
-            report.snapshot = chain.first().map(|f| f.key.clone());
-            (report, chain)
-        }
-        Err(e) => {
+    let chain = match plan::plan_chain(files, latest) {
+        Ok(chain) => chain,
+        Err(PlanFailure::Gap(gap)) => {
             // Up to a gap, the files that do restore are still checked.
-            let mut chain = Vec::new();
-            let problem = match plan::find_gap(files, latest) {
-                Some(gap) => {
-                    chain = plan::plan(files, gap.last, name, &url).unwrap_or_default();
-                    // The object that would close the gap, as a level-0 file.
-                    let to = gap.next_min.map_or(latest, |n| n - 1);
-                    let expected = layout.ltx_key(
-                        name,
-                        LtxId {
-                            level: 0,
-                            min_txid: gap.last + 1,
-                            max_txid: to,
-                        },
-                    );
-                    Problem {
-                        key: expected,
-                        kind: Kind::Gap,
-                        message: format!(
-                            "TXIDs {}..{} are missing after {} (no object starts at TXID {}); the replica restores only up to TXID {} (`walsync restore --txid {}`); take a fresh snapshot of the source (`walsync snapshot`)",
-                            txid_hex(gap.last + 1),
-                            txid_hex(to),
-                            gap.last_file.key,
-                            txid_hex(gap.last + 1),
-                            txid_hex(gap.last),
-                            gap.last
-                        ),
-                    }
-                }
-                None => {
-                    // No snapshot to start from: name the one the oldest
+            let chain = plan::plan_chain(files, gap.last).unwrap_or_default();
+            // The object that would close the gap, as a level-0 file.
+            let to = gap.next_min.map_or(latest, |n| n - 1);
+            let expected = layout.ltx_key(
+                name,
+                LtxId {
+                    level: 0,
+                    min_txid: gap.last + 1,
+                    max_txid: to,
+                },
+            );
+            report.problems.push(Problem {
+                key: expected,
+                kind: Kind::Gap,
+                message: format!(
+                    "TXIDs {}..{} are missing after {} (no object starts at TXID {}); the replica restores only up to TXID {} (`walsync restore --txid {}`); take a fresh snapshot of the source (`walsync snapshot`)",
+                    txid_hex(gap.last + 1),
+                    txid_hex(to),
+                    gap.last_file.key,
+                    txid_hex(gap.last + 1),
+                    txid_hex(gap.last),
+                    gap.last
+                ),
+            });
+            chain
+        }
+        Err(failure) => {
+            let message = failure
+                .clone()
+                .into_error(name, &url, latest)
+                .message()
+                .to_string();
+            let problem = match failure {
+                PlanFailure::NoBackups => Problem {
+                    key: db_prefix(name),
+                    kind: Kind::NoBackup,
+                    message: format!(
+                        "no LTX files for '{name}' in {url}; check the name with `walsync list -b {url}`"
+                    ),
+                },
+                _ => {
+                    // No image to start from: name the snapshot the oldest
                     // incremental file needs.
                     let first_min = files.iter().map(|f| f.id.min_txid).min().unwrap_or(2);
                     let key = if first_min > 1 {
@@ -520,168 +492,35 @@ fn plan_one(storage: &dyn Storage, name: &str, files: &[RemoteLtx]) -> (Report, 
                             },
                         )
                     } else {
-                        snapshot_dir
+                        snapshot_dir.clone()
                     };
                     Problem {
                         key,
-                        kind: if e.exit_code() == 6 && !has_l9 {
-                            Kind::NoSnapshot
-                        } else {
-                            Kind::Gap
-                        },
-                        message: e.message().to_string(),
+                        kind: Kind::NoSnapshot,
+                        message,
                     }
                 }
             };
             report.problems.push(problem);
-            report.snapshot = chain.first().map(|f| f.key.clone());
-            (report, chain)
+            Vec::new()
         }
+    };
+    if !has_l9 && !chain.is_empty() {
+        report.problems.push(Problem {
+            key: snapshot_dir,
+            kind: Kind::NoSnapshot,
+            message: format!(
+                "no level-9 snapshot of '{name}' (the plan starts from {}); take one with `walsync snapshot`",
+                chain.first().map_or("?", |f| f.key.as_str())
+            ),
+        });
     }
+    report.snapshot = chain.first().map(|f| f.key.clone());
+    (report, chain)
 }
 
-/// Adds the per-file results and the chain checks to the report.
-fn conclude(
-    mut report: Report,
-    chain: &[RemoteLtx],
-    mut results: BTreeMap<usize, std::result::Result<FileFacts, Problem>>,
-) -> Report {
-    let mut prev: Option<(&RemoteLtx, FileFacts)> = None;
-    let mut page_size: Option<u32> = None;
-    for (i, f) in chain.iter().enumerate() {
-        let facts = match results.remove(&i) {
-            Some(Ok(facts)) => facts,
-            Some(Err(p)) => {
-                report.problems.push(p);
-                prev = None;
-                continue;
-            }
-            None => {
-                prev = None;
-                continue;
-            }
-        };
-        report.files_checked += 1;
-        match page_size {
-            None => page_size = Some(facts.page_size),
-            Some(ps) if ps != facts.page_size => report.problems.push(Problem {
-                key: f.key.clone(),
-                kind: Kind::Mismatch,
-                message: format!(
-                    "page size {} differs from the snapshot's {ps}",
-                    facts.page_size
-                ),
-            }),
-            Some(_) => {}
-        }
-        if let Some((pf, pfacts)) = &prev {
-            if facts.pre_apply != 0
-                && pfacts.post_apply != 0
-                && facts.pre_apply != pfacts.post_apply
-            {
-                report.problems.push(Problem {
-                    key: f.key.clone(),
-                    kind: Kind::ChecksumChain,
-                    message: format!(
-                        "pre-apply checksum {:016x} differs from the post-apply checksum {:016x} of {}: the files do not follow each other",
-                        facts.pre_apply, pfacts.post_apply, pf.key
-                    ),
-                });
-            }
-        }
-        prev = Some((f, facts));
-    }
+/// Settles the verdict once every file is checked.
+fn conclude(mut report: Report) -> Report {
     report.ok = report.problems.is_empty();
     report
-}
-
-/// Downloads and fully decodes one object, streaming.
-fn check_file(storage: &dyn Storage, f: &RemoteLtx) -> std::result::Result<FileFacts, Problem> {
-    let problem = |kind: Kind, message: String| Problem {
-        key: f.key.clone(),
-        kind,
-        message,
-    };
-    let dl = match storage.get(&f.key) {
-        Ok(Some(dl)) => dl,
-        Ok(None) => {
-            return Err(problem(
-                Kind::Missing,
-                format!(
-                    "listed in {} but gone when read (deleted by retention or compaction meanwhile?); run verify again",
-                    storage.describe()
-                ),
-            ))
-        }
-        Err(e) => return Err(problem(Kind::Storage, e.message().to_string())),
-    };
-    let meta_checksums = dl.head.meta.parsed_db_checksums();
-    let mut hr = fsutil::Hashing::new(dl.body);
-    let decoded = (|| -> Result<FileFacts> {
-        let mut dec = Decoder::new(&mut hr)?;
-        let h = *dec.header();
-        let mut page = Vec::new();
-        while dec.next_page(&mut page)?.is_some() {}
-        let trailer = dec.finish()?;
-        if let Some(m) = crate::plan::name_mismatch(f, h.min_txid, h.max_txid) {
-            return Err(Error::Restore(m));
-        }
-        // NoChecksum files (Litestream's, and walsync's own) may carry
-        // walsync's database checksums in the object metadata instead.
-        let (pre_apply, post_apply) = match meta_checksums {
-            Some(c) if h.no_checksum() => c,
-            _ => (h.pre_apply_checksum, trailer.post_apply_checksum),
-        };
-        Ok(FileFacts {
-            page_size: h.page_size,
-            pre_apply,
-            post_apply,
-        })
-    })();
-    let facts = match decoded {
-        Ok(facts) => facts,
-        // A TXID mismatch (reported as Restore above) is damage too.
-        Err(Error::Restore(m)) => return Err(problem(Kind::Mismatch, m)),
-        Err(Error::Integrity(m)) => {
-            let m = if hr.count() < dl.head.size {
-                format!("{m} (received {} of {} bytes)", hr.count(), dl.head.size)
-            } else {
-                m
-            };
-            return Err(problem(
-                Kind::Corrupt,
-                format!("{m}{}", crate::plan::damaged_object_hint(f)),
-            ));
-        }
-        Err(e) => {
-            return Err(problem(
-                Kind::Storage,
-                format!("reading from {}: {}", storage.describe(), e.message()),
-            ))
-        }
-    };
-    if hr.count() != dl.head.size {
-        return Err(problem(
-            Kind::Corrupt,
-            format!(
-                "received {} bytes, the object is {} bytes{}",
-                hr.count(),
-                dl.head.size,
-                crate::plan::damaged_object_hint(f)
-            ),
-        ));
-    }
-    let (_, got, _) = hr.finish();
-    if let Some(want) = &dl.head.meta.sha256 {
-        if !want.eq_ignore_ascii_case(&got) {
-            return Err(problem(
-                Kind::Sha256Mismatch,
-                format!(
-                    "SHA-256 of the body is {got}, the metadata says {want}{}",
-                    crate::plan::damaged_object_hint(f)
-                ),
-            ));
-        }
-    }
-    Ok(facts)
 }

@@ -261,6 +261,83 @@ fn walsync_replica_restores_with_litestream_file() {
     walsync_to_litestream(Backend::File(root), dir.path());
 }
 
+/// walsync's answers to a WAL it cannot follow, read by Litestream: a diff
+/// after the application restarted the WAL while walsync was down, and a
+/// marked full copy after the database file was replaced.
+fn walsync_diffs_and_full_copies_to_litestream(backend: Backend, dir: &Path) {
+    let dest = backend.dest();
+    let db = dir.join("src").join(format!("{NAME}.db"));
+    let mut conn = create_db(&db, 4096);
+    let config = write_config(dir, &db, &backend);
+    let watch = || dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    let mut recorded = Vec::new();
+    let mut record = |dest: &Dest| {
+        let t = dest.max_txid(NAME);
+        let copy = dir.join(format!("state-{t}.db"));
+        capture_live(&db, &copy);
+        recorded.push((t, copy));
+    };
+    let w = watch();
+    dest.wait_for_txid(NAME, 1, Duration::from_secs(30));
+    write_for(&mut conn, Duration::from_millis(600), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, err) = w.stop();
+    assert_eq!(code, 0, "watch: {err}");
+    record(&dest);
+    // While walsync is down the application writes and restarts the WAL.
+    write_for(&mut conn, Duration::from_millis(300), 100);
+    checkpoint_truncate(&db);
+    let before = dest.max_txid(NAME);
+    let w = watch();
+    dest.wait_for_txid(NAME, before + 1, Duration::from_secs(30));
+    record(&dest);
+    // The file is replaced while walsync runs.
+    let bak = dir.join("src").join("copy.db");
+    conn.execute("VACUUM INTO ?1", [bak.to_str().unwrap()])
+        .unwrap();
+    drop(conn);
+    std::fs::rename(&bak, &db).unwrap();
+    remove_if_exists(&dir.join("src").join(format!("{NAME}.db-wal")));
+    remove_if_exists(&dir.join("src").join(format!("{NAME}.db-shm")));
+    let mut conn = create_db(&db, 4096);
+    let before = dest.max_txid(NAME);
+    dest.wait_for_txid(NAME, before + 1, Duration::from_secs(30));
+    write_for(&mut conn, Duration::from_millis(400), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, err) = w.stop();
+    assert_eq!(code, 0, "watch: {err}");
+    assert!(
+        err.contains("changed pages") || err.contains("nothing to ship"),
+        "{err}"
+    );
+    assert!(err.contains("full copy"), "{err}");
+    assert!(
+        dest.files(NAME).iter().any(|f| f.id.level == 0 && f.image),
+        "the full copy is marked"
+    );
+    drop(conn);
+    let latest = dir.join("state-latest.db");
+    capture(&db, &latest);
+    both_restore_equal(&dest, &config, &db, None, &latest, dir);
+    for (t, copy) in &recorded {
+        both_restore_equal(&dest, &config, &db, Some(*t), copy, dir);
+    }
+}
+
+#[test]
+fn walsync_diffs_and_full_copies_restore_with_litestream_s3() {
+    let server = common::S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    walsync_diffs_and_full_copies_to_litestream(Backend::S3(&server, "w2ld"), dir.path());
+}
+
+#[test]
+fn walsync_diffs_and_full_copies_restore_with_litestream_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("replica");
+    walsync_diffs_and_full_copies_to_litestream(Backend::File(root), dir.path());
+}
+
 // ---------------------------------------------------------------------------
 // Litestream -> walsync
 

@@ -670,6 +670,7 @@ mod built {
                     if_db_not_exists: false,
                     if_replica_exists: false,
                     parallelism: 3,
+                    cancel: Default::default(),
                 },
             )
         }

@@ -277,3 +277,64 @@ fn every_flipped_byte_of_a_stored_object_fails_verify() {
     std::fs::write(&object, &good).unwrap();
     assert_eq!(run(&["verify", "tiny", "-b", &url]).status.code(), Some(0));
 }
+
+/// A file whose pages do not produce the post-apply checksum its writer
+/// recorded, although every recorded checksum chains and the file itself is
+/// well formed (valid CRC-64, matching SHA-256): what a database replaced
+/// under an older walsync left behind. `restore` refuses it with exit 5;
+/// `verify` must too, naming the same object.
+#[test]
+fn verify_rejects_pages_that_do_not_produce_the_recorded_checksum() {
+    let server = common::S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::s3(&server, "verify", "pages");
+    make_replica(&dest, dir.path());
+    let key = key_of(&dest, 0, 2);
+    let s = dest.storage();
+    let (body, meta) = read(s.as_ref(), &key);
+    let (header, mut pages, _) = walsync::ltx::decode_all(Cursor::new(&body)).expect("decode");
+    // Another page's bytes under a page number of the file: a well-formed
+    // file with the wrong content.
+    let last = pages.len() - 1;
+    pages[last].1[200] ^= 0x01;
+    let mut enc = walsync::ltx::Encoder::new(Vec::new(), header).expect("encoder");
+    for (pgno, page) in &pages {
+        enc.write_page(*pgno, page).expect("page");
+    }
+    let (_, forged) = enc.finish(0).expect("finish");
+    let mut meta = meta;
+    meta.sha256 = Some(walsync::fsutil::hex(&sha256(&forged)));
+    s.put(&key, &mut Cursor::new(&forged), forged.len() as u64, &meta)
+        .expect("put");
+
+    let out = dir.path().join("restored.db");
+    let r = dest.restore(NAME, &out, &[]);
+    assert_eq!(r.status.code(), Some(5), "restore: {}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains(&key),
+        "{}",
+        text(&r)
+    );
+
+    let (code, out, err) = verify(&dest, &[NAME]);
+    assert_eq!(
+        code, 5,
+        "verify must reject what restore rejects:\n{out}\n{err}"
+    );
+    assert!(out.contains(&key), "verify names {key}:\n{out}");
+    let (code, out, _) = verify(&dest, &[NAME, "--json"]);
+    assert_eq!(code, 5);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let problems = v["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["key"] == key.as_str() && p["kind"] == "checksum_chain"),
+        "{out}"
+    );
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}

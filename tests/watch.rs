@@ -598,3 +598,377 @@ fn an_unsavable_state_file_loses_nothing() {
     stop_clean(w);
     restore_equals_source(&dest, "n", &db, dir.path());
 }
+
+/// How a test application replaces its database file under `watch`.
+#[derive(Clone, Copy, Debug)]
+struct Swap {
+    /// Remove `-wal` and `-shm` along with the rename.
+    delete_wal: bool,
+    /// Run `PRAGMA wal_checkpoint(TRUNCATE)` between the commits after it.
+    app_checkpoints: bool,
+}
+
+const ROW: usize = 300;
+
+/// The reproduction of a database replaced under `watch`: the application
+/// writes, runs `VACUUM INTO 'app.db.bak'`, closes, renames the copy over
+/// `app.db` (removing `-wal`/`-shm` or not), reopens and commits 40 rows.
+/// Every TXID stored from the swap on must restore to a state the
+/// application committed, and the latest to the source's rows.
+fn replaced_database(dest: &Dest, dir: &Path, swap: Swap) {
+    let db = dir.join("app.db");
+    let mut conn = create_db(&db, 4096);
+    // Rows of a second table between the rows of `t`, deleted before the
+    // VACUUM: the copy then lays `t` out on other pages than the original.
+    conn.execute_batch("CREATE TABLE junk(x BLOB)").unwrap();
+    for k in 0..20 {
+        insert_ids(&mut conn, k * 10 + 1..=k * 10 + 10, ROW);
+        conn.execute("INSERT INTO junk(x) VALUES (?1)", [noise(5000, k as u64)])
+            .unwrap();
+    }
+    let w = dest.watch(&[&db], &["--sync-interval", "100ms"]);
+    let first = dest.wait_for_txid("app", 1, Duration::from_secs(20));
+    insert_ids(&mut conn, 201..=210, ROW);
+    let before_swap = dest.wait_for_txid("app", first + 1, Duration::from_secs(20));
+
+    insert_ids(&mut conn, 211..=211, ROW);
+    conn.execute_batch("DELETE FROM junk").unwrap();
+    let bak = dir.join("app.db.bak");
+    conn.execute("VACUUM INTO ?1", [bak.to_str().unwrap()])
+        .expect("VACUUM INTO");
+    drop(conn);
+    std::fs::rename(&bak, &db).expect("rename the copy over the database");
+    if swap.delete_wal {
+        remove_if_exists(&dir.join("app.db-wal"));
+        remove_if_exists(&dir.join("app.db-shm"));
+    } else {
+        // Reopening at once onto a kept WAL that another connection holds
+        // is SQLite's documented way to corrupt a database; walsync lets go
+        // of the old file at its next poll.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut conn = create_db(&db, 4096);
+    for chunk in 0..4 {
+        let from = 212 + 10 * chunk;
+        insert_ids(&mut conn, from..=from + 9, ROW);
+        if swap.app_checkpoints {
+            conn.busy_timeout(Duration::from_millis(100)).unwrap();
+            let _: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(
+        rows_consistent(&db, ROW),
+        251,
+        "the application's own database"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, err) = w.stop();
+    assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
+    let latest = dest.max_txid("app");
+    assert!(latest > before_swap, "nothing stored after the swap");
+    let mut last_rows = 0;
+    for txid in before_swap..=latest {
+        let out = dir.join(format!("at-{txid}.db"));
+        let r = dest.restore("app", &out, &["--txid", &txid.to_string()]);
+        assert!(r.status.success(), "restore --txid {txid}: {}", text(&r));
+        let rows = rows_consistent(&out, ROW);
+        assert!(
+            rows >= last_rows,
+            "TXID {txid} has fewer rows than the one before"
+        );
+        last_rows = rows;
+    }
+    assert_eq!(last_rows, 251, "the latest TXID holds every row");
+    let out = dir.join("latest.db");
+    let r = dest.restore("app", &out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(rows_consistent(&out, ROW), 251);
+    let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
+    assert!(v.status.success(), "verify: {}", text(&v));
+    assert!(
+        err.contains("was replaced"),
+        "the replacement is logged:\n{err}"
+    );
+}
+
+#[test]
+fn replaced_database_with_its_wal_removed_is_shipped_as_a_full_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let swap = Swap {
+        delete_wal: true,
+        app_checkpoints: false,
+    };
+    replaced_database(&dest, &dir.path().join("db"), swap);
+}
+
+#[test]
+fn replaced_database_with_its_wal_removed_and_app_checkpoints() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "replaced", "a");
+    let dir = tempfile::tempdir().unwrap();
+    let swap = Swap {
+        delete_wal: true,
+        app_checkpoints: true,
+    };
+    replaced_database(&dest, dir.path(), swap);
+}
+
+#[test]
+fn replaced_database_with_its_wal_kept() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "replaced", "b");
+    let dir = tempfile::tempdir().unwrap();
+    let swap = Swap {
+        delete_wal: false,
+        app_checkpoints: false,
+    };
+    replaced_database(&dest, dir.path(), swap);
+}
+
+#[test]
+fn replaced_database_with_its_wal_kept_and_app_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let swap = Swap {
+        delete_wal: false,
+        app_checkpoints: true,
+    };
+    replaced_database(&dest, &dir.path().join("db"), swap);
+}
+
+/// `(N files, B bytes)` from restore's closing line.
+fn restored_files_and_bytes(stderr: &str) -> (u64, u64) {
+    let at = stderr.rfind(" files, ").expect("restore's closing line");
+    let files = stderr[..at]
+        .rsplit('(')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("file count");
+    let bytes = stderr[at + 8..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("byte count");
+    (files, bytes)
+}
+
+#[test]
+fn restarts_after_the_app_restarted_the_wal_ship_only_changed_pages() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "diffs", "d");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let mut conn = create_db(&db, 4096);
+    // About 8 MB: 2,000 rows of 4 KB.
+    for k in 0..20 {
+        insert_ids(&mut conn, k * 100 + 1..=k * 100 + 100, 4000);
+    }
+    let db_size = std::fs::metadata(&db).unwrap().len() + 8_000_000;
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    dest.wait_for_txid("d", 1, Duration::from_secs(30));
+    stop_clean(w);
+    let mut restart_bytes = 0;
+    let mut logs = Vec::new();
+    for round in 0..5i64 {
+        // While walsync is down: a few rows change, and the application's
+        // checkpoint restarts the WAL (nothing holds it off now).
+        let id = 2001 + round;
+        insert_ids(&mut conn, id..=id, 4000);
+        conn.execute(
+            "UPDATE t SET body = ?1 WHERE id = ?2",
+            rusqlite::params![noise(4000, 7), 5 + round],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE t SET body = ?1 WHERE id = ?2",
+            rusqlite::params![noise(4000, 5 + round as u64), 5 + round],
+        )
+        .unwrap();
+        checkpoint_truncate(&db);
+        let before = dest.max_txid("d");
+        let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+        dest.wait_for_txid("d", before + 1, Duration::from_secs(30));
+        let (code, err) = w.stop();
+        assert_eq!(code, 0, "{err}");
+        let shipped: u64 = dest
+            .files("d")
+            .iter()
+            .filter(|f| f.id.min_txid > before)
+            .map(|f| f.size)
+            .sum();
+        restart_bytes += shipped;
+        logs.push(err);
+    }
+    assert!(
+        restart_bytes < db_size / 20,
+        "5 restarts uploaded {restart_bytes} bytes for a {db_size}-byte database: that is full copies, not diffs"
+    );
+    for err in &logs {
+        assert!(
+            err.contains("while walsync was not running") && err.contains("changed pages"),
+            "each restart says why it ships a diff:\n{err}"
+        );
+    }
+    drop(conn);
+    let out = dir.path().join("restored.db");
+    let r = dest.restore("d", &out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(rows_consistent(&out, 4000), 2005);
+    checkpoint_truncate(&db);
+    assert_same_bytes(&db, &out);
+}
+
+#[test]
+fn restores_start_from_the_newest_full_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("img.db");
+    let mut conn = create_db(&db, 4096);
+    insert_ids(&mut conn, 1..=300, 2000);
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    let mut txid = dest.wait_for_txid("img", 1, Duration::from_secs(20));
+    for k in 0..5 {
+        insert_ids(&mut conn, 301 + k..=301 + k, 2000);
+        txid = dest.wait_for_txid("img", txid + 1, Duration::from_secs(20));
+    }
+    // Replace the file: walsync ships a full copy and marks it.
+    let bak = dir.path().join("img.db.bak");
+    conn.execute("VACUUM INTO ?1", [bak.to_str().unwrap()])
+        .unwrap();
+    drop(conn);
+    std::fs::rename(&bak, &db).unwrap();
+    remove_if_exists(&dir.path().join("img.db-wal"));
+    remove_if_exists(&dir.path().join("img.db-shm"));
+    let mut conn = create_db(&db, 4096);
+    let full = dest.wait_for_txid("img", txid + 1, Duration::from_secs(20));
+    for k in 0..3 {
+        insert_ids(&mut conn, 306 + k..=306 + k, 2000);
+        dest.wait_for_txid("img", full + 1 + k as u64, Duration::from_secs(20));
+    }
+    stop_clean(w);
+    let files = dest.files("img");
+    let image = files
+        .iter()
+        .find(|f| f.id.level == 0 && f.image)
+        .expect("the full copy is marked as an image");
+    assert_eq!(image.id.max_txid, full);
+    let after = files
+        .iter()
+        .filter(|f| f.id.level == 0 && f.id.min_txid > full)
+        .count() as u64;
+    let out = dir.path().join("restored.db");
+    let r = dest.restore("img", &out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    let (n, bytes) = restored_files_and_bytes(&String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        n,
+        1 + after,
+        "the full copy and the files after it, not the snapshot"
+    );
+    let read: u64 = image.size
+        + files
+            .iter()
+            .filter(|f| f.id.level == 0 && f.id.min_txid > full)
+            .map(|f| f.size)
+            .sum::<u64>();
+    assert_eq!(bytes, read);
+    assert_eq!(rows_consistent(&out, 2000), 308);
+    // States before the copy still restore from the snapshot.
+    let r = dest.restore(
+        "img",
+        &dir.path().join("before.db"),
+        &["--txid", &txid.to_string()],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(rows_consistent(&dir.path().join("before.db"), 2000), 305);
+}
+
+/// A storage that counts the objects its listings return.
+struct CountingListings {
+    inner: Box<dyn walsync::storage::Storage>,
+    listed: std::sync::atomic::AtomicUsize,
+}
+
+impl walsync::storage::Storage for CountingListings {
+    fn put(
+        &self,
+        key: &str,
+        body: &mut dyn walsync::storage::ReadSeek,
+        len: u64,
+        meta: &walsync::storage::ObjectMeta,
+    ) -> walsync::error::Result<()> {
+        self.inner.put(key, body, len, meta)
+    }
+    fn get(&self, key: &str) -> walsync::error::Result<Option<walsync::storage::Download>> {
+        self.inner.get(key)
+    }
+    fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> walsync::error::Result<Option<Vec<u8>>> {
+        self.inner.get_range(key, offset, len)
+    }
+    fn list_after(
+        &self,
+        prefix: &str,
+        start_after: &str,
+    ) -> walsync::error::Result<Vec<walsync::storage::ListedObject>> {
+        let r = self.inner.list_after(prefix, start_after)?;
+        self.listed
+            .fetch_add(r.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(r)
+    }
+    fn head(&self, key: &str) -> walsync::error::Result<Option<walsync::storage::ObjectHead>> {
+        self.inner.head(key)
+    }
+    fn delete(&self, key: &str) -> walsync::error::Result<()> {
+        self.inner.delete(key)
+    }
+    fn layout(&self) -> walsync::storage::Layout {
+        self.inner.layout()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[test]
+fn a_restart_finds_its_place_without_listing_the_replica() {
+    let server = common::S3Server::start();
+    let dest = Dest::s3(&server, "startup", "s");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    drop(create_db(&db, 4096));
+    dest.replicate_commits(&db, "s", 40, 1, 100);
+    let stored = dest.files("s").len();
+    assert!(stored > 40, "{stored} files");
+    let storage = std::sync::Arc::new(CountingListings {
+        inner: dest.storage(),
+        listed: Default::default(),
+    });
+    let shipper = walsync::watch::Shipper::open(
+        &db,
+        "s",
+        storage.clone(),
+        walsync::watch::Settings::default(),
+    )
+    .expect("open");
+    assert_eq!(
+        shipper.txid(),
+        dest.max_txid("s"),
+        "resumed where it stopped"
+    );
+    let listed = storage.listed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        listed <= 3,
+        "start-up listed {listed} of the {stored} objects; it needs the newest only"
+    );
+    shipper.close().unwrap();
+}

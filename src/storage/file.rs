@@ -354,7 +354,7 @@ impl Storage for FileStorage {
         Ok(Some(buf))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<ListedObject>> {
         // Walk only the deepest folder the prefix names.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..=i],
@@ -374,7 +374,7 @@ impl Storage for FileStorage {
         }
         let mut out = Vec::new();
         self.walk(&dir, &key_prefix, &mut out)?;
-        out.retain(|o| o.key.starts_with(prefix));
+        out.retain(|o| o.key.starts_with(prefix) && o.key.as_str() > start_after);
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }

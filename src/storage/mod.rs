@@ -6,7 +6,12 @@
 //! file replicas follow different Litestream conventions.
 
 pub mod file;
+mod layout;
 pub mod s3;
+
+pub use layout::{
+    db_prefix, parse_ltx_filename, KeyKind, Layout, LtxId, IMAGE_MARKER_DIR, SNAPSHOT_LEVEL,
+};
 
 use crate::error::{Error, Result};
 use std::io::{Read, Seek};
@@ -107,7 +112,14 @@ pub trait Storage: Send + Sync {
     /// `offset + len`.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<Vec<u8>>>;
     /// Every object whose key starts with `prefix`, sorted by key.
-    fn list(&self, prefix: &str) -> Result<Vec<ListedObject>>;
+    fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {
+        self.list_after(prefix, "")
+    }
+    /// The objects whose key starts with `prefix` and sorts after
+    /// `start_after` (S3's `start-after`; empty: all of them), sorted by key.
+    /// Finding the newest files of a level costs one short listing this way,
+    /// however many older files it holds.
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<ListedObject>>;
     /// Size and metadata of the object, or `None` when it does not exist.
     fn head(&self, key: &str) -> Result<Option<ObjectHead>>;
     /// Removes the object; removing a missing object is not an error.
@@ -116,93 +128,6 @@ pub trait Storage: Send + Sync {
     fn layout(&self) -> Layout;
     /// The URL this storage was opened from, without credentials, for messages.
     fn describe(&self) -> String;
-}
-
-/// Where LTX files of a database live under the replica root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Litestream's S3 layout: `<name>/<level %04x>/<min %016x>-<max %016x>.ltx`.
-    S3,
-    /// Litestream's file layout: `<name>/ltx/<level>/<min %016x>-<max %016x>.ltx`.
-    File,
-}
-
-/// The identity of one LTX object in a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LtxId {
-    pub level: u32,
-    pub min_txid: u64,
-    pub max_txid: u64,
-}
-
-/// Level of full snapshots.
-pub const SNAPSHOT_LEVEL: u32 = 9;
-
-impl Layout {
-    /// The folder (with trailing slash) holding one level of a database.
-    pub fn level_prefix(self, name: &str, level: u32) -> String {
-        match self {
-            Layout::S3 => format!("{}{level:04x}/", db_prefix(name)),
-            Layout::File => format!("{}ltx/{level}/", db_prefix(name)),
-        }
-    }
-
-    /// The key of an LTX file.
-    pub fn ltx_key(self, name: &str, id: LtxId) -> String {
-        format!(
-            "{}{:016x}-{:016x}.ltx",
-            self.level_prefix(name, id.level),
-            id.min_txid,
-            id.max_txid
-        )
-    }
-
-    /// Parses a key below `db_prefix(name)` back into an LTX id; `None` for
-    /// anything that is not an LTX file of this layout.
-    pub fn parse_ltx_key(self, name: &str, key: &str) -> Option<LtxId> {
-        let rest = key.strip_prefix(&db_prefix(name))?;
-        let (level_part, file) = match self {
-            Layout::S3 => {
-                let (lvl, file) = rest.split_once('/')?;
-                if lvl.len() != 4 {
-                    return None;
-                }
-                (u32::from_str_radix(lvl, 16).ok()?, file)
-            }
-            Layout::File => {
-                let rest = rest.strip_prefix("ltx/")?;
-                let (lvl, file) = rest.split_once('/')?;
-                (lvl.parse::<u32>().ok()?, file)
-            }
-        };
-        let (min_txid, max_txid) = parse_ltx_filename(file)?;
-        Some(LtxId {
-            level: level_part,
-            min_txid,
-            max_txid,
-        })
-    }
-}
-
-/// `<name>/`, the root of one database's objects (empty name: the root itself).
-pub fn db_prefix(name: &str) -> String {
-    if name.is_empty() {
-        String::new()
-    } else {
-        format!("{name}/")
-    }
-}
-
-/// Parses `<min %016x>-<max %016x>.ltx`.
-pub fn parse_ltx_filename(file: &str) -> Option<(u64, u64)> {
-    let stem = file.strip_suffix(".ltx")?;
-    let (a, b) = stem.split_once('-')?;
-    if a.len() != 16 || b.len() != 16 || file.contains('/') {
-        return None;
-    }
-    let min = u64::from_str_radix(a, 16).ok()?;
-    let max = u64::from_str_radix(b, 16).ok()?;
-    (min >= 1 && max >= min).then_some((min, max))
 }
 
 /// Opens the storage a `-b/--bucket` URL names.

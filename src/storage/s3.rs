@@ -8,13 +8,13 @@
 use super::{Download, Layout, ListedObject, ObjectHead, ObjectMeta, ReadSeek, Storage};
 #[cfg(test)]
 use super::{META_SHA256, META_TIMESTAMP};
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use rusty_s3::actions::{DeleteObject, GetObject, HeadObject, ListObjectsV2, PutObject};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::fmt;
 use std::io::{self, Read, SeekFrom};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use url::Url;
 
 /// Default time allowed to open a TCP (and TLS) connection.
@@ -26,10 +26,6 @@ pub const DEFAULT_MAX_RETRIES: u32 = 5;
 /// Default region when neither the options nor the environment name one.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// First backoff delay; doubled on each retry.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Longest backoff delay.
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// No new attempt is started after failing to reach the endpoint for this
 /// long, so an unreachable endpoint fails within about half a minute.
 const UNREACHABLE_WINDOW: Duration = Duration::from_secs(22);
@@ -118,7 +114,6 @@ pub struct S3Storage {
     /// `host[:port]` of the endpoint, for messages.
     host: String,
     max_retries: u32,
-    rng: AtomicU64,
 }
 
 impl fmt::Debug for S3Storage {
@@ -256,7 +251,6 @@ impl S3Storage {
             agent: ureq::Agent::new_with_config(config),
             host,
             max_retries: options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-            rng: AtomicU64::new(seed()),
         })
     }
 
@@ -292,6 +286,7 @@ impl S3Storage {
         mut attempt: impl FnMut(u32) -> Attempt<T>,
     ) -> Result<T> {
         let started = Instant::now();
+        let mut backoff = Backoff::request();
         let mut n = 0u32;
         loop {
             let (reason, unreachable) = match attempt(n) {
@@ -302,7 +297,7 @@ impl S3Storage {
                     unreachable,
                 } => (reason, unreachable),
             };
-            let delay = self.backoff(n);
+            let delay = backoff.next_delay();
             let out_of_time = unreachable && started.elapsed() + delay > UNREACHABLE_WINDOW;
             if n >= self.max_retries || out_of_time {
                 let tries = n + 1;
@@ -321,25 +316,6 @@ impl S3Storage {
             std::thread::sleep(delay);
             n += 1;
         }
-    }
-
-    /// Capped exponential backoff with jitter: a random delay in `[d/2, d]`.
-    fn backoff(&self, retry: u32) -> Duration {
-        let exp = BACKOFF_BASE.saturating_mul(1u32 << retry.min(16));
-        let d = exp.min(BACKOFF_CAP);
-        let half = d / 2;
-        let span = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
-        half + Duration::from_micros(self.next_random() % (span + 1))
-    }
-
-    fn next_random(&self) -> u64 {
-        // xorshift64; races between threads only make it more random.
-        let mut x = self.rng.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.store(x, Ordering::Relaxed);
-        x
     }
 
     /// Turns a non-success response (or a transport error) into a retry or a
@@ -620,18 +596,6 @@ fn parse_endpoint(endpoint: &str) -> Result<Url> {
     Ok(url)
 }
 
-fn seed() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mixed = nanos
-        ^ (u64::from(std::process::id()) << 32)
-        ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    mixed | 1
-}
-
 /// A response body whose errors carry no URL.
 struct BodyReader {
     inner: ureq::BodyReader<'static>,
@@ -787,9 +751,10 @@ impl Storage for S3Storage {
         })
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {
+    fn list_after(&self, prefix: &str, start_after: &str) -> Result<Vec<ListedObject>> {
         let root = self.root_prefix();
         let full_prefix = format!("{root}{prefix}");
+        let full_start_after = (!start_after.is_empty()).then(|| format!("{root}{start_after}"));
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -800,6 +765,8 @@ impl Storage for S3Storage {
                 }
                 if let Some(t) = &token {
                     action.with_continuation_token(t.as_str());
+                } else if let Some(after) = &full_start_after {
+                    action.with_start_after(after.as_str());
                 }
                 let url = action.sign(SIGNATURE_TTL);
                 let resp = match self.agent.get(url.as_str()).call() {
@@ -833,7 +800,7 @@ impl Storage for S3Storage {
             })?;
             for obj in page.contents {
                 if let Some(rel) = obj.key.strip_prefix(&root) {
-                    if rel.starts_with(prefix) && !rel.is_empty() {
+                    if rel.starts_with(prefix) && !rel.is_empty() && rel > start_after {
                         out.push(ListedObject {
                             key: rel.to_string(),
                             size: obj.size.unwrap_or(0),
@@ -1027,16 +994,6 @@ mod tests {
             "AWS_SECRET_ACCESS_KEY",
         ] {
             std::env::remove_var(v);
-        }
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        let s = S3Storage::open("s3://bkt", &S3Options::default()).unwrap();
-        for n in 0..40 {
-            let d = s.backoff(n);
-            assert!(d <= BACKOFF_CAP, "{d:?}");
-            assert!(d >= BACKOFF_BASE / 2);
         }
     }
 }

@@ -240,8 +240,14 @@ pub fn s3s_fs_bin() -> PathBuf {
 }
 
 /// The walsync binary built for these tests.
+/// The binary under test: this build's, or `$WALSYNC_TEST_BIN` (to run the
+/// suite against another build, e.g. to see a new test fail on an older
+/// walsync).
 pub fn walsync_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_walsync"))
+    match std::env::var_os("WALSYNC_TEST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_walsync")),
+    }
 }
 
 /// The Litestream binary: `$LITESTREAM_BIN` when set (an explicit choice

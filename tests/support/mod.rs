@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use walsync::remote::{self, RemoteLtx};
+use walsync::catalog::{self, RemoteLtx};
 use walsync::storage::{self, s3::S3Options, Storage};
 
 /// Where a test replicates to: an S3 URL on a test server, or a folder.
@@ -40,7 +40,7 @@ impl Dest {
 
     /// The LTX files of `name` in the replica.
     pub fn files(&self, name: &str) -> Vec<RemoteLtx> {
-        remote::list_ltx(self.storage().as_ref(), name).expect("list replica")
+        catalog::list_db(self.storage().as_ref(), name).expect("list replica")
     }
 
     pub fn max_txid(&self, name: &str) -> u64 {
@@ -285,4 +285,52 @@ pub fn text(out: &Output) -> String {
 
 pub fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+/// Inserts rows with ids `ids`, each with the body `noise(size, id)`, in
+/// one transaction: every committed state is "rows 1..=k, bodies by id".
+pub fn insert_ids(conn: &mut Connection, ids: std::ops::RangeInclusive<i64>, size: usize) {
+    let tx = conn.transaction().expect("begin");
+    for id in ids {
+        tx.execute(
+            "INSERT INTO t(id, body) VALUES (?1, ?2)",
+            rusqlite::params![id, noise(size, id as u64)],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+/// Checks that the database at `path` passes `integrity_check` and holds
+/// exactly rows 1..=k with the bodies [`insert_ids`] gives them (a state the
+/// application committed); returns k.
+pub fn rows_consistent(path: &Path, size: usize) -> i64 {
+    integrity_ok(path);
+    let conn = Connection::open(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT id, body FROM t ORDER BY id")
+        .expect("prepare");
+    let rows: Vec<(i64, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for (i, (id, body)) in rows.iter().enumerate() {
+        assert_eq!(*id, i as i64 + 1, "{}: rows are not 1..=k", path.display());
+        assert!(
+            *body == noise(size, *id as u64),
+            "{}: row {id} holds other bytes",
+            path.display()
+        );
+    }
+    rows.len() as i64
+}
+
+/// Removes a file if it exists.
+pub fn remove_if_exists(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {}: {e}", path.display()),
+    }
 }

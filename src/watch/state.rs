@@ -36,6 +36,11 @@ pub struct LocalState {
     pub last_snapshot_ms: i64,
     /// The TXID that snapshot holds.
     pub last_snapshot_txid: u64,
+    /// Set while walsync runs a checkpoint of its own whose file is not
+    /// stored yet: if walsync stops before it is, the next start finds the
+    /// WAL restarted and says why.
+    #[serde(default)]
+    pub checkpointing: bool,
 }
 
 const VERSION: u32 = 1;
@@ -83,6 +88,11 @@ impl StateDir {
 
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
+    }
+
+    /// The folder itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The saved state, or `None` when there is none or it belongs to another
@@ -133,5 +143,6 @@ pub fn new_state(replica: &str, name: &str, page_size: u32) -> LocalState {
         wal_checksum: (0, 0),
         last_snapshot_ms: 0,
         last_snapshot_txid: 0,
+        checkpointing: false,
     }
 }

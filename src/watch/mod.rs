@@ -4,17 +4,26 @@
 //!
 //! Each poller owns a shard of [`Shipper`]s and wakes at the next due poll or
 //! when an acknowledgement arrives. A shipper has at most one batch in flight.
-//! On the first SIGINT/SIGTERM the pollers ship what is committed, wait (up to
-//! a timeout) for the uploads, release their databases and the process exits
-//! 0; a second signal exits at once.
+//! When the stop token is cancelled (the CLI does it on the first SIGINT or
+//! SIGTERM) the pollers ship what is committed, wait (up to a timeout) for
+//! the uploads and release their databases.
 
+mod build;
+mod checkpoint;
+mod pagesums;
+mod shipper;
+pub mod source;
+mod state;
+
+pub use build::{Batch, BatchKind, UploadRequest};
+pub use shipper::{Cause, Settings, Shipper};
+
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::names::NamedDb;
-use crate::shipper::{self, Settings, Shipper};
 use crate::storage::Storage;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,7 +41,7 @@ pub struct WatchOptions {
 struct Job {
     poller: usize,
     db: usize,
-    batch: shipper::UploadRequest,
+    batch: UploadRequest,
 }
 
 /// An uploader's answer.
@@ -41,22 +50,19 @@ struct Ack {
     result: Result<()>,
 }
 
-/// Signals received so far (shared with the signal handler).
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-
-/// Replicates `dbs` until a signal arrives.
+/// Replicates `dbs` until `stop` is cancelled (the CLI cancels it on the
+/// first SIGINT/SIGTERM), then ships what is committed and returns.
 pub fn watch(
     storage: Arc<dyn Storage>,
     dbs: Vec<(NamedDb, Settings)>,
     options: &WatchOptions,
+    stop: &CancelToken,
 ) -> Result<()> {
     if dbs.is_empty() {
         return Err(Error::Usage(
             "no databases to watch: name them on the command line or in [[databases]] of the config file".into(),
         ));
     }
-    raise_open_files_limit(dbs.len())?;
-    install_signal_handler()?;
     let pollers = options.pollers.clamp(1, dbs.len());
     let shippers = open_all(&storage, dbs, pollers)?;
     eprintln!(
@@ -93,7 +99,8 @@ pub fn watch(
         .map(|(i, (shard, acks))| {
             let jobs = job_tx.clone();
             let timeout = options.shutdown_timeout;
-            thread::spawn(move || Poller::new(i, shard, jobs, acks).run(timeout))
+            let stop = stop.clone();
+            thread::spawn(move || Poller::new(i, shard, jobs, acks).run(&stop, timeout))
         })
         .collect();
     drop(job_tx);
@@ -177,8 +184,8 @@ impl Poller {
 
     /// Polls until the first signal, then flushes. Returns whether every
     /// batch was stored before the timeout.
-    fn run(mut self, shutdown_timeout: Duration) -> bool {
-        while SIGNALS.load(Ordering::SeqCst) == 0 {
+    fn run(mut self, stop: &CancelToken, shutdown_timeout: Duration) -> bool {
+        while !stop.is_cancelled() {
             self.tick(Instant::now(), true);
             let wait = self.until_next_poll();
             self.wait_for_ack(wait);
@@ -252,10 +259,7 @@ impl Poller {
     fn resend_due(&mut self, now: Instant) {
         for db in 0..self.shippers.len() {
             if self.shippers[db].retry_due(now) {
-                if let Some(req) = self.shippers[db]
-                    .take_retry()
-                    .map(shipper::UploadRequest::from)
-                {
+                if let Some(req) = self.shippers[db].take_retry().map(Batch::request) {
                     self.send(db, req);
                 }
             }
@@ -277,10 +281,7 @@ impl Poller {
             // hands that batch over for upload after it; it is tried before
             // polling so a database that is never idle gets one.
             if checkpoints {
-                match s
-                    .maybe_checkpoint(now_ms)
-                    .map(|b| b.map(shipper::UploadRequest::from))
-                {
+                match s.maybe_checkpoint(now_ms).map(|b| b.map(Batch::request)) {
                     Ok(Some(req)) => {
                         self.failed[db] = false;
                         self.send(db, req);
@@ -290,7 +291,7 @@ impl Poller {
                     Err(e) => shipper::log(&s.name, &format!("checkpoint: {e}")),
                 }
             }
-            let built = s.poll(now_ms).map(|b| b.map(shipper::UploadRequest::from));
+            let built = s.poll(now_ms).map(|b| b.map(Batch::request));
             self.failed[db] = built.is_err();
             match built {
                 Ok(Some(req)) => self.send(db, req),
@@ -304,7 +305,7 @@ impl Poller {
         }
     }
 
-    fn send(&mut self, db: usize, batch: shipper::UploadRequest) {
+    fn send(&mut self, db: usize, batch: UploadRequest) {
         let job = Job {
             poller: self.index,
             db,
@@ -321,50 +322,4 @@ fn upload_loop(storage: &dyn Storage, jobs: &Receiver<Job>, acks: &[Sender<Ack>]
         let result = job.batch.upload(storage);
         let _ = acks[job.poller].send(Ack { db: job.db, result });
     }
-}
-
-fn install_signal_handler() -> Result<()> {
-    let r = ctrlc::set_handler(|| {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-            eprintln!("walsync: second signal, exiting at once");
-            std::process::exit(1);
-        }
-        eprintln!(
-            "walsync: stopping: shipping what is committed (send the signal again to exit at once)"
-        );
-    });
-    match r {
-        Ok(()) | Err(ctrlc::Error::MultipleHandlers) => Ok(()),
-        Err(e) => Err(Error::Other(format!(
-            "cannot install the signal handler: {e}"
-        ))),
-    }
-}
-
-/// Raises the soft open-files limit to the hard limit; fails when even that
-/// is too low for `dbs` databases (each needs about six descriptors).
-fn raise_open_files_limit(dbs: usize) -> Result<()> {
-    let needed = (dbs as u64) * 6 + 64;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write to and read from a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Ok(());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    if lim.rlim_cur < needed {
-        return Err(Error::Usage(format!(
-            "watching {dbs} databases needs about {needed} open files but the limit is {}; raise it (`ulimit -n {needed}`, or LimitNOFILE= in the systemd unit)",
-            lim.rlim_cur
-        )));
-    }
-    Ok(())
 }

@@ -1,22 +1,110 @@
-//! The SQLite side of a replicated database: walsync's own connection.
+//! The SQLite side of a replicated database: walsync's own connection, and
+//! the files it holds.
 //!
 //! The connection runs with `wal_autocheckpoint=0` and holds a long read
 //! transaction, so no other connection can restart the WAL under frames that
 //! are not shipped yet. It is released only around walsync's own checkpoints,
 //! which this module runs: PASSIVE behind a writer-lock barrier held on a
 //! second, short-lived connection, and TRUNCATE with a `data_version` check.
+//!
+//! Identity: walsync reads pages through the database file, the WAL and the
+//! WAL-index (`-shm`) that its connection has open, never through paths
+//! opened afresh, and [`Source::identity`] compares those files (device and
+//! inode) with what the paths name now. A database replaced under walsync
+//! (renamed over, deleted and recreated, its `-wal` removed) is thereby seen
+//! at the next poll, and its pages are never read through another file's
+//! layout.
+//!
+//! POSIX record locks belong to the process, and closing any descriptor of
+//! a file drops all of them. So the descriptors held here are opened once,
+//! never duplicated, and closed only after the connection (see
+//! [`Source::close`]).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use rusqlite::{Connection, OpenFlags};
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of_file(f: &File, what: &Path) -> Result<FileId> {
+        let m = f
+            .metadata()
+            .db_io(|| format!("reading {}", what.display()))?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// The identity of what `path` names now; `None` when nothing does.
+    fn of_path(path: &Path) -> Result<Option<FileId>> {
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Database(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Whether the files walsync holds are still the database's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The database file and its WAL are the ones walsync holds.
+    Same,
+    /// `which` ("database file" or "WAL") was replaced: the path names
+    /// another file now.
+    Replaced(&'static str),
+    /// `which` no longer exists.
+    Deleted(&'static str),
+}
+
+/// The files of one database, as opened together with the connection.
+struct HeldFiles {
+    db: File,
+    db_id: FileId,
+    wal: File,
+    wal_id: FileId,
+    shm: Option<File>,
+    shm_id: Option<FileId>,
+}
 
 /// walsync's connection to one database.
 pub struct Source {
     path: PathBuf,
+    // Field order matters: the connection closes before the held files.
     conn: Connection,
     reading: bool,
+    held: HeldFiles,
+}
+
+impl Drop for Source {
+    /// See [`Source::close`]; dropping a source closes it the same way.
+    fn drop(&mut self) {
+        let _ = self.end_read();
+        if !self.may_delete_wal_on_close() {
+            let _ = self.conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            );
+        }
+    }
 }
 
 /// A writer lock held on a second connection: while it lives, no other
@@ -46,11 +134,123 @@ impl Source {
             )));
         }
         conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-64;")?;
-        Ok(Source {
+        let db = File::open(path).db_io(|| format!("opening {}", path.display()))?;
+        let db_id = FileId::of_file(&db, path)?;
+        // A first read makes SQLite open (or create) the WAL and the
+        // WAL-index; the files held are the ones it opened.
+        let _: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        let wal_path = wal_path(path);
+        let wal = File::open(&wal_path).db_io(|| format!("opening {}", wal_path.display()))?;
+        let wal_id = FileId::of_file(&wal, &wal_path)?;
+        let shm_path = shm_path(path);
+        let shm = File::open(&shm_path).ok();
+        let shm_id = match &shm {
+            Some(f) => Some(FileId::of_file(f, &shm_path)?),
+            None => None,
+        };
+        let source = Source {
             path: path.to_path_buf(),
             conn,
             reading: false,
-        })
+            held: HeldFiles {
+                db,
+                db_id,
+                wal,
+                wal_id,
+                shm,
+                shm_id,
+            },
+        };
+        // The database file walsync reads must be the one SQLite opened.
+        if source.identity()? != Identity::Same {
+            return Err(Error::Database(format!(
+                "{} changed while walsync opened it; it will try again",
+                path.display()
+            )));
+        }
+        Ok(source)
+    }
+
+    /// The database file as opened with the connection (pages are read
+    /// through it, never through the path).
+    pub fn db_file(&self) -> &File {
+        &self.held.db
+    }
+
+    /// The WAL as SQLite has it open.
+    pub fn wal_file(&self) -> &File {
+        &self.held.wal
+    }
+
+    /// Compares the held database file and WAL with what their paths name.
+    pub fn identity(&self) -> Result<Identity> {
+        let checks = [
+            ("database file", self.held.db_id, self.path.clone()),
+            ("WAL", self.held.wal_id, wal_path(&self.path)),
+        ];
+        for (which, held, path) in checks {
+            match FileId::of_path(&path)? {
+                None => return Ok(Identity::Deleted(which)),
+                Some(now) if now != held => return Ok(Identity::Replaced(which)),
+                Some(_) => {}
+            }
+        }
+        Ok(Identity::Same)
+    }
+
+    /// Closes the connection, then the held files.
+    ///
+    /// SQLite's last connection to a database checkpoints the WAL into the
+    /// database file and deletes `-wal` and `-shm` by path. That is right
+    /// only while those paths still name the files this connection has
+    /// open: after a replacement they may be the application's new ones,
+    /// and deleting them would lose its commits. So the connection closes
+    /// without that checkpoint (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`) unless
+    /// `-wal` and `-shm` are still its own, and, when the database file
+    /// itself was replaced, no other process is attached to that old
+    /// WAL-index. In that last case the close does what the application's
+    /// own last close would have done without walsync: the old WAL goes
+    /// into the old file and is removed, so the application's next open of
+    /// the new file starts clean instead of reading the old WAL.
+    pub fn close(mut self) -> Result<()> {
+        let ended = self.end_read();
+        drop(self);
+        ended
+    }
+
+    fn may_delete_wal_on_close(&self) -> bool {
+        let same = |held: Option<FileId>, path: PathBuf| {
+            held.is_some() && matches!(FileId::of_path(&path), Ok(now) if now == held)
+        };
+        let wal_is_ours = same(Some(self.held.wal_id), wal_path(&self.path));
+        let shm_is_ours = same(self.held.shm_id, shm_path(&self.path));
+        if !(wal_is_ours && shm_is_ours) {
+            return false;
+        }
+        let db_is_ours = same(Some(self.held.db_id), self.path.clone());
+        db_is_ours || !self.shm_used_by_another_process()
+    }
+
+    /// Whether another process holds a lock on the WAL-index's lock bytes
+    /// (every SQLite connection holds a shared lock on its "dead man
+    /// switch" byte while open). Locks of this process are not reported.
+    fn shm_used_by_another_process(&self) -> bool {
+        let Some(shm) = &self.held.shm else {
+            return false;
+        };
+        // SQLite's unix VFS locks bytes 120..=128 of the -shm file
+        // (UNIX_SHM_BASE .. UNIX_SHM_DMS).
+        let mut probe = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 120,
+            l_len: 9,
+            l_pid: 0,
+        };
+        // SAFETY: F_GETLK on a descriptor we own, writing only to `probe`.
+        let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut probe) };
+        // When the probe fails, assume someone is there: keep their files.
+        rc != 0 || probe.l_type != libc::F_UNLCK as libc::c_short
     }
 
     pub fn path(&self) -> &Path {
@@ -190,6 +390,13 @@ impl Source {
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// `<db>-shm`.
+pub fn shm_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-shm");
     PathBuf::from(s)
 }
 

@@ -1,0 +1,601 @@
+//! Building the LTX files a shipper stores: one level-0 file of new WAL
+//! transactions, a level-0 diff or full copy when the WAL cannot be
+//! followed, or a level-9 snapshot. Each is written to a spool file beside
+//! the database (never held whole in memory) with the database checksums
+//! before and after it, and its page records are updated in
+//! [`super::pagesums`] under the new TXID (visible once it is committed).
+//!
+//! Pages are read through the files walsync's connection holds (see
+//! [`super::source`]): the database file with the WAL's committed frames
+//! laid over it.
+
+use super::shipper::{log, Cause, Continuity, Shipped, Shipper};
+use super::state::{self, LocalState};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, Hashing};
+use crate::ltx::{self, Encoder, Header};
+use crate::storage::{LtxId, ObjectMeta, Storage, SNAPSHOT_LEVEL};
+use crate::wal::{self, Resume, WalHeader, WalPosition, WalReader};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// What kind of file a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// New transactions from the WAL (level 0).
+    Incremental,
+    /// Every page whose bytes differ from the shipped state (level 0).
+    Diff,
+    /// Every page, at level 0, marked as a full image.
+    FullCopy,
+    /// A level-9 snapshot.
+    Snapshot,
+}
+
+/// One LTX file built and waiting to be stored.
+#[derive(Debug)]
+pub struct Batch {
+    pub kind: BatchKind,
+    pub key: String,
+    pub id: LtxId,
+    pub spool: PathBuf,
+    pub len: u64,
+    pub meta: ObjectMeta,
+    /// The key of the marker saying this file is a full image, stored
+    /// after it (full copies only).
+    pub marker: Option<String>,
+    /// The local state once this file is stored.
+    pub(super) new_state: LocalState,
+    /// The read epoch in which the batch was built (see the continuity rule).
+    pub(super) read_epoch: u64,
+    /// Whether the batch covers the whole valid WAL as scanned.
+    pub(super) reached_wal_end: bool,
+}
+
+impl Batch {
+    /// What an uploader needs to store it.
+    pub fn request(&self) -> UploadRequest {
+        UploadRequest {
+            key: self.key.clone(),
+            spool: self.spool.clone(),
+            len: self.len,
+            meta: self.meta.clone(),
+            marker: self.marker.clone(),
+        }
+    }
+}
+
+/// What [`Shipper::build_incremental`] found.
+pub(super) enum Incremental {
+    Nothing,
+    /// The WAL was reset in a way the shipped position cannot follow.
+    Reset,
+    Batch(Box<Batch>),
+}
+
+impl Shipper {
+    /// New committed transactions since the shipped position, as one level-0
+    /// file with TXID + 1.
+    pub(super) fn build_incremental(&mut self, now_ms: i64) -> Result<Incremental> {
+        let Shipped::Known(state) = self.shipped.clone() else {
+            return Ok(Incremental::Nothing);
+        };
+        let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
+        let wal_file = source.wal_file();
+        let start = state.position();
+        let mut reader = match WalReader::resume(wal_file, start)? {
+            Resume::Continue(r) => r,
+            // A WAL restart loses nothing when SQLite could only make it
+            // after backfilling all we shipped (see the continuity rule).
+            Resume::Reset if self.continuity != Continuity::Covered => {
+                return Ok(Incremental::Reset)
+            }
+            Resume::Reset => match WalReader::open(wal_file)? {
+                Some(r) => r,
+                None => return Ok(Incremental::Nothing),
+            },
+        };
+        let header = *reader.header();
+        let from = reader.position();
+        // Newest frame of each page across the new transactions.
+        let mut latest: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut db_pages = state.db_pages;
+        while let Some(txn) = reader.next_transaction()? {
+            for f in txn.frames {
+                latest.insert(f.pgno, f.page_offset);
+            }
+            db_pages = txn.db_pages;
+        }
+        let end = reader.position();
+        if end == from {
+            if from != start {
+                // The log restarted but holds nothing new yet: remember the new start.
+                let mut s = state;
+                s.set_position(from);
+                self.state_dir.save(&s)?;
+                self.shipped = Shipped::Known(s);
+            }
+            return Ok(Incremental::Nothing);
+        }
+        let txid = state.txid + 1;
+        let id = LtxId {
+            level: 0,
+            min_txid: txid,
+            max_txid: txid,
+        };
+        let mut hdr = header_for(self.page_size, id, db_pages, now_ms);
+        hdr.wal_offset = from.offset;
+        hdr.wal_size = end.offset - from.offset;
+        hdr.wal_salt1 = header.salt1;
+        hdr.wal_salt2 = header.salt2;
+        let spool = self.spool_path(id);
+        let mut enc = Encoder::new(Hashing::new(BufWriter::new(create(&spool)?)), hdr)?;
+        let lock = ltx::lock_pgno(self.page_size);
+        let mut xor = state.db_checksum;
+        for (&pgno, &offset) in latest.range(..=db_pages) {
+            if pgno == lock {
+                continue;
+            }
+            wal::read_page(wal_file, offset, self.page_size, &mut self.page)?;
+            let record = self.pagesums.record_of(pgno, &self.page);
+            let old = if pgno <= state.db_pages {
+                self.pagesums.get(pgno, state.txid)?
+            } else {
+                0
+            };
+            xor ^= old ^ record.checksum;
+            self.pagesums.put(pgno, state.txid, txid, record)?;
+            enc.write_page(pgno, &self.page)?;
+        }
+        for pgno in (db_pages + 1)..=state.db_pages {
+            if pgno != lock {
+                xor ^= self.pagesums.get(pgno, state.txid)?;
+            }
+        }
+        // The frames must still be the ones validated: a restart would change the salts.
+        if WalHeader::read(wal_file)?.map(|h| (h.salt1, h.salt2))
+            != Some((header.salt1, header.salt2))
+        {
+            let _ = std::fs::remove_file(&spool);
+            return Ok(Incremental::Reset);
+        }
+        let post = ltx::checksum_flag(xor);
+        let pre = state.db_checksum;
+        let mut new_state = state;
+        new_state.txid = txid;
+        new_state.db_pages = db_pages;
+        new_state.db_checksum = post;
+        new_state.set_position(end);
+        let built = Built {
+            kind: BatchKind::Incremental,
+            id,
+            spool,
+            pre,
+            new_state,
+            reached_wal_end: true,
+            timestamp_ms: now_ms,
+        };
+        Ok(Incremental::Batch(Box::new(self.finish(enc, built)?)))
+    }
+
+    /// A level-9 snapshot of the shipped state when the interval has passed.
+    pub(super) fn periodic_snapshot(&mut self, now_ms: i64) -> Result<Option<Batch>> {
+        let Some(state) = self.state() else {
+            return Ok(None);
+        };
+        let due =
+            now_ms - state.last_snapshot_ms >= self.settings.snapshot_interval.as_millis() as i64;
+        if !due || self.continuity != Continuity::Covered {
+            return Ok(None);
+        }
+        if state.last_snapshot_txid == state.txid {
+            // Nothing changed since the last snapshot: it still stands.
+            let mut s = state.clone();
+            s.last_snapshot_ms = now_ms;
+            self.state_dir.save(&s)?;
+            self.shipped = Shipped::Known(s);
+            return Ok(None);
+        }
+        self.build_image(BatchKind::Snapshot, None, now_ms)
+    }
+
+    /// Every page of the database, read from the database file with the WAL
+    /// frames laid over it: as of the end of the valid WAL (a first snapshot,
+    /// a full copy or a diff), or as of the shipped position (a periodic
+    /// snapshot). A diff writes only the pages whose bytes differ from the
+    /// page record of the shipped state, and is `None` when none does (the
+    /// database file holds exactly what was shipped).
+    pub(super) fn build_image(
+        &mut self,
+        kind: BatchKind,
+        cause: Option<Cause>,
+        now_ms: i64,
+    ) -> Result<Option<Batch>> {
+        let periodic = kind == BatchKind::Snapshot && self.state().is_some();
+        let plan = self.image_plan(kind, periodic);
+        let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
+        let (db_file, wal_file) = (source.db_file(), source.wal_file());
+        let until = match (&self.shipped, periodic) {
+            (Shipped::Known(s), true) => Some(s.position()),
+            _ => None,
+        };
+        let overlay = Overlay::scan(wal_file, until)?;
+        let db_pages = match (&self.shipped, periodic, overlay.db_pages) {
+            (Shipped::Known(s), true, _) => s.db_pages,
+            (_, _, Some(n)) => n,
+            _ => db_pages_from_file(db_file, self.page_size, &mut self.page)?,
+        };
+        let spool = self.spool_path(plan.id);
+        let mut enc = Encoder::new(
+            Hashing::new(BufWriter::new(create(&spool)?)),
+            header_for(self.page_size, plan.id, db_pages, now_ms),
+        )?;
+        let lock = ltx::lock_pgno(self.page_size);
+        let mut xor = 0u64;
+        let mut changed = 0u32;
+        for pgno in (1..=db_pages).filter(|&p| p != lock) {
+            read_state_page(
+                db_file,
+                wal_file,
+                &overlay,
+                pgno,
+                self.page_size,
+                &mut self.page,
+            )?;
+            if periodic {
+                xor ^= ltx::page_checksum(pgno, &self.page);
+                enc.write_page(pgno, &self.page)?;
+                continue;
+            }
+            let record = self.pagesums.record_of(pgno, &self.page);
+            xor ^= record.checksum;
+            let unchanged = match (kind, &self.shipped) {
+                (BatchKind::Diff, Shipped::Known(s)) if pgno <= s.db_pages => self
+                    .pagesums
+                    .get_record(pgno, s.txid)?
+                    .is_some_and(|old| old.same_page_as(&record)),
+                _ => false,
+            };
+            // A diff always carries page 1, so it is never empty.
+            if unchanged && pgno != 1 {
+                continue;
+            }
+            changed += u32::from(!unchanged);
+            self.pagesums
+                .put(pgno, plan.committed, plan.new_txid, record)?;
+            enc.write_page(pgno, &self.page)?;
+        }
+        let post = ltx::checksum_flag(xor);
+        let mut new_state = match &self.shipped {
+            Shipped::Known(s) => s.clone(),
+            _ => state::new_state(&self.storage.describe(), &self.name, self.page_size),
+        };
+        if kind == BatchKind::Diff && changed == 0 && db_pages == new_state.db_pages {
+            return self.nothing_changed(enc, spool, new_state, overlay.end, cause);
+        }
+        if periodic && post != new_state.db_checksum {
+            log(
+                &self.name,
+                "snapshot checksum differs from the tracked checksum; re-basing on the snapshot",
+            );
+        }
+        new_state.txid = plan.new_txid;
+        new_state.db_pages = db_pages;
+        new_state.db_checksum = post;
+        if kind == BatchKind::Snapshot {
+            new_state.last_snapshot_ms = now_ms;
+            new_state.last_snapshot_txid = plan.new_txid;
+        }
+        if !periodic {
+            new_state.set_position(overlay.end.unwrap_or(WalPosition {
+                offset: 0,
+                salt1: 0,
+                salt2: 0,
+                checksum: (0, 0),
+            }));
+        }
+        let built = Built {
+            kind,
+            id: plan.id,
+            spool,
+            pre: plan.pre,
+            new_state,
+            reached_wal_end: !periodic,
+            timestamp_ms: now_ms,
+        };
+        let batch = self.finish(enc, built)?;
+        if let Some(cause) = cause {
+            let what = match kind {
+                BatchKind::Diff => format!("the {changed} changed pages of {db_pages}"),
+                _ => format!("a full copy ({db_pages} pages)"),
+            };
+            log(
+                &self.name,
+                &format!(
+                    "{cause}; shipping {what} as TXID {} ({} bytes)",
+                    plan.new_txid, batch.len
+                ),
+            );
+        }
+        Ok(Some(batch))
+    }
+
+    /// The TXIDs and pre-apply checksum of an image of `kind`.
+    fn image_plan(&self, kind: BatchKind, periodic: bool) -> ImagePlan {
+        let (committed, new_txid, pre) = match (&self.shipped, kind) {
+            (Shipped::Known(s), BatchKind::Snapshot) => (s.txid, s.txid, 0),
+            (Shipped::Known(s), _) => (s.txid, s.txid + 1, s.db_checksum),
+            (Shipped::Foreign { remote_max, .. }, _) => (0, remote_max + 1, 0),
+            (Shipped::Nothing, _) => (0, 1, 0),
+        };
+        let id = if kind == BatchKind::Snapshot {
+            LtxId {
+                level: SNAPSHOT_LEVEL,
+                min_txid: 1,
+                max_txid: new_txid,
+            }
+        } else {
+            LtxId {
+                level: 0,
+                min_txid: new_txid,
+                max_txid: new_txid,
+            }
+        };
+        debug_assert!(!periodic || kind == BatchKind::Snapshot);
+        ImagePlan {
+            id,
+            committed,
+            new_txid,
+            pre,
+        }
+    }
+
+    /// A diff found every page as shipped: nothing to store. The WAL is
+    /// followed from its end from now on (it was read to there in this read
+    /// epoch, so the read mark is covered).
+    fn nothing_changed(
+        &mut self,
+        enc: Encoder<Hashing<BufWriter<File>>>,
+        spool: PathBuf,
+        mut state: LocalState,
+        end: Option<WalPosition>,
+        cause: Option<Cause>,
+    ) -> Result<Option<Batch>> {
+        drop(enc);
+        let _ = std::fs::remove_file(&spool);
+        if let Some(end) = end {
+            state.set_position(end);
+        }
+        state.checkpointing = false;
+        self.state_dir.save(&state)?;
+        self.shipped = Shipped::Known(state);
+        self.continuity = Continuity::Covered;
+        if let Some(cause) = cause {
+            log(
+                &self.name,
+                &format!("{cause}; the database holds exactly what was shipped: nothing to ship"),
+            );
+        }
+        Ok(None)
+    }
+
+    fn spool_path(&self, id: LtxId) -> PathBuf {
+        self.state_dir
+            .path(&format!("spool-{}-{:016x}.ltx", id.level, id.max_txid))
+    }
+
+    /// Closes the spool file and describes the batch.
+    fn finish(&self, enc: Encoder<Hashing<BufWriter<File>>>, built: Built) -> Result<Batch> {
+        let (_, hashing) = enc.finish(0)?;
+        let (buffered, sha256, len) = hashing.finish();
+        buffered
+            .into_inner()
+            .map_err(|e| Error::Other(format!("writing spool {}: {e}", built.spool.display())))?;
+        let layout = self.storage.layout();
+        let mut new_state = built.new_state;
+        new_state.checkpointing = false;
+        Ok(Batch {
+            kind: built.kind,
+            key: layout.ltx_key(&self.name, built.id),
+            id: built.id,
+            spool: built.spool,
+            len,
+            meta: ObjectMeta {
+                sha256: Some(sha256),
+                timestamp: Some(fsutil::rfc3339_ms(built.timestamp_ms)),
+                db_checksums: Some(ObjectMeta::encode_db_checksums(
+                    built.pre,
+                    new_state.db_checksum,
+                )),
+            },
+            marker: (built.kind == BatchKind::FullCopy)
+                .then(|| layout.image_marker_key(&self.name, built.id)),
+            new_state,
+            read_epoch: self.read_epoch,
+            reached_wal_end: built.reached_wal_end,
+        })
+    }
+}
+
+/// Where an image goes in the chain.
+struct ImagePlan {
+    id: LtxId,
+    /// The TXID committed now (page records of newer TXIDs are invisible).
+    committed: u64,
+    new_txid: u64,
+    /// The database checksum before it (0: not recorded).
+    pre: u64,
+}
+
+/// A batch written to its spool file, before it is described.
+struct Built {
+    kind: BatchKind,
+    id: LtxId,
+    spool: PathBuf,
+    pre: u64,
+    new_state: LocalState,
+    reached_wal_end: bool,
+    timestamp_ms: i64,
+}
+
+fn gone(path: &Path) -> Error {
+    Error::Database(format!("{} is gone", path.display()))
+}
+
+/// The header of a file walsync writes. Files carry the NoChecksum flag,
+/// like Litestream's: `litestream restore` 0.5.17 merges its restore plan
+/// through a compactor that writes NoChecksum output but copies the last
+/// input's post-apply checksum into it, so it refuses ("post-apply checksum
+/// not allowed") any replica whose files carry checksums. walsync's
+/// database checksums travel in the object metadata instead
+/// (`x-amz-meta-walsync-checksums`), where its restore and verify check
+/// them and Litestream does not look.
+fn header_for(page_size: u32, id: LtxId, commit: u32, now_ms: i64) -> Header {
+    Header {
+        flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+        page_size,
+        commit,
+        min_txid: id.min_txid,
+        max_txid: id.max_txid,
+        timestamp_ms: now_ms,
+        ..Header::default()
+    }
+}
+
+/// The newest frame of each page in the valid WAL (up to `until`, or to its
+/// end), the database size after the last commit and the end position.
+#[derive(Default)]
+struct Overlay {
+    latest: BTreeMap<u32, u64>,
+    db_pages: Option<u32>,
+    end: Option<WalPosition>,
+}
+
+impl Overlay {
+    fn scan(wal_file: &File, until: Option<WalPosition>) -> Result<Overlay> {
+        let mut overlay = Overlay::default();
+        let Some(mut reader) = WalReader::open(wal_file)? else {
+            return Ok(overlay);
+        };
+        overlay.end = Some(reader.position());
+        if until.is_some_and(|u| {
+            u.offset <= wal::HEADER_SIZE
+                || (u.salt1, u.salt2) != (reader.header().salt1, reader.header().salt2)
+        }) {
+            return Ok(overlay);
+        }
+        while let Some(txn) = reader.next_transaction()? {
+            for f in txn.frames {
+                overlay.latest.insert(f.pgno, f.page_offset);
+            }
+            overlay.db_pages = Some(txn.db_pages);
+            overlay.end = Some(txn.end);
+            if until.is_some_and(|u| txn.end.offset >= u.offset) {
+                break;
+            }
+        }
+        Ok(overlay)
+    }
+}
+
+/// The database size when the WAL holds no commit: the size recorded in
+/// the database header (a checkpoint that could not backfill every frame
+/// leaves the file longer than the database, e.g. after a VACUUM), or the
+/// file size when the header's size is not valid.
+fn db_pages_from_file(db_file: &File, page_size: u32, page: &mut Vec<u8>) -> Result<u32> {
+    let len = db_file
+        .metadata()
+        .db_io(|| "reading database size".into())?
+        .len();
+    let in_file = (len / u64::from(page_size)) as u32;
+    if in_file == 0 {
+        return Ok(0);
+    }
+    read_db_page(db_file, 1, page_size, page)?;
+    let be32 = |at: usize| u32::from_be_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
+    // The in-header size is valid when "version-valid-for" equals the
+    // change counter (SQLite file format, database header offsets 28, 92, 24).
+    let (in_header, valid_for, counter) = (be32(28), be32(92), be32(24));
+    Ok(
+        if in_header > 0 && valid_for == counter && in_header <= in_file {
+            in_header
+        } else {
+            in_file
+        },
+    )
+}
+
+/// Reads page `pgno` of the state (the WAL's frame when the overlay has one,
+/// else the database file's page) into `page`.
+fn read_state_page(
+    db_file: &File,
+    wal_file: &File,
+    overlay: &Overlay,
+    pgno: u32,
+    page_size: u32,
+    page: &mut Vec<u8>,
+) -> Result<()> {
+    match overlay.latest.get(&pgno) {
+        Some(&offset) => wal::read_page(wal_file, offset, page_size, page),
+        None => read_db_page(db_file, pgno, page_size, page),
+    }
+}
+
+/// Reads page `pgno` from the database file (zeros past its end).
+fn read_db_page(db_file: &File, pgno: u32, page_size: u32, page: &mut Vec<u8>) -> Result<()> {
+    page.resize(page_size as usize, 0);
+    let at = u64::from(pgno - 1) * u64::from(page_size);
+    let mut done = 0;
+    while done < page.len() {
+        let n = db_file
+            .read_at(&mut page[done..], at + done as u64)
+            .db_io(|| format!("reading page {pgno} of the database"))?;
+        if n == 0 {
+            page[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+fn create(path: &Path) -> Result<File> {
+    File::create(path).local_io(|| format!("creating spool file {}", path.display()))
+}
+
+/// What an uploader needs to store a batch: its key, spool file and metadata.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    pub key: String,
+    pub spool: PathBuf,
+    pub len: u64,
+    pub meta: ObjectMeta,
+    /// A marker to store once the object is (see [`Batch::marker`]).
+    pub marker: Option<String>,
+}
+
+impl UploadRequest {
+    /// Stores the spool file under the key, then its marker; returns once
+    /// both are stored.
+    pub fn upload(&self, storage: &dyn Storage) -> Result<()> {
+        let mut f = File::open(&self.spool)
+            .local_io(|| format!("opening spool {}", self.spool.display()))?;
+        storage
+            .put(&self.key, &mut f, self.len, &self.meta)
+            .map_err(|e| e.context(&self.key))?;
+        if let Some(marker) = &self.marker {
+            storage
+                .put(
+                    marker,
+                    &mut std::io::Cursor::new(&[][..]),
+                    0,
+                    &ObjectMeta::default(),
+                )
+                .map_err(|e| e.context(marker))?;
+        }
+        Ok(())
+    }
+}

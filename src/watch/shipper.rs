@@ -1,0 +1,591 @@
+//! Shipping one database: what the replica durably holds of it, and what the
+//! next file must be.
+//!
+//! A [`Shipper`] is owned by one poller thread. [`Shipper::poll`] builds at
+//! most one [`Batch`] at a time (a level-0 file for new transactions, a
+//! level-0 diff or full copy when the WAL cannot be followed, or a level-9
+//! snapshot) into a spool file; the batch is uploaded elsewhere and reported
+//! back through [`Shipper::uploaded`] or [`Shipper::upload_failed`]. Until
+//! then nothing else is built, so the remote TXID chain never has a hole,
+//! and the local state advances only after the object is stored.
+//!
+//! # The continuity rule
+//!
+//! While walsync's read transaction is held, SQLite can restart the WAL only
+//! if every frame that existed when the read began was backfilled and none
+//! was appended since. So once a batch built in the current read epoch
+//! reached the WAL end and is stored, the shipped position covers the read
+//! mark ([`Continuity::Covered`]): a WAL restart loses nothing and reading
+//! continues in the new log. Any other reset (salt change, shrink, unknown
+//! frames, a reset found at start-up) cannot be followed: the next file is a
+//! diff of every page whose bytes differ from what was shipped
+//! ([`Continuity::NeedsDiff`]), found through the page record
+//! ([`super::pagesums`]). A file replaced under walsync is answered with a
+//! full copy of the new file ([`Continuity::NeedsFull`]).
+//!
+//! Invariant: `continuity` becomes `NeedsDiff`/`NeedsFull` only while no
+//! batch is pending, so the diff or full copy stored next is the one that
+//! answers it.
+
+use super::build::{Batch, BatchKind, Incremental};
+use super::pagesums::PageSums;
+use super::source::{Identity, Source};
+use super::state::{LocalState, StateDir};
+use crate::backoff::Backoff;
+use crate::catalog;
+use crate::error::{Error, Result};
+use crate::fsutil::FileLock;
+use crate::ltx;
+use crate::storage::{LtxId, Storage, SNAPSHOT_LEVEL};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-database settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+    pub min_checkpoint_pages: u64,
+    pub truncate_checkpoint_pages: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(3600),
+            min_checkpoint_pages: 1000,
+            truncate_checkpoint_pages: 121_359,
+        }
+    }
+}
+
+/// What the replica holds of this database, as far as walsync knows.
+#[derive(Debug, Clone)]
+pub(super) enum Shipped {
+    /// Nothing: the first file is a level-9 snapshot with TXID 1.
+    Nothing,
+    /// A chain walsync has no local state for (Litestream's, or walsync's
+    /// own after its local state was lost), up to `remote_max`: the first
+    /// file is a full copy at level 0 with the next TXID, so level 0 stays
+    /// contiguous (Litestream's compaction refuses a missing TXID).
+    Foreign { remote_max: u64, cause: Cause },
+    /// The chain up to `LocalState::txid`, as the local state records it.
+    Known(LocalState),
+}
+
+/// Whether the WAL can be followed from the shipped position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Continuity {
+    /// Not proven yet that a WAL restart would lose nothing.
+    Unproven,
+    /// The shipped position covers the read mark (see the module doc).
+    Covered,
+    /// The WAL cannot be followed: the next file carries every page that
+    /// differs from what was shipped.
+    NeedsDiff(Cause),
+    /// The database file is another one: the next file is a full copy.
+    NeedsFull(Cause),
+}
+
+/// Why walsync ships a diff or a full copy instead of the WAL's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// walsync has no local state for this replica.
+    NoLocalState,
+    /// The local page record does not match the local state.
+    PageRecordMismatch,
+    /// The replica is not where the local state says.
+    ReplicaMoved { remote: u64, saved: u64 },
+    /// The application checkpointed and restarted the WAL while walsync
+    /// was not running.
+    WalRestartedWhileDown,
+    /// walsync stopped during its own checkpoint, before the file built for
+    /// it was stored.
+    OwnCheckpointInterrupted,
+    /// Another connection reset the WAL while walsync was not holding its
+    /// read lock.
+    WalResetWhileRunning,
+    /// A commit landed during walsync's TRUNCATE checkpoint.
+    CommitDuringTruncate,
+    /// The database file or its WAL was replaced by another file.
+    Replaced(&'static str),
+    /// The database file was deleted, and a file appeared at its path again.
+    Reappeared,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::NoLocalState => write!(f, "no local state for this replica"),
+            Cause::PageRecordMismatch => {
+                write!(f, "the local page record does not match the local state")
+            }
+            Cause::ReplicaMoved { remote, saved } => write!(
+                f,
+                "the replica holds TXID {remote} but the local state says {saved}"
+            ),
+            Cause::WalRestartedWhileDown => write!(
+                f,
+                "the application checkpointed and restarted the WAL while walsync was not running"
+            ),
+            Cause::OwnCheckpointInterrupted => write!(
+                f,
+                "walsync was stopped during its own checkpoint, before the file built for it was stored"
+            ),
+            Cause::WalResetWhileRunning => write!(
+                f,
+                "another connection reset the WAL while walsync's read lock was not held"
+            ),
+            Cause::CommitDuringTruncate => {
+                write!(f, "a commit landed during walsync's TRUNCATE checkpoint")
+            }
+            Cause::Replaced(which) => write!(f, "the {which} was replaced by another file"),
+            Cause::Reappeared => write!(f, "the database file was deleted and created again"),
+        }
+    }
+}
+
+/// The replication of one database.
+pub struct Shipper {
+    pub name: String,
+    pub(super) path: PathBuf,
+    /// walsync's connection and held files; `None` while the database is
+    /// gone from its path.
+    pub(super) source: Option<Source>,
+    pub(super) state_dir: StateDir,
+    _lock: FileLock,
+    pub(super) pagesums: PageSums,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) settings: Settings,
+    pub(super) page_size: u32,
+    pub(super) shipped: Shipped,
+    pub(super) continuity: Continuity,
+    /// A built batch not yet stored.
+    pub(super) pending: Option<Batch>,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// Counts read transactions begun; a batch built in the current epoch
+    /// that reached the WAL end proves the read mark is covered.
+    pub(super) read_epoch: u64,
+    /// WAL salt and offset at walsync's last checkpoint: the next one waits
+    /// until the log grew by the threshold again (a checkpoint that could
+    /// not restart the log would otherwise repeat at every poll).
+    pub(super) last_checkpoint: Option<(u32, u64)>,
+    /// The page buffer, only allocated while building.
+    pub(super) page: Vec<u8>,
+    /// What was last said about a missing or unusable database, so it is
+    /// said once, not at every poll.
+    detached_note: Option<String>,
+    /// Why the database was let go of, while it is (the cause of the full
+    /// copy once it is back).
+    detached_cause: Option<Cause>,
+}
+
+/// The read epoch begun when the database was opened: a WAL reset found in
+/// it happened while walsync was not running.
+const FIRST_EPOCH: u64 = 1;
+
+impl Shipper {
+    /// Opens a database for replication: checks it, locks its state folder,
+    /// starts the long read transaction and finds what the replica holds.
+    pub fn open(
+        path: &Path,
+        name: &str,
+        storage: Arc<dyn Storage>,
+        settings: Settings,
+    ) -> Result<Shipper> {
+        let mut source = Source::open(path)?;
+        let state_dir = StateDir::for_database(path)?;
+        let lock = FileLock::try_lock(&state_dir.path("lock"))?.ok_or_else(|| {
+            Error::Database(format!(
+                "another walsync process is replicating {}; stop it first (lock: {})",
+                path.display(),
+                state_dir.path("lock").display()
+            ))
+        })?;
+        state_dir.clean_spool()?;
+        let pagesums = PageSums::open(state_dir.dir())?;
+        let page_size = source.page_size()?;
+        source.begin_read()?;
+        let mut shipper = Shipper {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            source: Some(source),
+            state_dir,
+            _lock: lock,
+            pagesums,
+            storage,
+            settings,
+            page_size,
+            shipped: Shipped::Nothing,
+            continuity: Continuity::Unproven,
+            pending: None,
+            retry_at: None,
+            backoff: Backoff::upload(),
+            read_epoch: FIRST_EPOCH,
+            last_checkpoint: None,
+            page: Vec::new(),
+            detached_note: None,
+            detached_cause: None,
+        };
+        shipper.shipped = shipper.find_start()?;
+        Ok(shipper)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The TXID the replica durably holds (0 before the first snapshot).
+    pub fn txid(&self) -> u64 {
+        self.state().map_or(0, |s| s.txid)
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub(super) fn state(&self) -> Option<&LocalState> {
+        match &self.shipped {
+            Shipped::Known(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// What the replica holds, found from the saved state and two short
+    /// listings (`start-after`: the level-0 files from the saved TXID on,
+    /// and the snapshots from the last one on), whatever the replica holds
+    /// before them. Only without a usable saved state is the whole prefix
+    /// of the database listed. Listing here makes a bad endpoint or bad
+    /// credentials fail at start.
+    fn find_start(&mut self) -> Result<Shipped> {
+        let replica = self.storage.describe();
+        let saved = self.state_dir.load(&replica, &self.name);
+        let cause = match saved {
+            Some(saved) if saved.page_size == self.page_size => match self.check_saved(&saved)? {
+                None => return Ok(Shipped::Known(saved)),
+                Some(cause) => cause,
+            },
+            _ => Cause::NoLocalState,
+        };
+        let remote_max = catalog::list_db(self.storage.as_ref(), &self.name)?
+            .iter()
+            .map(|f| f.id.max_txid)
+            .max()
+            .unwrap_or(0);
+        if remote_max == 0 {
+            return Ok(Shipped::Nothing);
+        }
+        Ok(Shipped::Foreign { remote_max, cause })
+    }
+
+    /// `None` when the saved state still describes this database and
+    /// replica: its page records agree with it, the snapshot it took is
+    /// still stored, and the replica's newest TXID equals it (or is one
+    /// above: an upload that landed just before a crash, which the next
+    /// batch overwrites with the same TXID). Else why not.
+    fn check_saved(&self, saved: &LocalState) -> Result<Option<Cause>> {
+        let lock = ltx::lock_pgno(self.page_size);
+        let xor = self
+            .pagesums
+            .xor_all_and_clean(saved.db_pages, saved.txid, lock)?;
+        if ltx::checksum_flag(xor) != saved.db_checksum {
+            return Ok(Some(Cause::PageRecordMismatch));
+        }
+        let storage = self.storage.as_ref();
+        let level0 = catalog::list_level_from(storage, &self.name, 0, saved.txid)?;
+        let snapshots =
+            catalog::list_snapshots_from(storage, &self.name, saved.last_snapshot_txid.max(1))?;
+        let remote = level0
+            .iter()
+            .chain(&snapshots)
+            .map(|f| f.id.max_txid)
+            .max()
+            .unwrap_or(0);
+        if snapshots.is_empty() || (remote != saved.txid && remote != saved.txid + 1) {
+            return Ok(Some(Cause::ReplicaMoved {
+                remote,
+                saved: saved.txid,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Whether the batch waiting for retry may be sent again now.
+    pub fn retry_due(&self, now: Instant) -> bool {
+        self.pending.is_some() && self.retry_at.is_some_and(|t| now >= t)
+    }
+
+    /// Hands out the pending batch for another upload attempt.
+    pub fn take_retry(&mut self) -> Option<&Batch> {
+        self.retry_at = None;
+        self.pending.as_ref()
+    }
+
+    /// Looks for work and builds the next batch, if any. `None` when there is
+    /// nothing to ship, a batch is already waiting, or the database is gone.
+    pub fn poll(&mut self, now_ms: i64) -> Result<Option<&Batch>> {
+        if self.pending.is_some() || !self.attached()? {
+            return Ok(None);
+        }
+        if !self.source_mut()?.is_reading() {
+            self.begin_new_read()?;
+        }
+        let batch = self.next_batch(now_ms)?;
+        self.pending = batch;
+        // The page buffer is only needed while building: an idle database
+        // costs no page of memory.
+        self.page = Vec::new();
+        Ok(self.pending.as_ref())
+    }
+
+    fn next_batch(&mut self, now_ms: i64) -> Result<Option<Batch>> {
+        let image = match (&self.shipped, self.continuity) {
+            (Shipped::Nothing, _) => Some((BatchKind::Snapshot, None)),
+            (Shipped::Foreign { cause, .. }, _) => Some((BatchKind::FullCopy, Some(*cause))),
+            (Shipped::Known(_), Continuity::NeedsFull(cause)) => {
+                Some((BatchKind::FullCopy, Some(cause)))
+            }
+            (Shipped::Known(_), Continuity::NeedsDiff(cause)) => {
+                Some((BatchKind::Diff, Some(cause)))
+            }
+            (Shipped::Known(_), _) => None,
+        };
+        if let Some((kind, cause)) = image {
+            return self.build_image(kind, cause, now_ms);
+        }
+        // A due snapshot goes first, so a busy database still gets one: it
+        // is taken at the shipped position, and whatever the WAL holds
+        // beyond it is shipped by the next poll.
+        if let Some(snapshot) = self.periodic_snapshot(now_ms)? {
+            return Ok(Some(snapshot));
+        }
+        match self.build_incremental(now_ms)? {
+            Incremental::Batch(b) => Ok(Some(*b)),
+            Incremental::Reset => {
+                let cause = self.reset_cause();
+                self.continuity = Continuity::NeedsDiff(cause);
+                self.build_image(BatchKind::Diff, Some(cause), now_ms)
+            }
+            Incremental::Nothing => {
+                self.continuity = Continuity::Covered;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Why the WAL could not be followed: found in the read epoch begun at
+    /// start-up, the reset happened while walsync was not running.
+    pub(super) fn reset_cause(&self) -> Cause {
+        if self.read_epoch != FIRST_EPOCH {
+            Cause::WalResetWhileRunning
+        } else if self.state().is_some_and(|s| s.checkpointing) {
+            Cause::OwnCheckpointInterrupted
+        } else {
+            Cause::WalRestartedWhileDown
+        }
+    }
+
+    /// Records that the pending batch is stored.
+    pub fn uploaded(&mut self) -> Result<()> {
+        let Some(batch) = self.pending.take() else {
+            return Ok(());
+        };
+        // The object is stored, so the shipped position moves even when the
+        // state cannot be saved: the next batch must start where this one
+        // ended (the WAL may have restarted behind it). A restart that then
+        // finds the replica ahead of the saved state handles that.
+        let saved = self.state_dir.save(&batch.new_state);
+        if batch.read_epoch == self.read_epoch && batch.reached_wal_end {
+            self.continuity = Continuity::Covered;
+        } else if batch.kind != BatchKind::Snapshot {
+            // A diff or full copy answered the need for one (see the
+            // invariant in the module doc).
+            if matches!(
+                self.continuity,
+                Continuity::NeedsDiff(_) | Continuity::NeedsFull(_)
+            ) {
+                self.continuity = Continuity::Unproven;
+            }
+        }
+        self.shipped = Shipped::Known(batch.new_state);
+        self.backoff.reset();
+        let _ = std::fs::remove_file(&batch.spool);
+        saved
+    }
+
+    /// Records a failed upload; the same batch is retried after a backoff.
+    pub fn upload_failed(&mut self, now: Instant) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(now + delay);
+        delay
+    }
+
+    /// Ships the WAL and stores a level-9 snapshot now, synchronously (the
+    /// `snapshot` command). Returns the snapshot's id.
+    pub fn snapshot_now(&mut self, now_ms: i64) -> Result<LtxId> {
+        while let Some(kind) = self.poll(now_ms)?.map(|b| b.kind) {
+            let id = self.store_pending()?;
+            if kind == BatchKind::Snapshot {
+                return Ok(id);
+            }
+        }
+        let state = self.state().ok_or_else(|| {
+            Error::Database(format!(
+                "{} is gone; nothing was shipped",
+                self.path.display()
+            ))
+        })?;
+        if state.last_snapshot_txid == state.txid {
+            return Ok(LtxId {
+                level: SNAPSHOT_LEVEL,
+                min_txid: 1,
+                max_txid: state.txid,
+            });
+        }
+        let batch = self.build_image(BatchKind::Snapshot, None, now_ms)?;
+        self.pending = batch;
+        self.store_pending()
+    }
+
+    /// Uploads the pending batch in this thread and records it.
+    pub(super) fn store_pending(&mut self) -> Result<LtxId> {
+        let Some(batch) = &self.pending else {
+            return Err(Error::Other("nothing pending to store".into()));
+        };
+        let id = batch.id;
+        if let Err(e) = batch.request().upload(self.storage.as_ref()) {
+            self.pending = None;
+            return Err(e);
+        }
+        self.uploaded()?;
+        Ok(id)
+    }
+
+    /// Takes the long read transaction again. The WAL may have restarted
+    /// while it was not held, so the continuity rule starts over (a pending
+    /// need for a diff or full copy stays), even when taking it fails (it is
+    /// tried again at the next poll).
+    pub(super) fn begin_new_read(&mut self) -> Result<()> {
+        self.read_epoch += 1;
+        if self.continuity == Continuity::Covered {
+            self.continuity = Continuity::Unproven;
+        }
+        self.source_mut()?.begin_read()
+    }
+
+    pub(super) fn source_mut(&mut self) -> Result<&mut Source> {
+        self.source
+            .as_mut()
+            .ok_or_else(|| Error::Database(format!("{} is gone", self.path.display())))
+    }
+
+    pub(super) fn source(&self) -> Result<&Source> {
+        self.source
+            .as_ref()
+            .ok_or_else(|| Error::Database(format!("{} is gone", self.path.display())))
+    }
+
+    /// Checks that the files walsync holds are still the database's, letting
+    /// go of them at once when they are not, and opening the file that took
+    /// their place. `false` while there is no usable database at the path.
+    fn attached(&mut self) -> Result<bool> {
+        let identity = match &self.source {
+            Some(source) => source.identity()?,
+            None => return Ok(self.attach()),
+        };
+        match identity {
+            Identity::Same => Ok(true),
+            Identity::Replaced(which) => {
+                let cause = Cause::Replaced(which);
+                self.detach(
+                    cause,
+                    format!(
+                        "{cause} ({}); walsync let go of the old one",
+                        self.path.display()
+                    ),
+                );
+                Ok(self.attach())
+            }
+            Identity::Deleted(which) => {
+                self.detach(
+                    Cause::Reappeared,
+                    format!(
+                        "the {which} of {} was deleted; walsync let go of it and waits for it to come back",
+                        self.path.display()
+                    ),
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Drops the connection and held files (closing them so that no old WAL
+    /// is kept alive for the application to find), saying why once.
+    fn detach(&mut self, cause: Cause, why: String) {
+        self.detached_cause = Some(cause);
+        if let Some(source) = self.source.take() {
+            if let Err(e) = source.close() {
+                log(&self.name, &format!("closing the old database: {e}"));
+            }
+        }
+        self.note(why);
+    }
+
+    /// Opens the database at the path afresh; the next file is a full copy
+    /// of it. `false` (said once) while that fails.
+    fn attach(&mut self) -> bool {
+        if !self.path.exists() {
+            return false;
+        }
+        let cause = self.detached_cause.unwrap_or(Cause::Reappeared);
+        let opened = Source::open(&self.path).and_then(|mut source| {
+            let page_size = source.page_size()?;
+            source.begin_read()?;
+            Ok((source, page_size))
+        });
+        match opened {
+            Ok((source, page_size)) => {
+                self.source = Some(source);
+                self.page_size = page_size;
+                self.read_epoch += 1;
+                self.last_checkpoint = None;
+                self.continuity = Continuity::NeedsFull(cause);
+                self.detached_note = None;
+                self.detached_cause = None;
+                true
+            }
+            Err(e) => {
+                self.note(format!("{e}; will try again"));
+                false
+            }
+        }
+    }
+
+    fn note(&mut self, message: String) {
+        if self.detached_note.as_deref() != Some(message.as_str()) {
+            log(&self.name, &message);
+            self.detached_note = Some(message);
+        }
+    }
+
+    /// Releases the read transaction and the connection (end of `watch`).
+    pub fn close(self) -> Result<()> {
+        match self.source {
+            Some(source) => source.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A log line on standard error, naming the database.
+pub fn log(name: &str, message: &str) {
+    eprintln!("walsync: {name}: {message}");
+}
