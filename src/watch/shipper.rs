@@ -338,7 +338,17 @@ impl Shipper {
         if !self.source_mut()?.is_reading() {
             self.begin_new_read()?;
         }
-        let batch = self.next_batch(now_ms)?;
+        let mut batch = self.next_batch(now_ms)?;
+        let image = matches!(
+            batch.as_ref().map(|b| b.kind),
+            Some(BatchKind::FullCopy | BatchKind::Diff)
+        );
+        if image && self.source()?.identity()? != Identity::Same {
+            // Replaced while it was read: the next poll starts over.
+            if let Some(b) = batch.take() {
+                let _ = std::fs::remove_file(&b.spool);
+            }
+        }
         self.pending = batch;
         // The page buffer is only needed while building: an idle database
         // costs no page of memory.
@@ -495,36 +505,39 @@ impl Shipper {
 
     /// Checks that the files walsync holds are still the database's, letting
     /// go of them at once when they are not, and opening the file that took
-    /// their place. `false` while there is no usable database at the path.
+    /// their place. `false` while there is no usable database at the path,
+    /// and at the poll that opened a new one: the full copy is built at the
+    /// next poll, once the identity holds again (an application that renames
+    /// a file over the database and then removes `-wal` and `-shm` is done
+    /// by then, so the copy never reads a WAL that is not the file's).
     fn attached(&mut self) -> Result<bool> {
         let identity = match &self.source {
             Some(source) => source.identity()?,
-            None => return Ok(self.attach()),
+            None => {
+                self.attach();
+                return Ok(false);
+            }
         };
         match identity {
-            Identity::Same => Ok(true),
+            Identity::Same => return Ok(true),
             Identity::Replaced(which) => {
                 let cause = Cause::Replaced(which);
-                self.detach(
-                    cause,
-                    format!(
-                        "{cause} ({}); walsync let go of the old one",
-                        self.path.display()
-                    ),
+                let why = format!(
+                    "{cause} ({}); walsync let go of the old one",
+                    self.path.display()
                 );
-                Ok(self.attach())
+                self.detach(cause, why);
+                self.attach();
             }
             Identity::Deleted(which) => {
-                self.detach(
-                    Cause::Reappeared,
-                    format!(
-                        "the {which} of {} was deleted; walsync let go of it and waits for it to come back",
-                        self.path.display()
-                    ),
+                let why = format!(
+                    "the {which} of {} was deleted; walsync let go of it and waits for it to come back",
+                    self.path.display()
                 );
-                Ok(false)
+                self.detach(Cause::Reappeared, why);
             }
         }
+        Ok(false)
     }
 
     /// Drops the connection and held files (closing them so that no old WAL
