@@ -38,8 +38,8 @@ unset AWS_CA_BUNDLE
 ver=$("$ls_bin" version 2>/dev/null || true)
 [ "$ver" = "0.5.17" ] || echo "warning: $ls_bin reports version '$ver', not 0.5.17"
 
-echo "==> cargo build --release --bins"
-cargo build --release --bins --quiet
+echo "==> cargo build --release (walsync and the bench harness)"
+cargo build --release --quiet -p walsync -p walsync-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 exec "$root/target/release/walsync-bench" run \

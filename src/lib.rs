@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod fetch;
 pub mod fsutil;
 pub mod list;

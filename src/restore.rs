@@ -22,16 +22,18 @@ use crate::apply::{Applier, ObjectError, OutputPages};
 use crate::cancel::CancelToken;
 use crate::catalog::{self, RemoteLtx};
 use crate::error::{Error, IoContext, Result};
+use crate::event::{Event, EventSink};
 use crate::fetch::{self, Replay, Staging};
 use crate::fsutil;
-use crate::plan::{self, txid_hex};
+use crate::plan;
 use crate::storage::Storage;
 use std::fs::{self, File, OpenOptions};
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// What to restore, where, and how.
 pub struct RestoreOptions {
     pub name: String,
     pub output: PathBuf,
@@ -43,6 +45,23 @@ pub struct RestoreOptions {
     pub parallelism: usize,
     /// Cancelling it stops the restore and removes what it wrote.
     pub cancel: CancelToken,
+}
+
+/// How a restore ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    /// The output holds the database as of `txid`.
+    Restored {
+        txid: u64,
+        files: usize,
+        bytes: u64,
+        elapsed: Duration,
+    },
+    /// The output exists and `--if-db-not-exists` was given: nothing done.
+    OutputExists,
+    /// The replica holds nothing for the name and `--if-replica-exists` was
+    /// given: nothing done.
+    NoBackups,
 }
 
 /// `<out><suffix>` (suffix appended to the file name).
@@ -80,25 +99,87 @@ impl Drop for Cleanup {
     }
 }
 
-pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
+/// Restores `opts.name` from `storage` into `opts.output`; progress and
+/// the result are also reported to `events`.
+pub fn run(
+    storage: &dyn Storage,
+    opts: &RestoreOptions,
+    events: &dyn EventSink,
+) -> Result<RestoreOutcome> {
     let started = Instant::now();
     let out = &opts.output;
-    let name = &opts.name;
-    let url = storage.describe();
+    if !check_output(opts)? {
+        return Ok(RestoreOutcome::OutputExists);
+    }
+    let files = catalog::list_db(storage, &opts.name)?;
+    if files.is_empty() && opts.if_replica_exists {
+        return Ok(RestoreOutcome::NoBackups);
+    }
+    let target = target_txid(storage, opts, &files)?;
+    let chain = plan::plan(&files, target, &opts.name, &storage.describe())?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent)
+        .local_io(|| format!("creating the output folder {}", parent.display()))?;
+    let tmp = sibling(out, ".tmp");
+    let mut cleanup = Cleanup {
+        paths: ["", "-wal", "-shm", "-journal"]
+            .iter()
+            .map(|suffix| sibling(&tmp, suffix))
+            .collect(),
+        armed: true,
+    };
+    for p in &cleanup.paths[1..] {
+        remove_file_if_exists(p)?;
+    }
+    let bytes = rebuild(storage, opts, &chain, &tmp, events)?;
+    for p in &cleanup.paths[1..] {
+        remove_file_if_exists(p)?;
+    }
+    opts.cancel.check()?;
+    if opts.force {
+        // The old database's WAL or journal would be applied to the new file.
+        for suffix in ["-wal", "-shm", "-journal"] {
+            remove_file_if_exists(&sibling(out, suffix))?;
+        }
+    }
+    fs::rename(&tmp, out)
+        .local_io(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    cleanup.armed = false;
+    fsutil::fsync_dir(&parent)?;
+    let elapsed = started.elapsed();
+    events.emit(Event::Restored {
+        db: opts.name.clone(),
+        txid: target,
+        files: chain.len(),
+        bytes,
+        elapsed,
+        output: out.clone(),
+    });
+    Ok(RestoreOutcome::Restored {
+        txid: target,
+        files: chain.len(),
+        bytes,
+        elapsed,
+    })
+}
+
+/// Checks the output path: `false` when it exists and `--if-db-not-exists`
+/// says to leave it; an error when it (or a WAL or journal SQLite would
+/// apply to it) exists without `--force`.
+fn check_output(opts: &RestoreOptions) -> Result<bool> {
+    let out = &opts.output;
     if out.as_os_str().is_empty() || out.file_name().is_none() {
         return Err(Error::Usage(format!(
             "bad output path '{}': name a database file",
             out.display()
         )));
     }
-
     if exists(out) {
         if opts.if_db_not_exists {
-            eprintln!(
-                "walsync: {} exists; nothing restored (--if-db-not-exists)",
-                out.display()
-            );
-            return Ok(());
+            return Ok(false);
         }
         if !opts.force {
             return Err(Error::Restore(format!(
@@ -120,79 +201,63 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
             }
         }
     }
+    Ok(true)
+}
 
-    let files = catalog::list_db(storage, name)?;
+/// The TXID to restore: `--txid`, the last committed at `--point-in-time`,
+/// or the newest.
+fn target_txid(storage: &dyn Storage, opts: &RestoreOptions, files: &[RemoteLtx]) -> Result<u64> {
+    let (name, url) = (&opts.name, storage.describe());
     if files.is_empty() {
-        if opts.if_replica_exists {
-            eprintln!(
-                "walsync: no backups for '{name}' in {url}; nothing restored (--if-replica-exists)"
-            );
-            return Ok(());
-        }
         return Err(Error::Restore(format!(
             "no backups for '{name}' in {url}; check the name with `walsync list -b {url}`"
         )));
     }
-
-    let target = match (opts.txid, opts.point_in_time_ms) {
-        (Some(t), _) => t,
-        (None, Some(at)) => {
-            let points = plan::commit_points(&files);
-            match plan::txid_at_time(storage, &points, at)? {
-                Some((t, _)) => t,
-                None => {
-                    let first = points
-                        .first()
-                        .map(|f| plan::file_time_ms(storage, f))
-                        .transpose()?;
-                    return Err(Error::Restore(format!(
-                        "nothing to restore at {} for '{name}' in {url}: the oldest state in the replica is from {}",
-                        fsutil::rfc3339_ms(at),
-                        first.map_or_else(|| "?".into(), fsutil::rfc3339_ms)
-                    )));
-                }
-            }
-        }
-        (None, None) => files.iter().map(|f| f.id.max_txid).max().unwrap_or(0),
+    let at = match (opts.txid, opts.point_in_time_ms) {
+        (Some(t), _) => return Ok(t),
+        (None, None) => return Ok(files.iter().map(|f| f.id.max_txid).max().unwrap_or(0)),
+        (None, Some(at)) => at,
     };
-    let chain = plan::plan(&files, target, name, &url)?;
-
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent)
-        .local_io(|| format!("creating the output folder {}", parent.display()))?;
-    let tmp = sibling(out, ".tmp");
-    let mut cleanup = Cleanup {
-        paths: vec![
-            tmp.clone(),
-            sibling(&tmp, "-wal"),
-            sibling(&tmp, "-shm"),
-            sibling(&tmp, "-journal"),
-        ],
-        armed: true,
-    };
-    let staging = Staging::create(sibling(out, ".tmp-ltx"))?;
-    for p in &cleanup.paths[1..] {
-        remove_file_if_exists(p)?;
+    let points = plan::commit_points(files);
+    if let Some((t, _)) = plan::txid_at_time(storage, &points, at)? {
+        return Ok(t);
     }
+    let first = points
+        .first()
+        .map(|f| plan::file_time_ms(storage, f))
+        .transpose()?;
+    Err(Error::Restore(format!(
+        "nothing to restore at {} for '{name}' in {url}: the oldest state in the replica is from {}",
+        fsutil::rfc3339_ms(at),
+        first.map_or_else(|| "?".into(), fsutil::rfc3339_ms)
+    )))
+}
 
+/// Applies `chain` into a new file at `tmp`, then syncs and checks it.
+/// Returns the bytes read.
+fn rebuild(
+    storage: &dyn Storage,
+    opts: &RestoreOptions,
+    chain: &[RemoteLtx],
+    tmp: &Path,
+    events: &dyn EventSink,
+) -> Result<u64> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)
+        .open(tmp)
         .local_io(|| format!("creating {}", tmp.display()))?;
     let mut replay = RestoreReplay {
         applier: Applier::new(OutputPages::new(file)),
-        progress: Progress::new(name, chain.len()),
-        context: format!("restoring '{name}' from {url}"),
+        progress: Progress::new(&opts.name, chain.len(), events),
+        context: format!("restoring '{}' from {}", opts.name, storage.describe()),
     };
+    let staging = Staging::create(sibling(&opts.output, ".tmp-ltx"))?;
     fetch::fetch_and_replay(
         storage,
-        &chain,
+        chain,
         &staging,
         opts.parallelism,
         &opts.cancel,
@@ -202,52 +267,25 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<()> {
     let RestoreReplay {
         applier, progress, ..
     } = replay;
-    progress.finish_line();
-
-    let page_size = applier.page_size.unwrap_or(0);
-    let pages = applier.pages;
+    let (page_size, pages) = (applier.page_size.unwrap_or(0), applier.pages);
     let file = applier.pages_target.file;
     file.sync_all()
         .local_io(|| format!("syncing {}", tmp.display()))?;
     drop(file);
-    check_database(&tmp, page_size, pages)?;
-    for p in &cleanup.paths[1..] {
-        remove_file_if_exists(p)?;
-    }
-    opts.cancel.check()?;
-
-    if opts.force {
-        // The old database's WAL or journal would be applied to the new file.
-        for suffix in ["-wal", "-shm", "-journal"] {
-            remove_file_if_exists(&sibling(out, suffix))?;
-        }
-    }
-    fs::rename(&tmp, out)
-        .local_io(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-    cleanup.armed = false;
-    fsutil::fsync_dir(&parent)?;
-
-    eprintln!(
-        "restored {name} to TXID {} ({} files, {} bytes) in {:.1}s: {}",
-        txid_hex(target),
-        chain.len(),
-        progress.bytes,
-        started.elapsed().as_secs_f64(),
-        out.display()
-    );
-    Ok(())
+    check_database(tmp, page_size, pages)?;
+    Ok(progress.bytes)
 }
 
 /// Restore's consumer of the plan: applies each file to the output and
 /// stops at the first problem.
-struct RestoreReplay {
+struct RestoreReplay<'e> {
     applier: Applier<OutputPages>,
-    progress: Progress,
+    progress: Progress<'e>,
     /// Put in front of every error: which database, from where.
     context: String,
 }
 
-impl Replay for RestoreReplay {
+impl Replay for RestoreReplay<'_> {
     fn apply(
         &mut self,
         f: &RemoteLtx,
@@ -330,9 +368,9 @@ fn check_database(path: &Path, page_size: u32, pages: u32) -> Result<()> {
     Ok(())
 }
 
-/// Progress on stderr: an updating line on a terminal, nothing otherwise.
+/// Progress as events: at most one every 100 ms, and one per file done.
 /// It moves within a file too, so a large snapshot shows its bytes.
-struct Progress {
+struct Progress<'e> {
     name: String,
     total: usize,
     done: usize,
@@ -340,68 +378,58 @@ struct Progress {
     bytes: u64,
     /// Bytes read so far of the file being applied.
     partial: u64,
-    tty: bool,
     last: Option<Instant>,
+    events: &'e dyn EventSink,
 }
 
-impl Progress {
-    fn new(name: &str, total: usize) -> Progress {
+impl<'e> Progress<'e> {
+    fn new(name: &str, total: usize, events: &'e dyn EventSink) -> Progress<'e> {
         Progress {
             name: name.to_string(),
             total,
             done: 0,
             bytes: 0,
             partial: 0,
-            tty: std::io::stderr().is_terminal(),
             last: None,
+            events,
         }
     }
 
     fn read(&mut self, bytes: usize) {
         self.partial += bytes as u64;
-        self.draw(false);
+        self.report(false);
     }
 
     fn file_done(&mut self, bytes: u64) {
         self.done += 1;
         self.bytes += bytes;
         self.partial = 0;
-        self.draw(self.done == self.total);
+        self.report(true);
     }
 
-    fn draw(&mut self, now: bool) {
-        if !self.tty {
-            return;
-        }
+    fn report(&mut self, now: bool) {
         let due = self
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if due || now {
             self.last = Some(Instant::now());
-            eprint!(
-                "\rrestoring {}: {}/{} files, {:.1} MB\x1b[K",
-                self.name,
-                self.done,
-                self.total,
-                (self.bytes + self.partial) as f64 / 1e6
-            );
-        }
-    }
-
-    fn finish_line(&self) {
-        if self.tty && self.last.is_some() {
-            eprint!("\r\x1b[K");
+            self.events.emit(Event::RestoreProgress {
+                db: self.name.clone(),
+                files_done: self.done,
+                files_total: self.total,
+                bytes: self.bytes + self.partial,
+            });
         }
     }
 }
 
 /// Counts what the applier reads into the progress line.
-struct ProgressReader<'a> {
+struct ProgressReader<'a, 'e> {
     inner: &'a mut dyn Read,
-    progress: &'a mut Progress,
+    progress: &'a mut Progress<'e>,
 }
 
-impl Read for ProgressReader<'_> {
+impl Read for ProgressReader<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.progress.read(n);

@@ -54,7 +54,7 @@ use crate::plan::{self, txid_hex, PlanFailure};
 use crate::storage::{db_prefix, LtxId, Storage, SNAPSHOT_LEVEL};
 use crossbeam_channel::unbounded;
 use serde::Serialize;
-use std::io::{self, Read, Write};
+use std::io::Read;
 
 /// What went wrong, and which exit code it calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -116,61 +116,20 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
-/// Verifies `names` in `storage`; prints the results (human lines or JSON
-/// Lines) and returns the error whose exit code sums them up.
-pub fn run(
-    storage: &dyn Storage,
-    names: &[String],
-    parallelism: usize,
-    json: bool,
-    cancel: &CancelToken,
-) -> Result<()> {
-    if names.is_empty() {
-        let url = storage.describe();
-        return Err(Error::Restore(format!(
-            "no databases in {url}: nothing to verify; check the URL (and prefix) with `walsync list -b {url}`"
-        )));
-    }
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    let mut counts = Counts::default();
-    verify_each(storage, names, parallelism, cancel, |report| {
-        counts.add(report);
-        let written = if json {
-            serde_json::to_string(report)
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|line| writeln!(out, "{line}"))
-        } else {
-            write_human(&mut out, report)
-        };
-        written.map_err(|e| Error::Other(format!("writing the verify report: {e}")))
-    })?;
-    if !json {
-        let _ = writeln!(
-            out,
-            "verified {} database(s) in {}: {} ok, {} damaged, {} not restorable",
-            counts.total,
-            storage.describe(),
-            counts.ok,
-            counts.integrity,
-            counts.unrestorable
-        );
-    }
-    let _ = out.flush();
-    counts.verdict(storage)
-}
-
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    ok: usize,
-    integrity: usize,
-    unrestorable: usize,
-    storage: usize,
+/// How many databases verify found ok, damaged, unrestorable or unread,
+/// and the exit code that sums them up.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub total: usize,
+    pub ok: usize,
+    pub integrity: usize,
+    pub unrestorable: usize,
+    pub storage: usize,
 }
 
 impl Counts {
-    fn add(&mut self, r: &Report) {
+    /// Counts one report.
+    pub fn add(&mut self, r: &Report) {
         self.total += 1;
         if r.ok {
             self.ok += 1;
@@ -183,7 +142,9 @@ impl Counts {
         }
     }
 
-    fn verdict(&self, storage: &dyn Storage) -> Result<()> {
+    /// `Ok` when every database is ok, else the error whose exit code
+    /// sums them up (see the module doc).
+    pub fn verdict(&self, storage: &dyn Storage) -> Result<()> {
         let url = storage.describe();
         if self.integrity > 0 {
             Err(Error::Integrity(format!(
@@ -203,52 +164,6 @@ impl Counts {
         } else {
             Ok(())
         }
-    }
-}
-
-fn write_human(out: &mut impl Write, r: &Report) -> io::Result<()> {
-    for p in &r.problems {
-        writeln!(
-            out,
-            "{}: {} {}: {}",
-            r.name,
-            kind_label(p.kind),
-            p.key,
-            p.message
-        )?;
-    }
-    if r.ok {
-        writeln!(
-            out,
-            "{}: ok: {} file(s) checked from snapshot {} to TXID {}",
-            r.name,
-            r.files_checked,
-            r.snapshot.as_deref().unwrap_or("?"),
-            txid_hex(r.latest_txid)
-        )
-    } else {
-        writeln!(
-            out,
-            "{}: FAILED: {} problem(s), {} file(s) checked, latest TXID {}",
-            r.name,
-            r.problems.len(),
-            r.files_checked,
-            txid_hex(r.latest_txid)
-        )
-    }
-}
-
-fn kind_label(k: Kind) -> &'static str {
-    match k {
-        Kind::NoBackup => "NO BACKUP",
-        Kind::NoSnapshot => "NO SNAPSHOT",
-        Kind::Gap => "GAP",
-        Kind::Missing => "MISSING",
-        Kind::Corrupt => "CORRUPT",
-        Kind::Sha256Mismatch => "SHA-256 MISMATCH",
-        Kind::Mismatch => "MISMATCH",
-        Kind::ChecksumChain => "CHECKSUM CHAIN",
-        Kind::Storage => "STORAGE",
     }
 }
 

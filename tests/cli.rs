@@ -349,3 +349,58 @@ fn an_object_holding_other_txids_than_its_name_is_damage() {
         text(&v)
     );
 }
+
+/// A `[[databases]]` entry's `name` is the database's replica name for
+/// every command, not only `watch`: `snapshot` of that file stores under it,
+/// and `restore` and `verify` accept the file's path for it.
+#[test]
+fn snapshot_restore_and_verify_use_the_config_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = data.join("main.db");
+    let mut conn = create_db(&db, 4096);
+    insert(&mut conn, 5, 100, 1);
+    let replica = dir.path().join("replica");
+    let config = dir.path().join("walsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[s3]\nbucket = \"file://{}\"\n[[databases]]\npath = \"{}\"\nname = \"primary\"\n",
+            replica.display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = run(&["snapshot", db.to_str().unwrap(), "--config", cfg], &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stored as primary"),
+        "{}",
+        text(&out)
+    );
+    let dest = Dest::file(&replica);
+    assert!(dest.max_txid("primary") >= 1, "the replica holds 'primary'");
+    assert_eq!(dest.max_txid("main"), 0, "nothing under the file stem");
+    let restored = dir.path().join("restored.db");
+    let out = run(
+        &[
+            "restore",
+            db.to_str().unwrap(),
+            "-o",
+            restored.to_str().unwrap(),
+            "--config",
+            cfg,
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(row_count(&restored), 5);
+    let out = run(&["verify", db.to_str().unwrap(), "--config", cfg], &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("primary: ok"),
+        "{}",
+        text(&out)
+    );
+}

@@ -672,7 +672,9 @@ mod built {
                     parallelism: 3,
                     cancel: Default::default(),
                 },
+                &walsync::event::Discard,
             )
+            .map(|_| ())
         }
 
         fn remove(&self, level: u32, min: u64, max: u64) {

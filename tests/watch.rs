@@ -958,6 +958,7 @@ fn a_restart_finds_its_place_without_listing_the_replica() {
         "s",
         storage.clone(),
         walsync::watch::Settings::default(),
+        std::sync::Arc::new(walsync::event::Discard),
     )
     .expect("open");
     assert_eq!(

@@ -9,9 +9,10 @@
 //! [`super::source`]): the database file with the WAL's committed frames
 //! laid over it.
 
-use super::shipper::{log, Cause, Continuity, Shipped, Shipper};
+use super::shipper::{Cause, Continuity, Shipped, Shipper};
 use super::state::{self, LocalState};
 use crate::error::{Error, IoContext, Result};
+use crate::event::{Event, ImageContent};
 use crate::fsutil::{self, Hashing};
 use crate::ltx::{self, Encoder, Header};
 use crate::storage::{LtxId, ObjectMeta, Storage, SNAPSHOT_LEVEL};
@@ -60,6 +61,7 @@ impl Batch {
     pub fn request(&self) -> UploadRequest {
         UploadRequest {
             key: self.key.clone(),
+            txid: self.id.max_txid,
             spool: self.spool.clone(),
             len: self.len,
             meta: self.meta.clone(),
@@ -277,10 +279,9 @@ impl Shipper {
             return self.nothing_changed(enc, spool, new_state, overlay.end, cause);
         }
         if periodic && post != new_state.db_checksum {
-            log(
-                &self.name,
-                "snapshot checksum differs from the tracked checksum; re-basing on the snapshot",
-            );
+            self.emit(Event::SnapshotRebased {
+                db: self.name.clone(),
+            });
         }
         new_state.txid = plan.new_txid;
         new_state.db_pages = db_pages;
@@ -308,17 +309,20 @@ impl Shipper {
         };
         let batch = self.finish(enc, built)?;
         if let Some(cause) = cause {
-            let what = match kind {
-                BatchKind::Diff => format!("the {changed} changed pages of {db_pages}"),
-                _ => format!("a full copy ({db_pages} pages)"),
+            let content = match kind {
+                BatchKind::Diff => ImageContent::Diff {
+                    changed,
+                    pages: db_pages,
+                },
+                _ => ImageContent::FullCopy { pages: db_pages },
             };
-            log(
-                &self.name,
-                &format!(
-                    "{cause}; shipping {what} as TXID {} ({} bytes)",
-                    plan.new_txid, batch.len
-                ),
-            );
+            self.emit(Event::Shipping {
+                db: self.name.clone(),
+                cause,
+                content,
+                txid: plan.new_txid,
+                bytes: batch.len,
+            });
         }
         Ok(Some(batch))
     }
@@ -374,10 +378,10 @@ impl Shipper {
         self.shipped = Shipped::Known(state);
         self.continuity = Continuity::Covered;
         if let Some(cause) = cause {
-            log(
-                &self.name,
-                &format!("{cause}; the database holds exactly what was shipped: nothing to ship"),
-            );
+            self.emit(Event::NothingToShip {
+                db: self.name.clone(),
+                cause,
+            });
         }
         Ok(None)
     }
@@ -570,6 +574,8 @@ fn create(path: &Path) -> Result<File> {
 #[derive(Debug, Clone)]
 pub struct UploadRequest {
     pub key: String,
+    /// The TXID the object ends at.
+    pub txid: u64,
     pub spool: PathBuf,
     pub len: u64,
     pub meta: ObjectMeta,

@@ -10,8 +10,9 @@
 //! restart after a crash can tell why it finds the WAL restarted.
 
 use super::build::Incremental;
-use super::shipper::{log, Cause, Continuity, Shipper};
+use super::shipper::{Cause, Continuity, Shipper};
 use crate::error::Result;
+use crate::event::Event;
 use crate::wal;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,10 @@ impl Shipper {
                 if self.pending.is_none() {
                     return Err(e);
                 }
-                log(&self.name, &format!("checkpoint: {e}"));
+                self.emit(Event::CheckpointFailed {
+                    db: self.name.clone(),
+                    error: e.to_string(),
+                });
             }
             Ok(self.pending.as_ref())
         } else {
@@ -157,8 +161,12 @@ impl Shipper {
                         Ok(true)
                     }
                     Err(e) => {
-                        log(&self.name, &format!("upload before checkpoint failed: {e}"));
-                        self.upload_failed(Instant::now());
+                        let retry_in = self.upload_failed(Instant::now());
+                        self.emit(Event::UploadFailed {
+                            db: self.name.clone(),
+                            error: format!("upload before a checkpoint: {e}"),
+                            retry_in,
+                        });
                         Ok(false)
                     }
                 }

@@ -20,6 +20,7 @@ pub use shipper::{Cause, Settings, Shipper};
 
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
+use crate::event::{Event, EventSink};
 use crate::fsutil;
 use crate::names::NamedDb;
 use crate::storage::Storage;
@@ -37,6 +38,18 @@ pub struct WatchOptions {
     pub shutdown_timeout: Duration,
 }
 
+impl Default for WatchOptions {
+    /// `min(4, cores)` pollers, 4 uploaders, 30 s to stop.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        WatchOptions {
+            pollers: cores.min(4),
+            uploaders: 4,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// An upload handed from a poller to the uploader pool.
 struct Job {
     poller: usize,
@@ -47,16 +60,27 @@ struct Job {
 /// An uploader's answer.
 struct Ack {
     db: usize,
-    result: Result<()>,
+    result: Result<Stored>,
+}
+
+/// What an upload stored.
+struct Stored {
+    key: String,
+    txid: u64,
+    bytes: u64,
 }
 
 /// Replicates `dbs` until `stop` is cancelled (the CLI cancels it on the
-/// first SIGINT/SIGTERM), then ships what is committed and returns.
+/// first SIGINT/SIGTERM), then ships what is committed and returns. Errors
+/// when a database cannot be opened, or when something committed could not
+/// be stored by the shutdown timeout (nothing is lost locally: the WAL
+/// keeps it and a restart ships it).
 pub fn watch(
     storage: Arc<dyn Storage>,
     dbs: Vec<(NamedDb, Settings)>,
     options: &WatchOptions,
     stop: &CancelToken,
+    events: Arc<dyn EventSink>,
 ) -> Result<()> {
     if dbs.is_empty() {
         return Err(Error::Usage(
@@ -64,56 +88,42 @@ pub fn watch(
         ));
     }
     let pollers = options.pollers.clamp(1, dbs.len());
-    let shippers = open_all(&storage, dbs, pollers)?;
-    eprintln!(
-        "walsync: watching {} database(s) to {} with {} poller(s) and {} uploader(s)",
-        shippers.iter().map(Vec::len).sum::<usize>(),
-        storage.describe(),
+    let uploaders = options.uploaders.max(1);
+    let shippers = open_all(&storage, dbs, pollers, &events)?;
+    events.emit(Event::Watching {
+        databases: shippers.iter().map(Vec::len).sum(),
+        replica: storage.describe(),
         pollers,
-        options.uploaders
-    );
-
-    let (job_tx, job_rx) = bounded::<Job>(options.uploaders.max(1) * 2);
-    let mut ack_txs = Vec::new();
-    let mut ack_rxs = Vec::new();
-    for _ in 0..pollers {
-        let (tx, rx) = unbounded::<Ack>();
-        ack_txs.push(tx);
-        ack_rxs.push(rx);
-    }
-    let uploaders: Vec<_> = (0..options.uploaders.max(1))
+        uploaders,
+    });
+    let (job_tx, job_rx) = bounded::<Job>(uploaders * 2);
+    let (ack_txs, ack_rxs): (Vec<_>, Vec<_>) = (0..pollers).map(|_| unbounded::<Ack>()).unzip();
+    let uploader_threads: Vec<_> = (0..uploaders)
         .map(|_| {
-            let rx = job_rx.clone();
-            let acks = ack_txs.clone();
-            let storage = Arc::clone(&storage);
+            let (rx, acks, storage) = (job_rx.clone(), ack_txs.clone(), Arc::clone(&storage));
             thread::spawn(move || upload_loop(storage.as_ref(), &rx, &acks))
         })
         .collect();
-    drop(job_rx);
-    drop(ack_txs);
-
+    drop((job_rx, ack_txs));
     let poller_threads: Vec<_> = shippers
         .into_iter()
         .zip(ack_rxs)
         .enumerate()
         .map(|(i, (shard, acks))| {
-            let jobs = job_tx.clone();
-            let timeout = options.shutdown_timeout;
-            let stop = stop.clone();
+            let (jobs, stop, timeout) = (job_tx.clone(), stop.clone(), options.shutdown_timeout);
             thread::spawn(move || Poller::new(i, shard, jobs, acks).run(&stop, timeout))
         })
         .collect();
     drop(job_tx);
-
     let mut clean = true;
     for t in poller_threads {
         clean &= t.join().unwrap_or(false);
     }
-    for t in uploaders {
+    for t in uploader_threads {
         let _ = t.join();
     }
+    events.emit(Event::Stopped { clean });
     if clean {
-        eprintln!("walsync: stopped; everything committed was stored");
         Ok(())
     } else {
         Err(Error::Other(
@@ -128,6 +138,7 @@ fn open_all(
     storage: &Arc<dyn Storage>,
     dbs: Vec<(NamedDb, Settings)>,
     pollers: usize,
+    events: &Arc<dyn EventSink>,
 ) -> Result<Vec<Vec<Shipper>>> {
     let mut shards: Vec<Vec<(NamedDb, Settings)>> = (0..pollers).map(|_| Vec::new()).collect();
     for (i, db) in dbs.into_iter().enumerate() {
@@ -141,7 +152,8 @@ fn open_all(
                     shard
                         .into_iter()
                         .map(|(db, settings)| {
-                            Shipper::open(&db.path, &db.name, Arc::clone(storage), settings)
+                            let (storage, events) = (Arc::clone(storage), Arc::clone(events));
+                            Shipper::open(&db.path, &db.name, storage, settings, events)
                         })
                         .collect::<Result<Vec<_>>>()
                 })
@@ -206,9 +218,12 @@ impl Poller {
         }
         let clean = !self.unfinished();
         for s in self.shippers {
-            let name = s.name.clone();
+            let (db, events) = (s.name.clone(), Arc::clone(&s.events));
             if let Err(e) = s.close() {
-                shipper::log(&name, &format!("closing: {e}"));
+                events.emit(Event::CloseFailed {
+                    db,
+                    error: e.to_string(),
+                });
             }
         }
         clean
@@ -238,22 +253,29 @@ impl Poller {
 
     fn handle_ack(&mut self, ack: Ack) {
         let s = &mut self.shippers[ack.db];
-        match ack.result {
-            Ok(()) => {
-                if let Err(e) = s.uploaded() {
-                    shipper::log(&s.name, &format!("recording the upload: {e}"));
-                }
-                // The next poll keeps its schedule: one file per interval at
-                // most, whatever landed during the upload goes in it.
-            }
-            Err(e) => {
-                let backoff = s.upload_failed(Instant::now());
-                shipper::log(
-                    &s.name,
-                    &format!("{e}; retrying in {:.1}s (nothing is lost: the WAL is kept until it is stored)", backoff.as_secs_f64()),
-                );
-            }
-        }
+        let db = s.name.clone();
+        let event = match ack.result {
+            // The next poll keeps its schedule: one file per interval at
+            // most, whatever landed during the upload goes in it.
+            Ok(stored) => match s.uploaded() {
+                Ok(()) => Event::Stored {
+                    db,
+                    key: stored.key,
+                    txid: stored.txid,
+                    bytes: stored.bytes,
+                },
+                Err(e) => Event::StateNotSaved {
+                    db,
+                    error: e.to_string(),
+                },
+            },
+            Err(e) => Event::UploadFailed {
+                db,
+                error: e.to_string(),
+                retry_in: s.upload_failed(Instant::now()),
+            },
+        };
+        s.events.emit(event);
     }
 
     fn resend_due(&mut self, now: Instant) {
@@ -288,7 +310,10 @@ impl Poller {
                         continue;
                     }
                     Ok(None) => {}
-                    Err(e) => shipper::log(&s.name, &format!("checkpoint: {e}")),
+                    Err(e) => s.events.emit(Event::CheckpointFailed {
+                        db: s.name.clone(),
+                        error: e.to_string(),
+                    }),
                 }
             }
             let built = s.poll(now_ms).map(|b| b.map(Batch::request));
@@ -297,9 +322,13 @@ impl Poller {
                 Ok(Some(req)) => self.send(db, req),
                 Ok(None) => {}
                 Err(e) => {
-                    shipper::log(&s.name, &format!("{e}; will try again"));
-                    self.next_poll[db] =
-                        now + s.settings().sync_interval.max(Duration::from_secs(5));
+                    let retry_in = s.settings().sync_interval.max(Duration::from_secs(5));
+                    self.next_poll[db] = now + retry_in;
+                    s.events.emit(Event::PollFailed {
+                        db: s.name.clone(),
+                        error: e.to_string(),
+                        retry_in,
+                    });
                 }
             }
         }
@@ -312,14 +341,23 @@ impl Poller {
             batch,
         };
         if self.jobs.send(job).is_err() {
-            shipper::log(&self.shippers[db].name, "uploader pool is gone");
+            let s = &self.shippers[db];
+            s.events.emit(Event::UploadFailed {
+                db: s.name.clone(),
+                error: "the uploader pool is gone".into(),
+                retry_in: Duration::ZERO,
+            });
         }
     }
 }
 
 fn upload_loop(storage: &dyn Storage, jobs: &Receiver<Job>, acks: &[Sender<Ack>]) {
     for job in jobs {
-        let result = job.batch.upload(storage);
+        let result = job.batch.upload(storage).map(|()| Stored {
+            key: job.batch.key.clone(),
+            txid: job.batch.txid,
+            bytes: job.batch.len,
+        });
         let _ = acks[job.poller].send(Ack { db: job.db, result });
     }
 }

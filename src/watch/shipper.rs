@@ -34,6 +34,7 @@ use super::state::{LocalState, StateDir};
 use crate::backoff::Backoff;
 use crate::catalog;
 use crate::error::{Error, Result};
+use crate::event::{Event, EventSink};
 use crate::fsutil::FileLock;
 use crate::ltx;
 use crate::storage::{LtxId, Storage, SNAPSHOT_LEVEL};
@@ -182,6 +183,7 @@ pub struct Shipper {
     /// Why the database was let go of, while it is (the cause of the full
     /// copy once it is back).
     detached_cause: Option<Cause>,
+    pub(super) events: Arc<dyn EventSink>,
 }
 
 /// The read epoch begun when the database was opened: a WAL reset found in
@@ -196,6 +198,7 @@ impl Shipper {
         name: &str,
         storage: Arc<dyn Storage>,
         settings: Settings,
+        events: Arc<dyn EventSink>,
     ) -> Result<Shipper> {
         let mut source = Source::open(path)?;
         let state_dir = StateDir::for_database(path)?;
@@ -230,6 +233,7 @@ impl Shipper {
             page: Vec::new(),
             detached_note: None,
             detached_cause: None,
+            events,
         };
         shipper.shipped = shipper.find_start()?;
         Ok(shipper)
@@ -546,10 +550,13 @@ impl Shipper {
         self.detached_cause = Some(cause);
         if let Some(source) = self.source.take() {
             if let Err(e) = source.close() {
-                log(&self.name, &format!("closing the old database: {e}"));
+                self.emit(Event::CloseFailed {
+                    db: self.name.clone(),
+                    error: e.to_string(),
+                });
             }
         }
-        self.note(why);
+        self.note(why, |db, what| Event::LetGo { db, what });
     }
 
     /// Opens the database at the path afresh; the next file is a full copy
@@ -576,17 +583,23 @@ impl Shipper {
                 true
             }
             Err(e) => {
-                self.note(format!("{e}; will try again"));
+                self.note(e.to_string(), |db, error| Event::Unavailable { db, error });
                 false
             }
         }
     }
 
-    fn note(&mut self, message: String) {
+    /// Emits `event(db, message)` unless the same message was the last one
+    /// said about a missing or unusable database.
+    fn note(&mut self, message: String, event: fn(String, String) -> Event) {
         if self.detached_note.as_deref() != Some(message.as_str()) {
-            log(&self.name, &message);
+            self.emit(event(self.name.clone(), message.clone()));
             self.detached_note = Some(message);
         }
+    }
+
+    pub(super) fn emit(&self, event: Event) {
+        self.events.emit(event);
     }
 
     /// Releases the read transaction and the connection (end of `watch`).
@@ -596,9 +609,4 @@ impl Shipper {
             None => Ok(()),
         }
     }
-}
-
-/// A log line on standard error, naming the database.
-pub fn log(name: &str, message: &str) {
-    eprintln!("walsync: {name}: {message}");
 }

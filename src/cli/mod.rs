@@ -1,15 +1,22 @@
-//! Command-line interface: flags, config-file merging and dispatch.
+//! The `walsync` command line: flags, dispatch, and everything that owns
+//! the process (signal handlers, the open-files limit, printing). The
+//! library below it does none of that; configuration is resolved in
+//! [`resolve`], and what is printed is made in [`output`].
 //!
 //! Usage errors (unknown flag, missing argument, bad value) exit 2, not
 //! argh's default 1; `--help` prints to standard output and exits 0.
 
+mod output;
+mod resolve;
+
 use crate::cancel::CancelToken;
-use crate::config::{self, ConfigFile};
+use crate::config;
 use crate::error::{Error, Result};
-use crate::names::{self, NamedDb};
-use crate::storage::{self, s3::S3Options, Storage};
-use crate::watch::{self, Settings, Shipper, WatchOptions};
+use crate::event::{EventSink, Level};
+use crate::restore::{self, RestoreOptions, RestoreOutcome};
+use crate::watch::{self, Shipper};
 use argh::FromArgs;
+use resolve::{Resolver, SettingFlags, Target};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,43 +240,6 @@ macro_rules! target {
     };
 }
 
-/// Connection settings shared by every command.
-struct Target<'a> {
-    bucket: &'a Option<String>,
-    config: &'a Option<PathBuf>,
-    endpoint: &'a Option<String>,
-    region: &'a Option<String>,
-    force_path_style: Option<bool>,
-}
-
-impl Target<'_> {
-    fn load_config(&self) -> Result<ConfigFile> {
-        match self.config {
-            Some(p) => ConfigFile::load(p),
-            None => Ok(ConfigFile::default()),
-        }
-    }
-
-    /// Opens the replica storage; flags win over the config file, which wins
-    /// over the environment.
-    fn open(&self, cfg: &ConfigFile) -> Result<Arc<dyn Storage>> {
-        let url = self.bucket.clone().or_else(|| cfg.s3.bucket.clone()).ok_or_else(|| {
-            Error::Usage(
-                "no replica URL: pass -b s3://bucket/prefix (or file:///path), or set bucket in [s3] of the config file".into(),
-            )
-        })?;
-        let options = S3Options {
-            endpoint: self.endpoint.clone().or_else(|| cfg.s3.endpoint.clone()),
-            region: self.region.clone().or_else(|| cfg.s3.region.clone()),
-            force_path_style: self.force_path_style.or(cfg.s3.force_path_style),
-            max_retries: cfg.retry.max_retries,
-            ..S3Options::default()
-        }
-        .with_env_defaults();
-        Ok(Arc::from(storage::open(&url, &options)?))
-    }
-}
-
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -305,37 +275,16 @@ PRAGMA synchronous = NORMAL;    -- safe in WAL mode, and faster
 
 fn watch(c: WatchCmd) -> Result<()> {
     let target = target!(c);
-    let cfg = target.load_config()?;
-    let storage = target.open(&cfg)?;
-    let base = Settings {
-        sync_interval: c
-            .sync_interval
-            .or(cfg.sync.sync_interval.map(|d| d.0))
-            .unwrap_or(Duration::from_secs(1)),
-        snapshot_interval: c
-            .snapshot_interval
-            .or(cfg.sync.snapshot_interval.map(|d| d.0))
-            .unwrap_or(Duration::from_secs(3600)),
-        min_checkpoint_pages: c
-            .min_checkpoint_pages
-            .or(cfg.sync.min_checkpoint_pages)
-            .unwrap_or(1000),
-        truncate_checkpoint_pages: c
-            .truncate_checkpoint_pages
-            .or(cfg.sync.truncate_checkpoint_pages)
-            .unwrap_or(121_359),
+    let flags = SettingFlags {
+        sync_interval: c.sync_interval,
+        snapshot_interval: c.snapshot_interval,
+        min_checkpoint_pages: c.min_checkpoint_pages,
+        truncate_checkpoint_pages: c.truncate_checkpoint_pages,
     };
-    let dbs = databases(&c.databases, &cfg, &base)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let options = WatchOptions {
-        pollers: c
-            .pollers
-            .or(cfg.sync.pollers)
-            .unwrap_or(cores.min(4))
-            .max(1),
-        uploaders: c.uploaders.or(cfg.sync.uploaders).unwrap_or(4).max(1),
-        shutdown_timeout: c.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
-    };
+    let resolver = Resolver::load(&target, flags)?;
+    let storage = resolver.storage(&target)?;
+    let dbs = resolver.databases(&c.databases)?;
+    let options = resolver.watch_options(c.pollers, c.uploaders, c.shutdown_timeout);
     raise_open_files_limit(dbs.len())?;
     let stop = CancelToken::new();
     on_signals(
@@ -344,96 +293,25 @@ fn watch(c: WatchCmd) -> Result<()> {
             "walsync: stopping: shipping what is committed (send the signal again to exit at once)",
         ),
     )?;
-    watch::watch(storage, dbs, &options, &stop)
+    watch::watch(storage, dbs, &options, &stop, log())
 }
 
-/// The databases to watch: command-line paths plus config entries (globs
-/// expanded), named per `names`, each with its settings.
-fn databases(
-    cli_paths: &[PathBuf],
-    cfg: &ConfigFile,
-    base: &Settings,
-) -> Result<Vec<(NamedDb, Settings)>> {
-    let mut entries: Vec<(PathBuf, Option<String>, Settings)> = cli_paths
-        .iter()
-        .map(|p| (p.clone(), None, base.clone()))
-        .collect();
-    for entry in &cfg.databases {
-        let matched = config::expand_glob(&entry.path)?;
-        if matched.is_empty() {
-            return Err(Error::Database(format!(
-                "config entry path '{}' matches no database file",
-                entry.path
-            )));
-        }
-        if entry.name.is_some() && matched.len() > 1 {
-            return Err(Error::Usage(format!(
-                "config entry '{}' sets a name but matches {} files; a name fits one database only",
-                entry.path,
-                matched.len()
-            )));
-        }
-        let settings = Settings {
-            sync_interval: entry.sync_interval.map_or(base.sync_interval, |d| d.0),
-            snapshot_interval: entry
-                .snapshot_interval
-                .map_or(base.snapshot_interval, |d| d.0),
-            min_checkpoint_pages: entry
-                .min_checkpoint_pages
-                .unwrap_or(base.min_checkpoint_pages),
-            truncate_checkpoint_pages: entry
-                .truncate_checkpoint_pages
-                .unwrap_or(base.truncate_checkpoint_pages),
-        };
-        for path in matched {
-            entries.push((path, entry.name.clone(), settings.clone()));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut unique = Vec::new();
-    for (path, name, settings) in entries {
-        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        if seen.insert(key) {
-            unique.push((path, name, settings));
-        }
-    }
-    let named = names::assign(
-        &unique
-            .iter()
-            .map(|(p, n, _)| (absolute(p), n.clone()))
-            .collect::<Vec<_>>(),
-    )?;
-    Ok(named
-        .into_iter()
-        .zip(unique)
-        .map(|(mut db, (path, _, settings))| {
-            db.path = path;
-            (db, settings)
-        })
-        .collect())
-}
-
-fn absolute(p: &std::path::Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+/// The event sink of every command: log lines on standard error.
+fn log() -> Arc<dyn EventSink> {
+    Arc::new(output::StderrLog::new(Level::Info))
 }
 
 fn snapshot(c: SnapshotCmd) -> Result<()> {
     let target = target!(c);
-    let cfg = target.load_config()?;
-    let storage = target.open(&cfg)?;
-    let name = match &c.name {
-        Some(n) => {
-            names::validate(n)?;
-            n.clone()
-        }
-        None => names::default_name(&c.database),
-    };
-    let mut shipper = Shipper::open(&c.database, &name, storage, Settings::default())?;
+    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let storage = resolver.storage(&target)?;
+    let (db, settings) = resolver.database(&c.database, c.name.as_deref())?;
+    let mut shipper = Shipper::open(&db.path, &db.name, storage, settings, log())?;
     let id = shipper.snapshot_now(crate::fsutil::now_ms())?;
     println!(
         "snapshot of {} stored as {} (TXID {})",
         c.database.display(),
-        name,
+        db.name,
         id.max_txid
     );
     shipper.close()
@@ -441,8 +319,8 @@ fn snapshot(c: SnapshotCmd) -> Result<()> {
 
 fn restore(c: RestoreCmd) -> Result<()> {
     let target = target!(c);
-    let cfg = target.load_config()?;
-    let storage = target.open(&cfg)?;
+    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let storage = resolver.storage(&target)?;
     let point_in_time_ms = c
         .point_in_time
         .as_deref()
@@ -455,35 +333,44 @@ fn restore(c: RestoreCmd) -> Result<()> {
     }
     let cancel = CancelToken::new();
     on_signals(cancel.clone(), None)?;
-    crate::restore::run(
-        storage.as_ref(),
-        &crate::restore::RestoreOptions {
-            name: c.name,
-            output: c.output,
-            txid: c.txid,
-            point_in_time_ms,
-            force: c.force,
-            if_db_not_exists: c.if_db_not_exists,
-            if_replica_exists: c.if_replica_exists,
-            parallelism: c.parallelism.max(1),
-            cancel,
-        },
-    )
+    let opts = RestoreOptions {
+        name: resolver.replica_name(&c.name)?,
+        output: c.output,
+        txid: c.txid,
+        point_in_time_ms,
+        force: c.force,
+        if_db_not_exists: c.if_db_not_exists,
+        if_replica_exists: c.if_replica_exists,
+        parallelism: c.parallelism.max(1),
+        cancel,
+    };
+    let url = storage.describe();
+    match restore::run(storage.as_ref(), &opts, log().as_ref())? {
+        RestoreOutcome::Restored { .. } => {}
+        RestoreOutcome::OutputExists => eprintln!(
+            "walsync: {} exists; nothing restored (--if-db-not-exists)",
+            opts.output.display()
+        ),
+        RestoreOutcome::NoBackups => eprintln!(
+            "walsync: no backups for '{}' in {url}; nothing restored (--if-replica-exists)",
+            opts.name
+        ),
+    }
+    Ok(())
 }
 
 fn list(c: ListCmd) -> Result<()> {
     let target = target!(c);
-    let cfg = target.load_config()?;
-    let storage = target.open(&cfg)?;
-    crate::list::run(storage.as_ref(), c.json)
+    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    output::list(resolver.storage(&target)?.as_ref(), c.json)
 }
 
 fn verify(c: VerifyCmd) -> Result<()> {
     let target = target!(c);
-    let cfg = target.load_config()?;
-    let storage = target.open(&cfg)?;
+    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let storage = resolver.storage(&target)?;
     let names = match (&c.name, c.all) {
-        (Some(n), false) => vec![n.clone()],
+        (Some(n), false) => vec![resolver.replica_name(n)?],
         (None, true) => crate::list::database_names(storage.as_ref())?,
         _ => {
             return Err(Error::Usage(
@@ -493,7 +380,7 @@ fn verify(c: VerifyCmd) -> Result<()> {
     };
     let cancel = CancelToken::new();
     on_signals(cancel.clone(), None)?;
-    crate::verify::run(
+    output::verify(
         storage.as_ref(),
         &names,
         c.parallelism.max(1),

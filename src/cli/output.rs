@@ -1,0 +1,277 @@
+//! What the `walsync` binary prints: events as log lines on standard error
+//! (a restore's progress as one updating line on a terminal), and the
+//! reports of `list` and `verify` on standard output.
+
+use crate::error::{Error, Result};
+use crate::event::{Event, EventSink, Level};
+use crate::list::{self, DbSummary};
+use crate::verify::{self, Counts, Kind, Report};
+use crate::{cancel::CancelToken, plan::txid_hex, storage::Storage};
+use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
+
+/// The binary's event sink: one line per event on standard error, prefixed
+/// `walsync: `, from `min_level` up; restore progress as an updating line
+/// on a terminal (nothing otherwise).
+pub struct StderrLog {
+    min_level: Level,
+    tty: bool,
+    /// Whether a progress line is on screen (and must be cleared first).
+    progress_shown: Mutex<bool>,
+}
+
+impl StderrLog {
+    pub fn new(min_level: Level) -> StderrLog {
+        StderrLog {
+            min_level,
+            tty: io::stderr().is_terminal(),
+            progress_shown: Mutex::new(false),
+        }
+    }
+}
+
+impl EventSink for StderrLog {
+    fn emit(&self, event: Event) {
+        let mut shown = self
+            .progress_shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut err = io::stderr().lock();
+        if let Event::RestoreProgress {
+            db,
+            files_done,
+            files_total,
+            bytes,
+        } = &event
+        {
+            if self.tty {
+                let _ = write!(
+                    err,
+                    "\rrestoring {db}: {files_done}/{files_total} files, {:.1} MB\x1b[K",
+                    *bytes as f64 / 1e6
+                );
+                *shown = true;
+            }
+            return;
+        }
+        if *shown {
+            let _ = write!(err, "\r\x1b[K");
+            *shown = false;
+        }
+        if event.level() >= self.min_level {
+            let _ = writeln!(err, "walsync: {event}");
+        }
+    }
+}
+
+/// `walsync list`: a table, or JSON for scripts.
+pub fn list(storage: &dyn Storage, json: bool) -> Result<()> {
+    let rows = list::summaries(storage)?;
+    if json {
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no databases in {}", storage.describe());
+        return Ok(());
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// The human table, columns aligned.
+fn table(rows: &[DbSummary]) -> String {
+    let header = ["NAME", "TXID", "LAST CHANGE", "SNAPSHOTS", "FILES", "SIZE"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                if r.name.is_empty() {
+                    "\"\"".to_string()
+                } else {
+                    r.name.clone()
+                },
+                r.txid_hex.clone(),
+                r.last_change
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or_else(|| "-".to_string(), |t| format!("{t:.0}")),
+                r.snapshots.to_string(),
+                r.files.to_string(),
+                human_bytes(r.bytes),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: &[&str]| -> String {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            // Text left-aligned, numbers right-aligned.
+            if i >= 3 {
+                s.push_str(&format!("{c:>w$}"));
+            } else {
+                s.push_str(&format!("{c:<w$}"));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header);
+    for row in &cells {
+        let cols: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cols));
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Verifies `names` in `storage`; prints the results (human lines or JSON
+/// Lines) and returns the error whose exit code sums them up.
+pub fn verify(
+    storage: &dyn Storage,
+    names: &[String],
+    parallelism: usize,
+    json: bool,
+    cancel: &CancelToken,
+) -> Result<()> {
+    if names.is_empty() {
+        let url = storage.describe();
+        return Err(Error::Restore(format!(
+            "no databases in {url}: nothing to verify; check the URL (and prefix) with `walsync list -b {url}`"
+        )));
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut counts = Counts::default();
+    verify::verify_each(storage, names, parallelism, cancel, |report| {
+        counts.add(report);
+        let written = if json {
+            serde_json::to_string(report)
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|line| writeln!(out, "{line}"))
+        } else {
+            write_verify_line(&mut out, report)
+        };
+        written.map_err(|e| Error::Other(format!("writing the verify report: {e}")))
+    })?;
+    if !json {
+        let _ = writeln!(
+            out,
+            "verified {} database(s) in {}: {} ok, {} damaged, {} not restorable",
+            counts.total,
+            storage.describe(),
+            counts.ok,
+            counts.integrity,
+            counts.unrestorable
+        );
+    }
+    let _ = out.flush();
+    counts.verdict(storage)
+}
+
+fn write_verify_line(out: &mut impl Write, r: &Report) -> io::Result<()> {
+    for p in &r.problems {
+        writeln!(
+            out,
+            "{}: {} {}: {}",
+            r.name,
+            kind_label(p.kind),
+            p.key,
+            p.message
+        )?;
+    }
+    if r.ok {
+        writeln!(
+            out,
+            "{}: ok: {} file(s) checked from snapshot {} to TXID {}",
+            r.name,
+            r.files_checked,
+            r.snapshot.as_deref().unwrap_or("?"),
+            txid_hex(r.latest_txid)
+        )
+    } else {
+        writeln!(
+            out,
+            "{}: FAILED: {} problem(s), {} file(s) checked, latest TXID {}",
+            r.name,
+            r.problems.len(),
+            r.files_checked,
+            txid_hex(r.latest_txid)
+        )
+    }
+}
+
+fn kind_label(k: Kind) -> &'static str {
+    match k {
+        Kind::NoBackup => "NO BACKUP",
+        Kind::NoSnapshot => "NO SNAPSHOT",
+        Kind::Gap => "GAP",
+        Kind::Missing => "MISSING",
+        Kind::Corrupt => "CORRUPT",
+        Kind::Sha256Mismatch => "SHA-256 MISMATCH",
+        Kind::Mismatch => "MISMATCH",
+        Kind::ChecksumChain => "CHECKSUM CHAIN",
+        Kind::Storage => "STORAGE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::list::DbSummary;
+
+    #[test]
+    fn table_aligns() {
+        let rows = vec![
+            DbSummary {
+                name: "app".into(),
+                txid: 255,
+                txid_hex: format!("{:016x}", 255),
+                last_change: Some("2026-01-02T03:04:05.123000000Z".into()),
+                snapshots: 2,
+                files: 10,
+                bytes: 123_456,
+            },
+            DbSummary {
+                name: "smiths/app".into(),
+                txid: 3,
+                txid_hex: format!("{:016x}", 3),
+                last_change: None,
+                snapshots: 1,
+                files: 3,
+                bytes: 999,
+            },
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("app         00000000000000ff  2026-01-02T03:04:05Z"));
+        assert!(lines[1].ends_with("123.5 KB"), "{t}");
+        assert!(lines[2].ends_with("999 B"), "{t}");
+    }
+}

@@ -1,0 +1,261 @@
+//! What walsync reports while it works: one [`Event`] type that logs,
+//! metrics and alerts all consume, and the [`EventSink`] that receives them.
+//!
+//! The library never prints. It hands events to the sink its caller gave
+//! it; the `walsync` binary's sink writes them to standard error, and an
+//! embedding application can route them anywhere. An event's `Display` is
+//! its log line without the `walsync: ` prefix.
+
+use crate::watch::Cause;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How much an event matters to an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What a diff or a full copy carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageContent {
+    /// The pages whose bytes differ from what was shipped.
+    Diff { changed: u32, pages: u32 },
+    /// Every page.
+    FullCopy { pages: u32 },
+}
+
+/// Something walsync did or saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `watch` started on its databases.
+    Watching {
+        databases: usize,
+        replica: String,
+        pollers: usize,
+        uploaders: usize,
+    },
+    /// `watch` stopped; `clean` when everything committed was stored.
+    Stopped { clean: bool },
+    /// An object of a database was stored.
+    Stored {
+        db: String,
+        key: String,
+        txid: u64,
+        bytes: u64,
+    },
+    /// A database's WAL could not be followed (or its file was replaced):
+    /// a diff or a full copy is being shipped instead.
+    Shipping {
+        db: String,
+        cause: Cause,
+        content: ImageContent,
+        txid: u64,
+        bytes: u64,
+    },
+    /// Same, but every page was as shipped: nothing to store.
+    NothingToShip { db: String, cause: Cause },
+    /// walsync let go of a database's files: `what` says why.
+    LetGo { db: String, what: String },
+    /// A database cannot be opened or read for now; tried again later.
+    Unavailable { db: String, error: String },
+    /// An upload failed (after the storage's own retries).
+    UploadFailed {
+        db: String,
+        error: String,
+        retry_in: Duration,
+    },
+    /// Looking for work failed; tried again after `retry_in`.
+    PollFailed {
+        db: String,
+        error: String,
+        retry_in: Duration,
+    },
+    /// walsync's own checkpoint failed.
+    CheckpointFailed { db: String, error: String },
+    /// The local state could not be saved (the object is stored anyway).
+    StateNotSaved { db: String, error: String },
+    /// Closing a database's connection failed.
+    CloseFailed { db: String, error: String },
+    /// A periodic snapshot's checksum differed from the tracked one.
+    SnapshotRebased { db: String },
+    /// A restore is under way.
+    RestoreProgress {
+        db: String,
+        files_done: usize,
+        files_total: usize,
+        bytes: u64,
+    },
+    /// A restore finished.
+    Restored {
+        db: String,
+        txid: u64,
+        files: usize,
+        bytes: u64,
+        elapsed: Duration,
+        output: PathBuf,
+    },
+}
+
+impl Event {
+    /// How much it matters.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::Stored { .. } | Event::RestoreProgress { .. } => Level::Debug,
+            Event::Watching { .. }
+            | Event::Stopped { clean: true }
+            | Event::NothingToShip { .. }
+            | Event::Restored { .. } => Level::Info,
+            Event::Shipping { .. }
+            | Event::LetGo { .. }
+            | Event::Unavailable { .. }
+            | Event::UploadFailed { .. }
+            | Event::PollFailed { .. }
+            | Event::CheckpointFailed { .. }
+            | Event::StateNotSaved { .. }
+            | Event::CloseFailed { .. }
+            | Event::SnapshotRebased { .. } => Level::Warn,
+            Event::Stopped { clean: false } => Level::Error,
+        }
+    }
+
+    /// The database it is about, if one.
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            Event::Watching { .. } | Event::Stopped { .. } => None,
+            Event::Stored { db, .. }
+            | Event::Shipping { db, .. }
+            | Event::NothingToShip { db, .. }
+            | Event::LetGo { db, .. }
+            | Event::Unavailable { db, .. }
+            | Event::UploadFailed { db, .. }
+            | Event::PollFailed { db, .. }
+            | Event::CheckpointFailed { db, .. }
+            | Event::StateNotSaved { db, .. }
+            | Event::CloseFailed { db, .. }
+            | Event::SnapshotRebased { db }
+            | Event::RestoreProgress { db, .. }
+            | Event::Restored { db, .. } => Some(db),
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(db) = self.database() {
+            write!(f, "{db}: ")?;
+        }
+        match self {
+            Event::Watching {
+                databases,
+                replica,
+                pollers,
+                uploaders,
+            } => write!(
+                f,
+                "watching {databases} database(s) to {replica} with {pollers} poller(s) and {uploaders} uploader(s)"
+            ),
+            Event::Stopped { clean: true } => write!(f, "stopped; everything committed was stored"),
+            Event::Stopped { clean: false } => write!(
+                f,
+                "stopped before everything committed was stored (see the errors above)"
+            ),
+            Event::Stored { key, txid, bytes, .. } => {
+                write!(f, "stored {key} (TXID {txid}, {bytes} bytes)")
+            }
+            Event::Shipping {
+                cause,
+                content,
+                txid,
+                bytes,
+                ..
+            } => {
+                let what = match content {
+                    ImageContent::Diff { changed, pages } => {
+                        format!("the {changed} changed pages of {pages}")
+                    }
+                    ImageContent::FullCopy { pages } => format!("a full copy ({pages} pages)"),
+                };
+                write!(f, "{cause}; shipping {what} as TXID {txid} ({bytes} bytes)")
+            }
+            Event::NothingToShip { cause, .. } => write!(
+                f,
+                "{cause}; the database holds exactly what was shipped: nothing to ship"
+            ),
+            Event::LetGo { what, .. } => write!(f, "{what}"),
+            Event::Unavailable { error, .. } => write!(f, "{error}; will try again"),
+            Event::UploadFailed {
+                error, retry_in, ..
+            } => write!(
+                f,
+                "{error}; retrying in {:.1}s (nothing is lost: the WAL is kept until it is stored)",
+                retry_in.as_secs_f64()
+            ),
+            Event::PollFailed {
+                error, retry_in, ..
+            } => write!(
+                f,
+                "{error}; will try again in {:.1}s",
+                retry_in.as_secs_f64()
+            ),
+            Event::CheckpointFailed { error, .. } => write!(f, "checkpoint: {error}"),
+            Event::StateNotSaved { error, .. } => write!(
+                f,
+                "recording the upload: {error} (the object is stored; a restart finds it)"
+            ),
+            Event::CloseFailed { error, .. } => write!(f, "closing: {error}"),
+            Event::SnapshotRebased { .. } => write!(
+                f,
+                "snapshot checksum differs from the tracked checksum; re-basing on the snapshot"
+            ),
+            Event::RestoreProgress {
+                files_done,
+                files_total,
+                bytes,
+                ..
+            } => write!(
+                f,
+                "restoring: {files_done}/{files_total} files, {:.1} MB",
+                *bytes as f64 / 1e6
+            ),
+            Event::Restored {
+                txid,
+                files,
+                bytes,
+                elapsed,
+                output,
+                ..
+            } => write!(
+                f,
+                "restored to TXID {} ({files} files, {bytes} bytes) in {:.1}s: {}",
+                crate::plan::txid_hex(*txid),
+                elapsed.as_secs_f64(),
+                output.display()
+            ),
+        }
+    }
+}
+
+/// Receives events. Called from walsync's worker threads, so it must be
+/// quick and must not block for long.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+impl<F: Fn(Event) + Send + Sync> EventSink for F {
+    fn emit(&self, event: Event) {
+        self(event)
+    }
+}
+
+/// A sink that drops every event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discard;
+
+impl EventSink for Discard {
+    fn emit(&self, _event: Event) {}
+}
