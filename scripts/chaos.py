@@ -182,7 +182,16 @@ class AppDb:
 
     def __init__(self, path, log_path, busy_timeout=10.0, cache_pages=None):
         self.path = str(path)
+        self.log_fd = None
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
+        try:
+            self._open(log_path, busy_timeout, cache_pages)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, log_path, busy_timeout, cache_pages):
+        """Settings, then checks that the database holds what was committed."""
         self.busy_ms = int(busy_timeout * 1000)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -259,7 +268,9 @@ class AppDb:
 
     def close(self):
         self.conn.close()
-        os.close(self.log_fd)
+        if self.log_fd is not None:
+            os.close(self.log_fd)
+            self.log_fd = None
 
 
 # Changes: each runs inside the transaction and returns its digest delta.
@@ -461,7 +472,8 @@ def tail(path, lines=3):
 # --------------------------------------------------------------------------
 # walsync
 
-RESTORED = re.compile(r"restored (\S+) to TXID (\S+) \(([\d,]+) files?, ([\d,]+) bytes\)")
+# "restored NAME to TXID ..." or "walsync: NAME: restored to TXID ..."
+RESTORED = re.compile(r"restored (?:\S+ )?to TXID (\S+) \(([\d,]+) files?, ([\d,]+) bytes\)")
 SHIPPING = re.compile(
     r"^walsync: (?P<name>\S+): (?P<cause>.+); shipping "
     r"(?:the (?P<changed>[\d,]+) changed pages of (?P<pages>[\d,]+)|a full copy \((?P<full>[\d,]+) pages\))"
@@ -484,8 +496,8 @@ class Restore:
     ok: bool
     rc: int
     stderr: str
-    files: int = 0
-    bytes: int = 0
+    files: int = None  # None when stderr does not say
+    bytes: int = None
 
 
 class Walsync:
@@ -517,7 +529,7 @@ class Walsync:
         result = Restore(out.returncode == 0, out.returncode, out.stderr.strip())
         m = RESTORED.search(out.stderr)
         if m:
-            result.files, result.bytes = number(m.group(3)), number(m.group(4))
+            result.files, result.bytes = number(m.group(2)), number(m.group(3))
         return result
 
     def verify(self, name):
@@ -631,11 +643,14 @@ def compare_databases(source, restored):
 
 
 def db_size(path):
+    """The database's size in bytes (the file's when SQLite cannot read it)."""
     conn = open_db(path)
     try:
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
         (size,) = conn.execute("PRAGMA page_size").fetchone()
         return pages * size
+    except sqlite3.DatabaseError:
+        return os.path.getsize(path)
     finally:
         conn.close()
 
@@ -806,9 +821,12 @@ class Part:
         if not result.ok:
             self.problem(f"latest restore of {app.name} failed (exit {result.rc}): {last_line(result.stderr)}")
             return result
-        diffs = compare_databases(app.path, out)
-        committed = max(app.commits)
-        source_n = source_commit(app.path)
+        try:
+            diffs = compare_databases(app.path, out)
+            committed, source_n = max(app.commits), source_commit(app.path)
+        except sqlite3.DatabaseError as e:
+            self.problem(f"the source {app.name}.db itself cannot be read to compare: {e}")
+            return result
         if source_n != committed:
             diffs.append(f"the source holds commit {source_n} but the last logged commit is {committed}")
         if diffs:
@@ -878,11 +896,14 @@ class Part:
     def total_commits(self, apps):
         return sum(max(app.commits) for app in apps)
 
+    def restores(self):
+        if self.restores_equal == self.restores_done:
+            return f"{self.restores_equal} restores equal"
+        return f"{self.restores_equal} of {self.restores_done} restores equal"
+
     def summary(self, text):
         status = f"FAILED ({len(self.problems)} problems): " if self.problems else ""
-        restores = (f"{self.restores_equal} restores equal" if not self.problems
-                    else f"{self.restores_equal} of {self.restores_done} restores equal")
-        return f"chaos {self.name}: {status}{text.replace('{restores}', restores)}"
+        return f"chaos {self.name}: {status}{text}"
 
 
 def group_failures(failures):
@@ -949,11 +970,15 @@ def part_kill9(part):
     size = sum(db_size(a.path) for a in apps)
     app_size = db_size(apps[0].path)
     read = latest.get("app")
-    read_text = (f"latest restore of app read {mb(read.bytes)} in {read.files} files (database {mb(app_size)})"
-                 if read and read.ok else "latest restore of app failed")
+    if not (read and read.ok):
+        read_text = "latest restore of app failed"
+    elif read.bytes is None:
+        read_text = "latest restore of app: no (N files, B bytes) in its output"
+    else:
+        read_text = f"latest restore of app read {mb(read.bytes)} in {read.files} files (database {mb(app_size)})"
     return part.summary(
         f"{kills} kills ({downtimes} with walsync down 1-3 s), {part.total_commits(apps):,} commits, "
-        f"{{restores}}; {part.restart_uploads().describe(len(part.watch_logs) - 1, 'restarts', size)}; "
+        f"{part.restores()}; {part.restart_uploads().describe(len(part.watch_logs) - 1, 'restarts', size)}; "
         f"{read_text}")
 
 
@@ -1010,13 +1035,22 @@ def part_appkill(part):
     return part.summary(
         f"{kills} application kills inside a transaction ({spilled} with its pages spilled into the WAL), "
         f"{part.total_commits([app]):,} commits, "
-        f"{{restores}}; {part.restart_uploads().describe(len(part.watch_logs) - 1, 'restarts', db_size(app.path))}")
+        f"{part.restores()}; {part.restart_uploads().describe(len(part.watch_logs) - 1, 'restarts', db_size(app.path))}")
 
 
 # -- replace
 
 def swap_in_vacuum_copy(app, db, keep_wal, rng):
-    """The application replaces its database with a VACUUM INTO copy."""
+    """The application replaces its database with a VACUUM INTO copy.
+
+    Keeping -wal/-shm is only safe when the WAL the application leaves is
+    empty. When another connection (walsync's, or any reader's) is open as
+    the application closes, the application's close does not checkpoint and
+    the WAL stays; once the file is renamed over, SQLite skips the
+    checkpoint on close for every connection to the old file
+    (SQLITE_FCNTL_HAS_MOVED), so the old frames stay for the next open of
+    the new file to read. The part then reports that the application's own
+    database broke."""
     db.commit(lambda conn: insert_items(conn, rng, 1, "before-swap"))
     backup = Path(f"{app.path}.bak")
     backup.unlink(missing_ok=True)
@@ -1055,15 +1089,16 @@ def part_replace(part):
         db.commit(small_change(part.rng, 100_000))
         time.sleep(0.15)
     variants = [False, True] * s["rounds_per_variant"]
+    part.rng.shuffle(variants)
     swaps = {False: 0, True: 0}
-    for keep_wal in variants:
+    for number, keep_wal in enumerate(variants, 1):
         label = "keeping -wal/-shm" if keep_wal else "deleting -wal/-shm"
+        swaps[keep_wal] += 1
         try:
             db = swap_in_vacuum_copy(app, db, keep_wal, part.rng)
-            swaps[keep_wal] += 1
             write_after_swap(db, s["rows"], part.rng)
         except (sqlite3.DatabaseError, AppCorrupt) as e:
-            part.problem(f"swap {sum(swaps.values())} ({label}): the application's own database broke: {e}")
+            part.problem(f"swap {number} of {len(variants)} ({label}): the application's own database broke: {e}")
             break
         time.sleep(0.3)
         if not part.check_watch_alive(watch):
@@ -1077,7 +1112,7 @@ def part_replace(part):
     size = db_size(app.path)
     return part.summary(
         f"{swaps[False]} swaps deleting the WAL + {swaps[True]} keeping it, {part.total_commits([app]):,} commits, "
-        f"{{restores}} (every TXID); {part.restart_uploads().describe(sum(swaps.values()), 'swaps', size)}")
+        f"{part.restores()} (every TXID); {part.restart_uploads().describe(sum(swaps.values()), 'swaps', size)}")
 
 
 # -- vacuum
@@ -1108,7 +1143,7 @@ def part_vacuum(part):
     return part.summary(
         f"{s['seconds']} s of writes, {writer_counts(part.dir / 'writer-app.log').get('vacuums', 0)} VACUUMs, "
         f"{kills} kills of walsync, "
-        f"{part.total_commits([app]):,} commits, {{restores}}; "
+        f"{part.total_commits([app]):,} commits, {part.restores()}; "
         f"{part.restart_uploads().describe(kills, 'restarts', db_size(app.path))}")
 
 

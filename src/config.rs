@@ -119,24 +119,23 @@ impl ConfigFile {
     }
 }
 
-/// Parses "250ms", "1s", "1.5s", "5m", "2h" or a bare number of seconds.
+/// Parses a duration as people type one: a bare number of seconds (`2`,
+/// `0.5`), or amounts with units (`500ms`, `90s`, `5m`, `1h30m`, `7d`,
+/// `2w`, also spelled out: `3 days`). Days are 24 hours and weeks 7 days.
+/// It must be positive.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    use jiff::{SpanTotal, Unit};
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (try 50ms, 1s, 5m, 1h)"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("'{text}' has an unknown unit (use ms, s, m or h)")),
+    let seconds = match t.parse::<f64>() {
+        Ok(seconds) => seconds,
+        Err(_) => t
+            .parse::<jiff::Span>()
+            .and_then(|span| span.total(SpanTotal::from(Unit::Second).days_are_24_hours()))
+            .map_err(|_| {
+                format!("'{text}' is not a duration (try 500ms, 90s, 5m, 1h30m, 7d or 2w)")
+            })?,
     };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e10 {
         return Err(format!("'{text}' must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -222,9 +221,27 @@ mod tests {
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("3 days").unwrap(),
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("0").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
     }
 
     #[test]

@@ -413,9 +413,11 @@ fn on_signals(token: CancelToken, first: Option<&'static str>) -> Result<()> {
 }
 
 /// Raises the soft open-files limit to the hard limit; fails when even that
-/// is too low for `dbs` databases (each needs about six descriptors).
+/// is too low for `dbs` databases (each needs about eight descriptors: the
+/// connection's database file, WAL and WAL-index, the same three held by
+/// walsync to check their identity, the lock file and the page record).
 fn raise_open_files_limit(dbs: usize) -> Result<()> {
-    let needed = (dbs as u64) * 6 + 64;
+    let needed = (dbs as u64) * 8 + 64;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -133,7 +133,7 @@ impl Source {
                 path.display()
             )));
         }
-        conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-64;")?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
         let db = File::open(path).db_io(|| format!("opening {}", path.display()))?;
         let db_id = FileId::of_file(&db, path)?;
         // A first read makes SQLite open (or create) the WAL and the
@@ -401,11 +401,72 @@ pub fn shm_path(db: &Path) -> PathBuf {
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
+    configure_sqlite_once();
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| Error::Database(format!("cannot open {}: {e}", path.display())))?;
+    keep_memory_small(&conn)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// walsync keeps one connection per replicated database, so per-connection
+/// memory decides RSS at a thousand databases. Its connections only hold a
+/// read lock and read the schema, so they need neither lookaside (about
+/// 120 KiB a connection with SQLite's defaults, all touched at open) nor
+/// the page cache's up-front bulk allocation (20 pages), nor more than a
+/// couple of cached pages. Set at run time, so the figures hold however
+/// SQLite was built:
+/// - once per process, before SQLite initializes (at walsync's first
+///   connection), SQLite's defaults for new connections: no lookaside, no
+///   bulk allocation. When something else initialized this SQLite first,
+///   SQLite refuses (it must be configured before it starts) and the
+///   per-connection settings below still apply.
+/// - per connection: lookaside off and a 2-page cache.
+fn keep_memory_small(conn: &Connection) -> Result<()> {
+    use rusqlite::ffi;
+    // SAFETY: the handle is this connection's, used on this thread; with a
+    // null buffer and zero sizes SQLite frees its lookaside buffer. It
+    // refuses (SQLITE_BUSY) only while lookaside memory is in use, which a
+    // connection that has run no statement does not have.
+    let rc = unsafe {
+        ffi::sqlite3_db_config(
+            conn.handle(),
+            ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(Error::Database(format!(
+            "SQLite refused to turn lookaside off (code {rc})"
+        )));
+    }
+    conn.execute_batch("PRAGMA cache_size = 2")?;
+    Ok(())
+}
+
+/// SQLite's process-wide defaults for new connections (see
+/// [`keep_memory_small`]); only possible before SQLite initializes.
+fn configure_sqlite_once() {
+    use rusqlite::ffi;
+    use std::ffi::{c_int, c_void};
+    static CONFIGURE: std::sync::Once = std::sync::Once::new();
+    CONFIGURE.call_once(|| {
+        // SAFETY: sqlite3_config before sqlite3_initialize, with the
+        // argument types these options take; it returns SQLITE_MISUSE
+        // (ignored) once SQLite is running.
+        unsafe {
+            ffi::sqlite3_config(ffi::SQLITE_CONFIG_LOOKASIDE, 0 as c_int, 0 as c_int);
+            ffi::sqlite3_config(
+                ffi::SQLITE_CONFIG_PAGECACHE,
+                std::ptr::null_mut::<c_void>(),
+                0 as c_int,
+                0 as c_int,
+            );
+        }
+    });
 }
 
 /// Refuses paths that do not exist or are not SQLite databases, with a hint.
