@@ -173,15 +173,7 @@ impl fmt::Display for Event {
                 txid,
                 bytes,
                 ..
-            } => {
-                let what = match content {
-                    ImageContent::Diff { changed, pages } => {
-                        format!("the {changed} changed pages of {pages}")
-                    }
-                    ImageContent::FullCopy { pages } => format!("a full copy ({pages} pages)"),
-                };
-                write!(f, "{cause}; shipping {what} as TXID {txid} ({bytes} bytes)")
-            }
+            } => write!(f, "{cause}; shipping {content} as TXID {txid} ({bytes} bytes)"),
             Event::NothingToShip { cause, .. } => write!(
                 f,
                 "{cause}; the database holds exactly what was shipped: nothing to ship"
@@ -212,6 +204,14 @@ impl fmt::Display for Event {
                 f,
                 "snapshot checksum differs from the tracked checksum; re-basing on the snapshot"
             ),
+            Event::RestoreProgress { .. } | Event::Restored { .. } => self.fmt_restore(f),
+        }
+    }
+}
+
+impl Event {
+    fn fmt_restore(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Event::RestoreProgress {
                 files_done,
                 files_total,
@@ -236,6 +236,18 @@ impl fmt::Display for Event {
                 elapsed.as_secs_f64(),
                 output.display()
             ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for ImageContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageContent::Diff { changed, pages } => {
+                write!(f, "the {changed} changed pages of {pages}")
+            }
+            ImageContent::FullCopy { pages } => write!(f, "a full copy ({pages} pages)"),
         }
     }
 }

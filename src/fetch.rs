@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::Hashing;
 use crate::plan;
 use crate::storage::{Download, ObjectHead, Storage};
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
@@ -245,45 +245,31 @@ pub fn fetch_and_replay(
     cancel: &CancelToken,
     replay: &mut dyn Replay,
 ) -> Result<()> {
-    let n = chain.len();
     let parallelism = parallelism.max(1);
-    let workers = parallelism.min(n.saturating_sub(1)).max(1);
+    let workers = parallelism.min(chain.len().saturating_sub(1)).max(1);
     let stop = Stop::new(cancel);
-    std::thread::scope(|s| {
-        let (job_tx, job_rx) = unbounded::<usize>();
-        let (res_tx, res_rx) = unbounded::<(usize, Fetched)>();
-        for _ in 0..workers {
-            let job_rx = job_rx.clone();
-            let res_tx = res_tx.clone();
-            let stop = &stop;
-            s.spawn(move || {
-                for i in job_rx {
-                    let r = if stop.stopping() {
-                        Err(ObjectError::new(Fault::Cancelled, Error::Cancelled))
-                    } else {
-                        download(storage, &chain[i], &staging.path_of(i), stop)
-                    };
-                    if res_tx.send((i, r)).is_err() {
-                        break;
-                    }
-                }
-            });
+    let download_one = |i: usize| -> (usize, Fetched) {
+        if stop.stopping() {
+            return (i, Err(ObjectError::new(Fault::Cancelled, Error::Cancelled)));
         }
-        drop(job_rx);
-        drop(res_tx);
+        (i, download(storage, &chain[i], &staging.path_of(i), &stop))
+    };
+    std::thread::scope(|s| {
+        let (jobs, results) = crate::pool::workers(s, workers, &download_one);
         let mut ahead = Prefetch {
             chain,
-            jobs: job_tx,
+            jobs,
             next: 1,
             waiting_bytes: 0,
             parallelism,
         };
         let result = replay_in_order(
-            storage, chain, staging, &stop, s, &mut ahead, &res_rx, replay,
+            storage, chain, staging, &stop, s, &mut ahead, &results, replay,
         );
         if result.is_err() {
             stop.fail();
         }
+        // Dropping the queue lets the workers finish.
         drop(ahead);
         result
     })

@@ -15,6 +15,7 @@ pub mod list;
 pub mod ltx;
 pub mod names;
 pub mod plan;
+pub mod pool;
 pub mod restore;
 pub mod storage;
 pub mod verify;

@@ -70,32 +70,15 @@ pub fn summaries(storage: &dyn Storage) -> Result<Vec<DbSummary>> {
 /// The commit time of each file, looked up by a few threads. A file whose
 /// header cannot be read gets `None`; storage failures are errors.
 fn parallel_times(storage: &dyn Storage, files: &[RemoteLtx]) -> Result<Vec<Option<i64>>> {
-    let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
-    let (res_tx, res_rx) = crossbeam_channel::unbounded::<(usize, Result<Option<i64>>)>();
-    for i in 0..files.len() {
-        let _ = job_tx.send(i);
-    }
-    drop(job_tx);
-    std::thread::scope(|s| {
-        for _ in 0..LOOKUP_THREADS.min(files.len()) {
-            let job_rx = job_rx.clone();
-            let res_tx = res_tx.clone();
-            s.spawn(move || {
-                for i in job_rx {
-                    let r = match plan::file_time_ms(storage, &files[i]) {
-                        Ok(t) => Ok(Some(t)),
-                        Err(Error::Integrity(_)) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    let _ = res_tx.send((i, r));
-                }
-            });
-        }
-    });
-    drop(res_tx);
-    let mut out = vec![None; files.len()];
-    for (i, r) in res_rx {
-        out[i] = r?;
-    }
-    Ok(out)
+    crate::pool::map(
+        files.iter().collect(),
+        LOOKUP_THREADS,
+        |f| match plan::file_time_ms(storage, f) {
+            Ok(t) => Ok(Some(t)),
+            Err(Error::Integrity(_)) => Ok(None),
+            Err(e) => Err(e),
+        },
+    )
+    .into_iter()
+    .collect()
 }

@@ -891,7 +891,24 @@ impl<R: Read> Decoder<R> {
     /// checksum (only the decompressed page is), but the frame's own header
     /// checksum and optional block and content checksums are verified.
     fn read_frame_page(&mut self, pgno: u32, buf: &mut [u8]) -> Result<()> {
-        let bad = |m: &str| Err(Error::Integrity(format!("LTX page {pgno}: LZ4 frame {m}")));
+        let frame = self.read_frame_descriptor(pgno)?;
+        let mut cbuf = std::mem::take(&mut self.cbuf);
+        let r = self.read_frame_blocks(pgno, &frame, buf, &mut cbuf);
+        self.cbuf = cbuf;
+        r?;
+        if frame.content_checksum {
+            let mut cs = [0u8; 4];
+            self.read_raw(&mut cs, "LZ4 content checksum")?;
+            if le_u32(&cs) != xxh32(buf, 0) {
+                return frame_error(pgno, "content checksum mismatch");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks an LZ4 frame's magic and descriptor.
+    fn read_frame_descriptor(&mut self, pgno: u32) -> Result<LegacyFrame> {
+        let bad = |m: &str| frame_error(pgno, m);
         let mut magic = [0u8; 4];
         self.read_raw(&mut magic, "LZ4 frame magic")?;
         if le_u32(&magic) != LZ4_FRAME_MAGIC {
@@ -907,10 +924,6 @@ impl<R: Read> Decoder<R> {
         if flg & 0b10 != 0 || bd & 0x8f != 0 {
             return bad("descriptor has reserved bits set");
         }
-        let independent = flg & 0x20 != 0;
-        let block_checksums = flg & 0x10 != 0;
-        let has_content_size = flg & 0x08 != 0;
-        let content_checksum = flg & 0x04 != 0;
         if flg & 0x01 != 0 {
             return bad("uses a dictionary, which LTX never does");
         }
@@ -922,7 +935,7 @@ impl<R: Read> Decoder<R> {
             _ => return bad("has an invalid block maximum size"),
         };
         let mut dlen = 2;
-        if has_content_size {
+        if flg & 0x08 != 0 {
             self.read_raw(&mut desc[2..10], "LZ4 frame content size")?;
             dlen = 10;
             let cs = u64::from_le_bytes([
@@ -937,71 +950,74 @@ impl<R: Read> Decoder<R> {
         if hc[0] != ((xxh32(&desc[..dlen], 0) >> 8) & 0xff) as u8 {
             return bad("header checksum mismatch");
         }
+        Ok(LegacyFrame {
+            independent: flg & 0x20 != 0,
+            block_checksums: flg & 0x10 != 0,
+            content_checksum: flg & 0x04 != 0,
+            max_block: max_compressed_page_size(self.header.page_size).min(block_max),
+        })
+    }
 
+    /// Reads a frame's blocks up to its end mark into `buf`, which they must
+    /// fill exactly.
+    fn read_frame_blocks(
+        &mut self,
+        pgno: u32,
+        frame: &LegacyFrame,
+        buf: &mut [u8],
+        cbuf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let bad = |m: &str| frame_error(pgno, m);
         let page_size = buf.len();
-        let max_block = max_compressed_page_size(self.header.page_size).min(block_max);
         let mut filled = 0usize;
-        let mut cbuf = std::mem::take(&mut self.cbuf);
-        let r = (|| -> Result<()> {
-            loop {
-                let mut sb = [0u8; 4];
-                self.read_raw(&mut sb, "LZ4 block size")?;
-                let word = le_u32(&sb);
-                if word == 0 {
-                    break; // end mark
-                }
-                let stored = word & 0x8000_0000 != 0;
-                let size = (word & 0x7fff_ffff) as usize;
-                let limit = if stored {
-                    page_size - filled
-                } else {
-                    max_block
-                };
-                if size == 0 || size > limit {
-                    return bad(&format!(
-                        "has a block of {size} bytes, more than one page allows"
-                    ));
-                }
-                cbuf.resize(size, 0);
-                self.read_raw(&mut cbuf, "LZ4 block")?;
-                if block_checksums {
-                    let mut cs = [0u8; 4];
-                    self.read_raw(&mut cs, "LZ4 block checksum")?;
-                    if le_u32(&cs) != xxh32(&cbuf, 0) {
-                        return bad("block checksum mismatch");
-                    }
-                }
-                if stored {
-                    buf[filled..filled + size].copy_from_slice(&cbuf);
-                    filled += size;
-                } else {
-                    let (done, rest) = buf.split_at_mut(filled);
-                    let dict: &[u8] = if independent { &[] } else { done };
-                    let n = lz4_flex::block::decompress_into_with_dict(&cbuf, rest, dict).map_err(
-                        |e| Error::Integrity(format!("LTX page {pgno}: LZ4 frame block: {e}")),
-                    )?;
-                    if n == 0 {
-                        return bad("has an empty block");
-                    }
-                    filled += n;
-                }
+        loop {
+            let mut sb = [0u8; 4];
+            self.read_raw(&mut sb, "LZ4 block size")?;
+            let word = le_u32(&sb);
+            if word == 0 {
+                break; // end mark
             }
-            if filled != page_size {
+            let stored = word & 0x8000_0000 != 0;
+            let size = (word & 0x7fff_ffff) as usize;
+            let limit = if stored {
+                page_size - filled
+            } else {
+                frame.max_block
+            };
+            if size == 0 || size > limit {
                 return bad(&format!(
-                    "holds {filled} bytes, not one page of {page_size}"
+                    "has a block of {size} bytes, more than one page allows"
                 ));
             }
-            if content_checksum {
+            cbuf.resize(size, 0);
+            self.read_raw(cbuf, "LZ4 block")?;
+            if frame.block_checksums {
                 let mut cs = [0u8; 4];
-                self.read_raw(&mut cs, "LZ4 content checksum")?;
-                if le_u32(&cs) != xxh32(buf, 0) {
-                    return bad("content checksum mismatch");
+                self.read_raw(&mut cs, "LZ4 block checksum")?;
+                if le_u32(&cs) != xxh32(cbuf, 0) {
+                    return bad("block checksum mismatch");
                 }
             }
-            Ok(())
-        })();
-        self.cbuf = cbuf;
-        r
+            if stored {
+                buf[filled..filled + size].copy_from_slice(cbuf);
+                filled += size;
+                continue;
+            }
+            let (done, rest) = buf.split_at_mut(filled);
+            let dict: &[u8] = if frame.independent { &[] } else { done };
+            let n = lz4_flex::block::decompress_into_with_dict(cbuf, rest, dict)
+                .map_err(|e| Error::Integrity(format!("LTX page {pgno}: LZ4 frame block: {e}")))?;
+            if n == 0 {
+                return bad("has an empty block");
+            }
+            filled += n;
+        }
+        if filled != page_size {
+            return bad(&format!(
+                "holds {filled} bytes, not one page of {page_size}"
+            ));
+        }
+        Ok(())
     }
 
     /// Reads any pages not read yet (verifying them), then the page index
@@ -1105,6 +1121,20 @@ impl<R: Read> Decoder<R> {
             ))),
         }
     }
+}
+
+/// What a legacy page's LZ4 frame descriptor says.
+struct LegacyFrame {
+    /// Blocks do not refer to the ones before them.
+    independent: bool,
+    block_checksums: bool,
+    content_checksum: bool,
+    /// Largest compressed block a page may have in this frame.
+    max_block: usize,
+}
+
+fn frame_error<T>(pgno: u32, m: &str) -> Result<T> {
+    Err(Error::Integrity(format!("LTX page {pgno}: LZ4 frame {m}")))
 }
 
 /// Decompresses an LZ4 block into `out`, which it must fill exactly.

@@ -50,9 +50,8 @@ use crate::catalog::{self, Catalog, RemoteLtx};
 use crate::error::{Error, Result};
 use crate::fetch::{self, Replay, Staging};
 use crate::ltx::Decoder;
-use crate::plan::{self, txid_hex, PlanFailure};
-use crate::storage::{db_prefix, LtxId, Storage, SNAPSHOT_LEVEL};
-use crossbeam_channel::unbounded;
+use crate::plan::{self, txid_hex, Gap, PlanFailure};
+use crate::storage::{db_prefix, Layout, LtxId, Storage, SNAPSHOT_LEVEL};
 use serde::Serialize;
 use std::io::Read;
 
@@ -196,43 +195,25 @@ pub fn verify_each(
     let parallelism = parallelism.max(1);
     let at_once = planned.len().clamp(1, (parallelism / 4).clamp(1, 8));
     let per_db = (parallelism / at_once).max(1);
-    let (job_tx, job_rx) = unbounded::<(String, Vec<RemoteLtx>)>();
-    let (report_tx, report_rx) = unbounded::<Result<Report>>();
-    for job in planned {
-        let _ = job_tx.send(job);
-    }
-    drop(job_tx);
+    let work = |(name, files): (String, Vec<RemoteLtx>)| {
+        verify_one(storage, &name, &files, per_db, cancel)
+    };
+    let total = planned.len();
     std::thread::scope(|s| -> Result<()> {
-        for _ in 0..at_once {
-            let job_rx = job_rx.clone();
-            let report_tx = report_tx.clone();
-            s.spawn(move || {
-                for (name, files) in job_rx {
-                    let r = verify_one(storage, &name, &files, per_db, cancel);
-                    let stop = r.is_err();
-                    if report_tx.send(r).is_err() || stop {
-                        break;
-                    }
-                }
-            });
+        let (jobs, reports) = crate::pool::workers(s, at_once, &work);
+        for job in planned {
+            let _ = jobs.send(job);
         }
-        drop(report_tx);
+        drop(jobs);
         let mut done = 0usize;
-        for r in report_rx {
-            let report = match r {
-                Ok(report) => report,
-                Err(e) => {
-                    cancel.cancel();
-                    return Err(e);
-                }
-            };
-            emit(&report)?;
+        for r in reports {
+            let report = r.inspect_err(|_| cancel.cancel())?;
+            emit(&report).inspect_err(|_| cancel.cancel())?;
             done += 1;
         }
-        if done != names.len() {
+        if done != total {
             return Err(Error::Other(format!(
-                "verify stopped early: {done} of {} database(s) checked",
-                names.len()
+                "verify stopped early: {done} of {total} database(s) checked"
             )));
         }
         Ok(())
@@ -348,78 +329,34 @@ fn plan_one(storage: &dyn Storage, name: &str, files: &[RemoteLtx]) -> (Report, 
         problems: Vec::new(),
     };
     let snapshot_dir = layout.level_prefix(name, SNAPSHOT_LEVEL);
-    let has_l9 = files.iter().any(|f| f.id.level == SNAPSHOT_LEVEL);
     let chain = match plan::plan_chain(files, latest) {
         Ok(chain) => chain,
         Err(PlanFailure::Gap(gap)) => {
+            report
+                .problems
+                .push(gap_problem(layout, name, &gap, latest));
             // Up to a gap, the files that do restore are still checked.
-            let chain = plan::plan_chain(files, gap.last).unwrap_or_default();
-            // The object that would close the gap, as a level-0 file.
-            let to = gap.next_min.map_or(latest, |n| n - 1);
-            let expected = layout.ltx_key(
-                name,
-                LtxId {
-                    level: 0,
-                    min_txid: gap.last + 1,
-                    max_txid: to,
-                },
-            );
+            plan::plan_chain(files, gap.last).unwrap_or_default()
+        }
+        Err(PlanFailure::NoBackups) => {
             report.problems.push(Problem {
-                key: expected,
-                kind: Kind::Gap,
+                key: db_prefix(name),
+                kind: Kind::NoBackup,
                 message: format!(
-                    "TXIDs {}..{} are missing after {} (no object starts at TXID {}); the replica restores only up to TXID {} (`walsync restore --txid {}`); take a fresh snapshot of the source (`walsync snapshot`)",
-                    txid_hex(gap.last + 1),
-                    txid_hex(to),
-                    gap.last_file.key,
-                    txid_hex(gap.last + 1),
-                    txid_hex(gap.last),
-                    gap.last
+                    "no LTX files for '{name}' in {url}; check the name with `walsync list -b {url}`"
                 ),
             });
-            chain
+            Vec::new()
         }
         Err(failure) => {
-            let message = failure
-                .clone()
-                .into_error(name, &url, latest)
-                .message()
-                .to_string();
-            let problem = match failure {
-                PlanFailure::NoBackups => Problem {
-                    key: db_prefix(name),
-                    kind: Kind::NoBackup,
-                    message: format!(
-                        "no LTX files for '{name}' in {url}; check the name with `walsync list -b {url}`"
-                    ),
-                },
-                _ => {
-                    // No image to start from: name the snapshot the oldest
-                    // incremental file needs.
-                    let first_min = files.iter().map(|f| f.id.min_txid).min().unwrap_or(2);
-                    let key = if first_min > 1 {
-                        layout.ltx_key(
-                            name,
-                            LtxId {
-                                level: SNAPSHOT_LEVEL,
-                                min_txid: 1,
-                                max_txid: first_min - 1,
-                            },
-                        )
-                    } else {
-                        snapshot_dir.clone()
-                    };
-                    Problem {
-                        key,
-                        kind: Kind::NoSnapshot,
-                        message,
-                    }
-                }
-            };
-            report.problems.push(problem);
+            let message = failure.into_error(name, &url, latest).message().to_string();
+            report
+                .problems
+                .push(no_image_problem(layout, name, files, message));
             Vec::new()
         }
     };
+    let has_l9 = files.iter().any(|f| f.id.level == SNAPSHOT_LEVEL);
     if !has_l9 && !chain.is_empty() {
         report.problems.push(Problem {
             key: snapshot_dir,
@@ -432,6 +369,55 @@ fn plan_one(storage: &dyn Storage, name: &str, files: &[RemoteLtx]) -> (Report, 
     }
     report.snapshot = chain.first().map(|f| f.key.clone());
     (report, chain)
+}
+
+/// A gap, named by the level-0 object that would close it.
+fn gap_problem(layout: Layout, name: &str, gap: &Gap, latest: u64) -> Problem {
+    let to = gap.next_min.map_or(latest, |n| n - 1);
+    let expected = layout.ltx_key(
+        name,
+        LtxId {
+            level: 0,
+            min_txid: gap.last + 1,
+            max_txid: to,
+        },
+    );
+    Problem {
+        key: expected,
+        kind: Kind::Gap,
+        message: format!(
+            "TXIDs {}..{} are missing after {} (no object starts at TXID {}); the replica restores only up to TXID {} (`walsync restore --txid {}`); take a fresh snapshot of the source (`walsync snapshot`)",
+            txid_hex(gap.last + 1),
+            txid_hex(to),
+            gap.last_file.key,
+            txid_hex(gap.last + 1),
+            txid_hex(gap.last),
+            gap.last
+        ),
+    }
+}
+
+/// No full image to start from, named by the snapshot the oldest
+/// incremental file needs.
+fn no_image_problem(layout: Layout, name: &str, files: &[RemoteLtx], message: String) -> Problem {
+    let first_min = files.iter().map(|f| f.id.min_txid).min().unwrap_or(2);
+    let key = if first_min > 1 {
+        layout.ltx_key(
+            name,
+            LtxId {
+                level: SNAPSHOT_LEVEL,
+                min_txid: 1,
+                max_txid: first_min - 1,
+            },
+        )
+    } else {
+        layout.level_prefix(name, SNAPSHOT_LEVEL)
+    };
+    Problem {
+        key,
+        kind: Kind::NoSnapshot,
+        message,
+    }
 }
 
 /// Settles the verdict once every file is checked.

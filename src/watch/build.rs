@@ -78,6 +78,48 @@ pub(super) enum Incremental {
     Batch(Box<Batch>),
 }
 
+/// The committed transactions a WAL holds after a position.
+struct NewFrames {
+    /// Newest frame of each page across them (page offsets in the WAL).
+    latest: BTreeMap<u32, u64>,
+    /// Database size after the last of them.
+    db_pages: u32,
+    from: WalPosition,
+    end: WalPosition,
+    salts: (u32, u32),
+}
+
+impl NewFrames {
+    fn read(mut reader: WalReader, db_pages: u32) -> Result<NewFrames> {
+        let header = *reader.header();
+        let from = reader.position();
+        let mut news = NewFrames {
+            latest: BTreeMap::new(),
+            db_pages,
+            from,
+            end: from,
+            salts: (header.salt1, header.salt2),
+        };
+        while let Some(txn) = reader.next_transaction()? {
+            for f in txn.frames {
+                news.latest.insert(f.pgno, f.page_offset);
+            }
+            news.db_pages = txn.db_pages;
+        }
+        news.end = reader.position();
+        Ok(news)
+    }
+
+    /// The LTX header of a file carrying them, with the WAL range it covers.
+    fn header(&self, page_size: u32, id: LtxId, now_ms: i64) -> Header {
+        let mut h = header_for(page_size, id, self.db_pages, now_ms);
+        h.wal_offset = self.from.offset;
+        h.wal_size = self.end.offset - self.from.offset;
+        (h.wal_salt1, h.wal_salt2) = self.salts;
+        h
+    }
+}
+
 impl Shipper {
     /// New committed transactions since the shipped position, as one level-0
     /// file with TXID + 1.
@@ -88,7 +130,7 @@ impl Shipper {
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
         let wal_file = source.wal_file();
         let start = state.position();
-        let mut reader = match WalReader::resume(wal_file, start)? {
+        let reader = match WalReader::resume(wal_file, start)? {
             Resume::Continue(r) => r,
             // A WAL restart loses nothing when SQLite could only make it
             // after backfilling all we shipped (see the continuity rule).
@@ -100,23 +142,12 @@ impl Shipper {
                 None => return Ok(Incremental::Nothing),
             },
         };
-        let header = *reader.header();
-        let from = reader.position();
-        // Newest frame of each page across the new transactions.
-        let mut latest: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut db_pages = state.db_pages;
-        while let Some(txn) = reader.next_transaction()? {
-            for f in txn.frames {
-                latest.insert(f.pgno, f.page_offset);
-            }
-            db_pages = txn.db_pages;
-        }
-        let end = reader.position();
-        if end == from {
-            if from != start {
+        let news = NewFrames::read(reader, state.db_pages)?;
+        if news.end == news.from {
+            if news.from != start {
                 // The log restarted but holds nothing new yet: remember the new start.
                 let mut s = state;
-                s.set_position(from);
+                s.set_position(news.from);
                 self.state_dir.save(&s)?;
                 self.shipped = Shipped::Known(s);
             }
@@ -128,16 +159,53 @@ impl Shipper {
             min_txid: txid,
             max_txid: txid,
         };
-        let mut hdr = header_for(self.page_size, id, db_pages, now_ms);
-        hdr.wal_offset = from.offset;
-        hdr.wal_size = end.offset - from.offset;
-        hdr.wal_salt1 = header.salt1;
-        hdr.wal_salt2 = header.salt2;
         let spool = self.spool_path(id);
-        let mut enc = Encoder::new(Hashing::new(BufWriter::new(create(&spool)?)), hdr)?;
+        let mut enc = Encoder::new(
+            Hashing::new(BufWriter::new(create(&spool)?)),
+            news.header(self.page_size, id, now_ms),
+        )?;
+        let post = self.encode_frames(&news, &state, txid, &mut enc)?;
+        // The frames must still be the ones validated: a restart would change the salts.
+        let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
+        if WalHeader::read(source.wal_file())?.map(|h| (h.salt1, h.salt2)) != Some(news.salts) {
+            let _ = std::fs::remove_file(&spool);
+            return Ok(Incremental::Reset);
+        }
+        let pre = state.db_checksum;
+        let mut new_state = state;
+        new_state.txid = txid;
+        new_state.db_pages = news.db_pages;
+        new_state.db_checksum = post;
+        new_state.set_position(news.end);
+        let built = Built {
+            kind: BatchKind::Incremental,
+            id,
+            spool,
+            pre,
+            new_state,
+            reached_wal_end: true,
+            timestamp_ms: now_ms,
+        };
+        Ok(Incremental::Batch(Box::new(self.finish(enc, built)?)))
+    }
+
+    /// Writes the newest frame of each page into `enc`, records the pages
+    /// under `txid` and returns the database checksum after them.
+    fn encode_frames(
+        &mut self,
+        news: &NewFrames,
+        state: &LocalState,
+        txid: u64,
+        enc: &mut Encoder<Hashing<BufWriter<File>>>,
+    ) -> Result<u64> {
+        let wal_file = self
+            .source
+            .as_ref()
+            .ok_or_else(|| gone(&self.path))?
+            .wal_file();
         let lock = ltx::lock_pgno(self.page_size);
         let mut xor = state.db_checksum;
-        for (&pgno, &offset) in latest.range(..=db_pages) {
+        for (&pgno, &offset) in news.latest.range(..=news.db_pages) {
             if pgno == lock {
                 continue;
             }
@@ -152,35 +220,13 @@ impl Shipper {
             self.pagesums.put(pgno, state.txid, txid, record)?;
             enc.write_page(pgno, &self.page)?;
         }
-        for pgno in (db_pages + 1)..=state.db_pages {
+        // Pages past the new end leave the database.
+        for pgno in (news.db_pages + 1)..=state.db_pages {
             if pgno != lock {
                 xor ^= self.pagesums.get(pgno, state.txid)?;
             }
         }
-        // The frames must still be the ones validated: a restart would change the salts.
-        if WalHeader::read(wal_file)?.map(|h| (h.salt1, h.salt2))
-            != Some((header.salt1, header.salt2))
-        {
-            let _ = std::fs::remove_file(&spool);
-            return Ok(Incremental::Reset);
-        }
-        let post = ltx::checksum_flag(xor);
-        let pre = state.db_checksum;
-        let mut new_state = state;
-        new_state.txid = txid;
-        new_state.db_pages = db_pages;
-        new_state.db_checksum = post;
-        new_state.set_position(end);
-        let built = Built {
-            kind: BatchKind::Incremental,
-            id,
-            spool,
-            pre,
-            new_state,
-            reached_wal_end: true,
-            timestamp_ms: now_ms,
-        };
-        Ok(Incremental::Batch(Box::new(self.finish(enc, built)?)))
+        Ok(ltx::checksum_flag(xor))
     }
 
     /// A level-9 snapshot of the shipped state when the interval has passed.
@@ -217,75 +263,39 @@ impl Shipper {
         now_ms: i64,
     ) -> Result<Option<Batch>> {
         let periodic = kind == BatchKind::Snapshot && self.state().is_some();
-        let plan = self.image_plan(kind, periodic);
+        let plan = self.image_plan(kind);
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
-        let (db_file, wal_file) = (source.db_file(), source.wal_file());
         let until = match (&self.shipped, periodic) {
             (Shipped::Known(s), true) => Some(s.position()),
             _ => None,
         };
-        let overlay = Overlay::scan(wal_file, until)?;
+        let overlay = Overlay::scan(source.wal_file(), until)?;
         let db_pages = match (&self.shipped, periodic, overlay.db_pages) {
             (Shipped::Known(s), true, _) => s.db_pages,
             (_, _, Some(n)) => n,
-            _ => db_pages_from_file(db_file, self.page_size, &mut self.page)?,
+            _ => db_pages_from_file(source.db_file(), self.page_size, &mut self.page)?,
         };
         let spool = self.spool_path(plan.id);
         let mut enc = Encoder::new(
             Hashing::new(BufWriter::new(create(&spool)?)),
             header_for(self.page_size, plan.id, db_pages, now_ms),
         )?;
-        let lock = ltx::lock_pgno(self.page_size);
-        let mut xor = 0u64;
-        let mut changed = 0u32;
-        for pgno in (1..=db_pages).filter(|&p| p != lock) {
-            read_state_page(
-                db_file,
-                wal_file,
-                &overlay,
-                pgno,
-                self.page_size,
-                &mut self.page,
-            )?;
-            if periodic {
-                xor ^= ltx::page_checksum(pgno, &self.page);
-                enc.write_page(pgno, &self.page)?;
-                continue;
-            }
-            let record = self.pagesums.record_of(pgno, &self.page);
-            xor ^= record.checksum;
-            let unchanged = match (kind, &self.shipped) {
-                (BatchKind::Diff, Shipped::Known(s)) if pgno <= s.db_pages => self
-                    .pagesums
-                    .get_record(pgno, s.txid)?
-                    .is_some_and(|old| old.same_page_as(&record)),
-                _ => false,
-            };
-            // A diff always carries page 1, so it is never empty.
-            if unchanged && pgno != 1 {
-                continue;
-            }
-            changed += u32::from(!unchanged);
-            self.pagesums
-                .put(pgno, plan.committed, plan.new_txid, record)?;
-            enc.write_page(pgno, &self.page)?;
-        }
-        let post = ltx::checksum_flag(xor);
+        let written = self.encode_image(kind, periodic, &plan, &overlay, db_pages, &mut enc)?;
         let mut new_state = match &self.shipped {
             Shipped::Known(s) => s.clone(),
             _ => state::new_state(&self.storage.describe(), &self.name, self.page_size),
         };
-        if kind == BatchKind::Diff && changed == 0 && db_pages == new_state.db_pages {
+        if kind == BatchKind::Diff && written.changed == 0 && db_pages == new_state.db_pages {
             return self.nothing_changed(enc, spool, new_state, overlay.end, cause);
         }
-        if periodic && post != new_state.db_checksum {
+        if periodic && written.checksum != new_state.db_checksum {
             self.emit(Event::SnapshotRebased {
                 db: self.name.clone(),
             });
         }
         new_state.txid = plan.new_txid;
         new_state.db_pages = db_pages;
-        new_state.db_checksum = post;
+        new_state.db_checksum = written.checksum;
         if kind == BatchKind::Snapshot {
             new_state.last_snapshot_ms = now_ms;
             new_state.last_snapshot_txid = plan.new_txid;
@@ -309,26 +319,82 @@ impl Shipper {
         };
         let batch = self.finish(enc, built)?;
         if let Some(cause) = cause {
-            let content = match kind {
-                BatchKind::Diff => ImageContent::Diff {
-                    changed,
-                    pages: db_pages,
-                },
-                _ => ImageContent::FullCopy { pages: db_pages },
-            };
-            self.emit(Event::Shipping {
-                db: self.name.clone(),
-                cause,
-                content,
-                txid: plan.new_txid,
-                bytes: batch.len,
-            });
+            self.report_image(kind, cause, written.changed, db_pages, &batch);
         }
         Ok(Some(batch))
     }
 
+    /// Writes the pages of an image into `enc`: every page, or for a diff
+    /// the ones that changed (and page 1, so it is never empty). Records the
+    /// pages written, unless it is a periodic snapshot of what is recorded.
+    fn encode_image(
+        &mut self,
+        kind: BatchKind,
+        periodic: bool,
+        plan: &ImagePlan,
+        overlay: &Overlay,
+        db_pages: u32,
+        enc: &mut Encoder<Hashing<BufWriter<File>>>,
+    ) -> Result<Written> {
+        let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
+        let (db_file, wal_file) = (source.db_file(), source.wal_file());
+        let lock = ltx::lock_pgno(self.page_size);
+        let mut xor = 0u64;
+        let mut changed = 0u32;
+        for pgno in (1..=db_pages).filter(|&p| p != lock) {
+            read_state_page(
+                db_file,
+                wal_file,
+                overlay,
+                pgno,
+                self.page_size,
+                &mut self.page,
+            )?;
+            if periodic {
+                xor ^= ltx::page_checksum(pgno, &self.page);
+                enc.write_page(pgno, &self.page)?;
+                continue;
+            }
+            let record = self.pagesums.record_of(pgno, &self.page);
+            xor ^= record.checksum;
+            let unchanged = match (kind, &self.shipped) {
+                (BatchKind::Diff, Shipped::Known(s)) if pgno <= s.db_pages => self
+                    .pagesums
+                    .get_record(pgno, s.txid)?
+                    .is_some_and(|old| old.same_page_as(&record)),
+                _ => false,
+            };
+            if unchanged && pgno != 1 {
+                continue;
+            }
+            changed += u32::from(!unchanged);
+            self.pagesums
+                .put(pgno, plan.committed, plan.new_txid, record)?;
+            enc.write_page(pgno, &self.page)?;
+        }
+        Ok(Written {
+            checksum: ltx::checksum_flag(xor),
+            changed,
+        })
+    }
+
+    /// Says why a diff or full copy is shipped, and how big it is.
+    fn report_image(&self, kind: BatchKind, cause: Cause, changed: u32, pages: u32, batch: &Batch) {
+        let content = match kind {
+            BatchKind::Diff => ImageContent::Diff { changed, pages },
+            _ => ImageContent::FullCopy { pages },
+        };
+        self.emit(Event::Shipping {
+            db: self.name.clone(),
+            cause,
+            content,
+            txid: batch.id.max_txid,
+            bytes: batch.len,
+        });
+    }
+
     /// The TXIDs and pre-apply checksum of an image of `kind`.
-    fn image_plan(&self, kind: BatchKind, periodic: bool) -> ImagePlan {
+    fn image_plan(&self, kind: BatchKind) -> ImagePlan {
         let (committed, new_txid, pre) = match (&self.shipped, kind) {
             (Shipped::Known(s), BatchKind::Snapshot) => (s.txid, s.txid, 0),
             (Shipped::Known(s), _) => (s.txid, s.txid + 1, s.db_checksum),
@@ -348,7 +414,6 @@ impl Shipper {
                 max_txid: new_txid,
             }
         };
-        debug_assert!(!periodic || kind == BatchKind::Snapshot);
         ImagePlan {
             id,
             committed,
@@ -432,6 +497,14 @@ struct ImagePlan {
     new_txid: u64,
     /// The database checksum before it (0: not recorded).
     pre: u64,
+}
+
+/// What [`Shipper::encode_image`] wrote.
+struct Written {
+    /// The database checksum of the image (every page, written or not).
+    checksum: u64,
+    /// Pages that differ from the record (a diff), or 0.
+    changed: u32,
 }
 
 /// A batch written to its spool file, before it is described.
