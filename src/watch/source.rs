@@ -24,6 +24,7 @@ use crate::error::{Error, IoContext, Result};
 use rusqlite::{Connection, OpenFlags};
 use std::fs::File;
 use std::io::Read;
+use std::mem::ManuallyDrop;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -88,21 +89,42 @@ struct HeldFiles {
 /// walsync's connection to one database.
 pub struct Source {
     path: PathBuf,
-    // Field order matters: the connection closes before the held files.
-    conn: Connection,
+    /// Closed explicitly in `Drop`, before the held files (see the module doc).
+    conn: ManuallyDrop<Connection>,
     reading: bool,
     held: HeldFiles,
+}
+
+/// What closing a source does with the WAL and WAL-index at the paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnClose {
+    /// They are the database's own: SQLite's last connection checkpoints
+    /// and removes them, as always.
+    Normal,
+    /// They are someone else's now (or someone else still uses them): close
+    /// without SQLite's checkpoint-on-close and leave them be.
+    KeepThem,
+    /// The database file was replaced and nobody else uses its old WAL: it
+    /// is removed, as the application's last close would have removed it.
+    RemoveOldWal,
 }
 
 impl Drop for Source {
     /// See [`Source::close`]; dropping a source closes it the same way.
     fn drop(&mut self) {
         let _ = self.end_read();
-        if !self.may_delete_wal_on_close() {
+        let on_close = self.on_close();
+        if on_close != OnClose::Normal {
             let _ = self.conn.set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
                 true,
             );
+        }
+        // SAFETY: the connection is dropped once, here, and never used after.
+        unsafe { ManuallyDrop::drop(&mut self.conn) };
+        if on_close == OnClose::RemoveOldWal && self.old_wal_still_ours() {
+            let _ = std::fs::remove_file(wal_path(&self.path));
+            let _ = std::fs::remove_file(shm_path(&self.path));
         }
     }
 }
@@ -150,7 +172,7 @@ impl Source {
         };
         let source = Source {
             path: path.to_path_buf(),
-            conn,
+            conn: ManuallyDrop::new(conn),
             reading: false,
             held: HeldFiles {
                 db,
@@ -206,29 +228,39 @@ impl Source {
     /// open: after a replacement they may be the application's new ones,
     /// and deleting them would lose its commits. So the connection closes
     /// without that checkpoint (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`) unless
-    /// `-wal` and `-shm` are still its own, and, when the database file
-    /// itself was replaced, no other process is attached to that old
-    /// WAL-index. In that last case the close does what the application's
-    /// own last close would have done without walsync: the old WAL goes
-    /// into the old file and is removed, so the application's next open of
-    /// the new file starts clean instead of reading the old WAL.
+    /// `-wal` and `-shm` are still its own.
+    ///
+    /// When the database file itself was replaced (renamed over) but its old
+    /// `-wal` and `-shm` stayed, SQLite skips the checkpoint on close anyway
+    /// (the file has moved), and the old WAL would be read over the new file
+    /// by the next connection that opens it. Unless another process is
+    /// attached to that old WAL-index, walsync then removes the old `-wal`
+    /// and `-shm`, as the application's own last close would have done had
+    /// walsync not been connected. Their frames belong to the replaced file,
+    /// which nothing reads any more.
     pub fn close(mut self) -> Result<()> {
         let ended = self.end_read();
         drop(self);
         ended
     }
 
-    fn may_delete_wal_on_close(&self) -> bool {
-        let same = |held: Option<FileId>, path: PathBuf| {
-            held.is_some() && matches!(FileId::of_path(&path), Ok(now) if now == held)
-        };
-        let wal_is_ours = same(Some(self.held.wal_id), wal_path(&self.path));
-        let shm_is_ours = same(self.held.shm_id, shm_path(&self.path));
-        if !(wal_is_ours && shm_is_ours) {
-            return false;
+    /// Decides what the close does (see [`OnClose`]).
+    fn on_close(&self) -> OnClose {
+        if !self.old_wal_still_ours() {
+            OnClose::KeepThem
+        } else if is_same(Some(self.held.db_id), &self.path) {
+            OnClose::Normal
+        } else if self.shm_used_by_another_process() {
+            OnClose::KeepThem
+        } else {
+            OnClose::RemoveOldWal
         }
-        let db_is_ours = same(Some(self.held.db_id), self.path.clone());
-        db_is_ours || !self.shm_used_by_another_process()
+    }
+
+    /// Whether `-wal` and `-shm` still name the files this connection has.
+    fn old_wal_still_ours(&self) -> bool {
+        is_same(Some(self.held.wal_id), &wal_path(&self.path))
+            && is_same(self.held.shm_id, &shm_path(&self.path))
     }
 
     /// Whether another process holds a lock on the WAL-index's lock bytes
@@ -384,6 +416,11 @@ impl Source {
     pub fn set_busy_timeout(&self, t: Duration) -> Result<()> {
         Ok(self.conn.busy_timeout(t)?)
     }
+}
+
+/// Whether `path` names the file `held` (never, when `held` is `None`).
+fn is_same(held: Option<FileId>, path: &Path) -> bool {
+    held.is_some() && matches!(FileId::of_path(path), Ok(now) if now == held)
 }
 
 /// `<db>-wal`.
