@@ -46,6 +46,22 @@ pub enum Fault {
     Cancelled,
 }
 
+impl Fault {
+    /// Its name in reports (`verify --json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Missing => "missing",
+            Fault::Corrupt => "corrupt",
+            Fault::Sha256Mismatch => "sha256_mismatch",
+            Fault::Mismatch => "mismatch",
+            Fault::ChecksumChain => "checksum_chain",
+            Fault::Storage => "storage",
+            Fault::Local => "local",
+            Fault::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// An error about one object, with what kind of problem it is.
 #[derive(Debug)]
 pub struct ObjectError {

@@ -73,7 +73,7 @@ pub mod verify;
 pub mod watch;
 
 // Shared pieces.
-mod apply;
+pub mod apply;
 mod backoff;
 mod cancel;
 mod config;

@@ -55,42 +55,51 @@ use crate::storage::{db_prefix, Layout, LtxId, Storage, SNAPSHOT_LEVEL};
 use serde::Serialize;
 use std::io::Read;
 
-/// What went wrong, and which exit code it calls for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What went wrong, and which exit code it calls for: a problem of the
+/// plan, or of one object (the same [`Fault`]s a restore reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Nothing stored for the name.
     NoBackup,
-    /// No level-9 snapshot, or none the plan can start from.
+    /// No level-9 snapshot, or no full image the plan can start from.
     NoSnapshot,
-    /// TXIDs missing between the snapshot and the latest file.
+    /// TXIDs missing between the full image and the latest file.
     Gap,
-    /// An object of the plan was listed but cannot be read.
-    Missing,
-    /// The object does not decode (bad header, pages, index, CRC-64).
-    Corrupt,
-    /// The body's SHA-256 differs from the object's metadata.
-    Sha256Mismatch,
-    /// The header's TXIDs or page size disagree with the key or the plan.
-    Mismatch,
-    /// A pre-apply checksum differs from the previous post-apply checksum.
-    ChecksumChain,
-    /// The storage failed while reading (network, permissions).
-    Storage,
+    /// An object of the plan is missing, damaged or could not be read.
+    Object(Fault),
 }
 
 impl Kind {
+    /// The name in `--json` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::NoBackup => "no_backup",
+            Kind::NoSnapshot => "no_snapshot",
+            Kind::Gap => "gap",
+            Kind::Object(f) => f.name(),
+        }
+    }
+
     fn is_integrity(self) -> bool {
         matches!(
             self,
-            Kind::Corrupt | Kind::Sha256Mismatch | Kind::Mismatch | Kind::ChecksumChain
+            Kind::Object(
+                Fault::Corrupt | Fault::Sha256Mismatch | Fault::Mismatch | Fault::ChecksumChain
+            )
         )
     }
+
     fn is_unrestorable(self) -> bool {
         matches!(
             self,
-            Kind::NoBackup | Kind::NoSnapshot | Kind::Gap | Kind::Missing
+            Kind::NoBackup | Kind::NoSnapshot | Kind::Gap | Kind::Object(Fault::Missing)
         )
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -274,19 +283,12 @@ impl Replay for VerifyReplay {
             }
             Err(e) => e,
         };
-        let kind = match e.fault {
+        let hint = match e.fault {
             Fault::Cancelled | Fault::Local => return Err(e.error),
-            Fault::Missing => Kind::Missing,
-            Fault::Corrupt => Kind::Corrupt,
-            Fault::Sha256Mismatch => Kind::Sha256Mismatch,
-            Fault::Mismatch => Kind::Mismatch,
-            Fault::ChecksumChain => Kind::ChecksumChain,
-            Fault::Storage => Kind::Storage,
+            Fault::Corrupt | Fault::Mismatch | Fault::ChecksumChain => plan::damaged_object_hint(f),
+            Fault::Missing | Fault::Sha256Mismatch | Fault::Storage => String::new(),
         };
-        let hint = match kind {
-            Kind::Corrupt | Kind::Mismatch | Kind::ChecksumChain => plan::damaged_object_hint(f),
-            _ => String::new(),
-        };
+        let kind = Kind::Object(e.fault);
         let message = format!("{}{hint}", e.error.message());
         self.report.problems.push(Problem {
             key: f.key.clone(),

@@ -2,6 +2,7 @@
 //! (a restore's progress as one updating line on a terminal), and the
 //! reports of `list` and `verify` on standard output.
 
+use crate::apply::Fault;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink, Level};
 use crate::list::{self, DbSummary};
@@ -226,17 +227,10 @@ fn write_verify_line(out: &mut impl Write, r: &Report) -> io::Result<()> {
     }
 }
 
-fn kind_label(k: Kind) -> &'static str {
+fn kind_label(k: Kind) -> String {
     match k {
-        Kind::NoBackup => "NO BACKUP",
-        Kind::NoSnapshot => "NO SNAPSHOT",
-        Kind::Gap => "GAP",
-        Kind::Missing => "MISSING",
-        Kind::Corrupt => "CORRUPT",
-        Kind::Sha256Mismatch => "SHA-256 MISMATCH",
-        Kind::Mismatch => "MISMATCH",
-        Kind::ChecksumChain => "CHECKSUM CHAIN",
-        Kind::Storage => "STORAGE",
+        Kind::Object(Fault::Sha256Mismatch) => "SHA-256 MISMATCH".to_string(),
+        _ => k.name().replace('_', " ").to_uppercase(),
     }
 }
 

@@ -166,8 +166,9 @@ pub struct Shipper {
     pub(super) continuity: Continuity,
     /// A built batch not yet stored.
     pub(super) pending: Option<Batch>,
-    retry_at: Option<Instant>,
-    backoff: Backoff,
+    /// When a failed upload of `pending` is tried again, and how long the
+    /// next wait after a failure is.
+    retry: Retry,
     /// Counts read transactions begun; a batch built in the current epoch
     /// that reached the WAL end proves the read mark is covered.
     pub(super) read_epoch: u64,
@@ -177,13 +178,24 @@ pub struct Shipper {
     pub(super) last_checkpoint: Option<(u32, u64)>,
     /// The page buffer, only allocated while building.
     pub(super) page: Vec<u8>,
-    /// What was last said about a missing or unusable database, so it is
-    /// said once, not at every poll.
-    detached_note: Option<String>,
-    /// Why the database was let go of, while it is (the cause of the full
-    /// copy once it is back).
-    detached_cause: Option<Cause>,
+    /// Why the database was let go of and what was said about it, while it is.
+    detached: Detached,
     pub(super) events: Arc<dyn EventSink>,
+}
+
+/// The retry schedule of a failed upload.
+struct Retry {
+    at: Option<Instant>,
+    backoff: Backoff,
+}
+
+/// A database walsync let go of (deleted, or replaced and not reopened yet).
+#[derive(Default)]
+struct Detached {
+    /// Why: the cause of the full copy once it is back.
+    cause: Option<Cause>,
+    /// What was last said about it, so it is said once, not at every poll.
+    note: Option<String>,
 }
 
 /// The read epoch begun when the database was opened: a WAL reset found in
@@ -226,13 +238,14 @@ impl Shipper {
             shipped: Shipped::Nothing,
             continuity: Continuity::Unproven,
             pending: None,
-            retry_at: None,
-            backoff: Backoff::upload(),
+            retry: Retry {
+                at: None,
+                backoff: Backoff::upload(),
+            },
             read_epoch: FIRST_EPOCH,
             last_checkpoint: None,
             page: Vec::new(),
-            detached_note: None,
-            detached_cause: None,
+            detached: Detached::default(),
             events,
         };
         shipper.shipped = shipper.find_start()?;
@@ -324,12 +337,12 @@ impl Shipper {
 
     /// Whether the batch waiting for retry may be sent again now.
     pub fn retry_due(&self, now: Instant) -> bool {
-        self.pending.is_some() && self.retry_at.is_some_and(|t| now >= t)
+        self.pending.is_some() && self.retry.at.is_some_and(|t| now >= t)
     }
 
     /// Hands out the pending batch for another upload attempt.
     pub fn take_retry(&mut self) -> Option<&Batch> {
-        self.retry_at = None;
+        self.retry.at = None;
         self.pending.as_ref()
     }
 
@@ -430,15 +443,15 @@ impl Shipper {
             }
         }
         self.shipped = Shipped::Known(batch.new_state);
-        self.backoff.reset();
+        self.retry.backoff.reset();
         let _ = std::fs::remove_file(&batch.spool);
         saved
     }
 
     /// Records a failed upload; the same batch is retried after a backoff.
     pub fn upload_failed(&mut self, now: Instant) -> Duration {
-        let delay = self.backoff.next_delay();
-        self.retry_at = Some(now + delay);
+        let delay = self.retry.backoff.next_delay();
+        self.retry.at = Some(now + delay);
         delay
     }
 
@@ -547,7 +560,7 @@ impl Shipper {
     /// Drops the connection and held files (closing them so that no old WAL
     /// is kept alive for the application to find), saying why once.
     fn detach(&mut self, cause: Cause, why: String) {
-        self.detached_cause = Some(cause);
+        self.detached.cause = Some(cause);
         if let Some(source) = self.source.take() {
             if let Err(e) = source.close() {
                 self.emit(Event::CloseFailed {
@@ -565,7 +578,7 @@ impl Shipper {
         if !self.path.exists() {
             return false;
         }
-        let cause = self.detached_cause.unwrap_or(Cause::Reappeared);
+        let cause = self.detached.cause.unwrap_or(Cause::Reappeared);
         let opened = Source::open(&self.path).and_then(|mut source| {
             let page_size = source.page_size()?;
             source.begin_read()?;
@@ -578,8 +591,7 @@ impl Shipper {
                 self.read_epoch += 1;
                 self.last_checkpoint = None;
                 self.continuity = Continuity::NeedsFull(cause);
-                self.detached_note = None;
-                self.detached_cause = None;
+                self.detached = Detached::default();
                 true
             }
             Err(e) => {
@@ -592,9 +604,9 @@ impl Shipper {
     /// Emits `event(db, message)` unless the same message was the last one
     /// said about a missing or unusable database.
     fn note(&mut self, message: String, event: fn(String, String) -> Event) {
-        if self.detached_note.as_deref() != Some(message.as_str()) {
+        if self.detached.note.as_deref() != Some(message.as_str()) {
             self.emit(event(self.name.clone(), message.clone()));
-            self.detached_note = Some(message);
+            self.detached.note = Some(message);
         }
     }
 
