@@ -1,34 +1,9 @@
 //! Engine acceptance tests: the real `walsync` binary replicating real SQLite
 //! databases to a real S3 server (s3s-fs, SigV4 checked), then restored.
 
-mod common;
-mod support;
-
-use rand_free::Rng;
+use crate::harness::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::*;
-
-/// A tiny deterministic generator (the tests need no rand crate).
-mod rand_free {
-    pub struct Rng(pub u64);
-    impl Rng {
-        pub fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        pub fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-}
-
-fn stop_clean(w: Watcher) {
-    let (code, err) = w.stop();
-    assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
-}
 
 /// Restores `name` and checks it equals the (fully checkpointed) source.
 fn restore_equals_source(dest: &Dest, name: &str, source: &Path, dir: &Path) {
@@ -42,7 +17,7 @@ fn restore_equals_source(dest: &Dest, name: &str, source: &Path, dir: &Path) {
 
 #[test]
 fn three_databases_mixed_workload_restore_byte_identical() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "mixed", "backups");
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("romneys/app.db");
@@ -56,7 +31,7 @@ fn three_databases_mixed_workload_restore_byte_identical() {
     let w = dest.watch(&[&a, &b, &c], &["--sync-interval", "100ms"]);
 
     // 1,000 transactions in all, of mixed sizes, spread over the three.
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for i in 0..1000u64 {
         let db = (i % 3) as usize;
         let size = match rng.below(10) {
@@ -80,7 +55,7 @@ fn three_databases_mixed_workload_restore_byte_identical() {
     drop(conns);
     let names = ["romneys/app", "smiths/app", "big"];
     std::thread::sleep(Duration::from_millis(500));
-    stop_clean(w);
+    w.stop_clean();
     for (name, path) in names.iter().zip([&a, &b, &c]) {
         restore_equals_source(&dest, name, path, dir.path());
     }
@@ -88,7 +63,7 @@ fn three_databases_mixed_workload_restore_byte_identical() {
 
 #[test]
 fn point_in_time_by_txid_and_timestamp() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "pitr", "p");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pitr.db");
@@ -104,7 +79,7 @@ fn point_in_time_by_txid_and_timestamp() {
         std::thread::sleep(Duration::from_millis(60));
         points.push((txid, between, i as i64 + 1));
     }
-    stop_clean(w);
+    w.stop_clean();
     for (txid, _, rows) in points.iter().step_by(2).take(5) {
         let out = dir.path().join(format!("at-{txid}.db"));
         let r = dest.restore("pitr", &out, &["--txid", &txid.to_string()]);
@@ -121,7 +96,7 @@ fn point_in_time_by_txid_and_timestamp() {
 
 #[test]
 fn kill_nine_twenty_times_resumes_without_snapshot_or_gap() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "kill9", "k");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.db");
@@ -140,7 +115,7 @@ fn kill_nine_twenty_times_resumes_without_snapshot_or_gap() {
             }
         })
     };
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let first = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     dest.wait_for_txid("k", 1, Duration::from_secs(20));
     first.kill9();
@@ -153,7 +128,7 @@ fn kill_nine_twenty_times_resumes_without_snapshot_or_gap() {
     writer.join().unwrap();
     let last = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     std::thread::sleep(Duration::from_millis(800));
-    stop_clean(last);
+    last.stop_clean();
 
     let files = dest.files("k");
     let snapshots: Vec<_> = files.iter().filter(|f| f.id.level == 9).collect();
@@ -169,9 +144,40 @@ fn kill_nine_twenty_times_resumes_without_snapshot_or_gap() {
     restore_equals_source(&dest, "k", &db, dir.path());
 }
 
+/// An application's `PRAGMA wal_checkpoint(MODE)` (RESTART or TRUNCATE)
+/// while walsync watches the database. walsync's read transaction makes it
+/// wait for the busy timeout (kept short) and report busy, having
+/// backfilled at most the frames below walsync's read mark; when walsync's
+/// reader had no frames to protect (at start, or right after walsync's own
+/// checkpoint), it completes: every frame backfilled, and with TRUNCATE the
+/// WAL emptied. Returns whether it was held off.
+fn app_checkpoint(conn: &rusqlite::Connection, mode: &str) -> bool {
+    conn.busy_timeout(Duration::from_millis(100)).unwrap();
+    let (busy, log, checkpointed) = wal_checkpoint(conn, mode);
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let got = format!("{mode}: busy {busy}, log {log}, checkpointed {checkpointed}");
+    match busy {
+        0 => {
+            assert_eq!(checkpointed, log, "a completed {got}");
+            if mode == "TRUNCATE" {
+                assert_eq!(log, 0, "a completed {got}");
+            }
+            false
+        }
+        1 => {
+            assert!(
+                log > 0 && (0..=log).contains(&checkpointed),
+                "a held-off {got}"
+            );
+            true
+        }
+        _ => panic!("{got}"),
+    }
+}
+
 #[test]
 fn application_checkpoints_lose_nothing() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "appckpt", "");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
@@ -181,6 +187,7 @@ fn application_checkpoints_lose_nothing() {
         &["--sync-interval", "50ms", "--min-checkpoint-pages", "40"],
     );
     let started = Instant::now();
+    let (mut checkpoints, mut held_off) = (0, 0);
     for i in 0..600u64 {
         insert(&mut conn, 1, 1500, i);
         let mode = match i % 50 {
@@ -188,23 +195,23 @@ fn application_checkpoints_lose_nothing() {
             35 => "RESTART",
             _ => continue,
         };
-        // walsync's read lock makes these wait for the busy timeout and
-        // report busy (nothing else): keep the wait short.
-        conn.busy_timeout(Duration::from_millis(100)).unwrap();
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-            .unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        held_off += usize::from(app_checkpoint(&conn, mode));
+        checkpoints += 1;
     }
+    assert!(
+        held_off > 0,
+        "none of the {checkpoints} application checkpoints met walsync's read transaction"
+    );
     drop(conn);
     assert!(started.elapsed() < Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(500));
-    stop_clean(w);
+    w.stop_clean();
     restore_equals_source(&dest, "a", &db, dir.path());
 }
 
 #[test]
 fn own_checkpoints_under_a_hammering_writer() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "ownckpt", "x");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
@@ -237,10 +244,10 @@ fn own_checkpoints_under_a_hammering_writer() {
         wr.join().unwrap();
     }
     std::thread::sleep(Duration::from_millis(600));
-    let wal_len = std::fs::metadata(support::tmp_path(dir.path(), "h.db-wal"))
+    let wal_len = std::fs::metadata(dir.path().join("h.db-wal"))
         .map(|m| m.len())
         .unwrap_or(0);
-    stop_clean(w);
+    w.stop_clean();
     assert!(
         wal_len < 40 * 1024 * 1024,
         "walsync's checkpoints keep the WAL bounded ({wal_len} bytes)"
@@ -250,7 +257,7 @@ fn own_checkpoints_under_a_hammering_writer() {
 
 #[test]
 fn restart_after_clean_stop_resumes_without_snapshot() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "resume", "r");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
@@ -259,11 +266,11 @@ fn restart_after_clean_stop_resumes_without_snapshot() {
     dest.wait_for_txid("r", 1, Duration::from_secs(20));
     insert(&mut conn, 10, 100, 1);
     let t = dest.wait_for_txid("r", 2, Duration::from_secs(20));
-    stop_clean(w);
+    w.stop_clean();
     insert(&mut conn, 10, 100, 2);
     let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     dest.wait_for_txid("r", t + 1, Duration::from_secs(20));
-    stop_clean(w);
+    w.stop_clean();
     let snapshots = dest.files("r").iter().filter(|f| f.id.level == 9).count();
     assert_eq!(snapshots, 1);
     drop(conn);
@@ -299,7 +306,7 @@ fn changes_checkpointed_while_walsync_was_down_are_shipped() {
 
 #[test]
 fn config_file_globs_and_names() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "cfg", "");
     let dir = tempfile::tempdir().unwrap();
     let tenants = ["acme", "globex"];
@@ -330,7 +337,7 @@ fn config_file_globs_and_names() {
     insert(&mut main_conn, 2, 100, 2);
     dest.wait_for_txid("globex/app", 2, Duration::from_secs(20));
     dest.wait_for_txid("primary", 2, Duration::from_secs(20));
-    stop_clean(w);
+    w.stop_clean();
     conns.clear();
     drop(main_conn);
     restore_equals_source(&dest, "primary", &main, dir.path());
@@ -344,7 +351,7 @@ fn config_file_globs_and_names() {
 
 #[test]
 fn one_failing_database_does_not_stop_the_others() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "isolate", "i");
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.db");
@@ -385,7 +392,7 @@ fn one_failing_database_does_not_stop_the_others() {
 
 #[test]
 fn a_never_idle_database_still_gets_snapshots_and_checkpoints() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "busy", "b");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("busy.db");
@@ -412,7 +419,7 @@ fn a_never_idle_database_still_gets_snapshots_and_checkpoints() {
         let wal = std::fs::metadata(dir.path().join("busy.db-wal")).map_or(0, |m| m.len());
         biggest_wal = biggest_wal.max(wal);
     }
-    stop_clean(w);
+    w.stop_clean();
     let snapshots = dest
         .files("busy")
         .iter()
@@ -431,23 +438,53 @@ fn a_never_idle_database_still_gets_snapshots_and_checkpoints() {
     restore_equals_source(&dest, "busy", &db, dir.path());
 }
 
+/// SIGINT while a large upload is held up by a slow store (a relay holds
+/// every PUT for a second): the upload in flight and the commits behind it
+/// are all stored before the clean exit.
 #[test]
 fn a_signal_during_a_long_upload_still_ships_everything_committed() {
-    let server = common::S3Server::start();
-    let dest = Dest::s3(&server, "flush", "f");
+    let server = S3Server::start();
+    let relay = Relay::start(&server.endpoint, |_, method| match method {
+        "PUT" => Action::Delay(Duration::from_secs(1)),
+        _ => Action::Forward,
+    });
+    let dest = Dest::s3(&server, "flush", "f").via(&relay);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("flush.db");
     let mut conn = create_db(&db, 4096);
     let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     dest.wait_for_txid("flush", 1, Duration::from_secs(20));
-    // A large transaction whose upload takes a while, commits behind it,
-    // and the signal while it is still in flight.
+    // A large transaction (40 MB) whose upload takes a while, commits
+    // behind it, and the signal while its PUT is still held.
+    const BIG: u64 = 30_000_000;
     insert(&mut conn, 40, 1_000_000, 1);
-    std::thread::sleep(Duration::from_millis(120));
+    let is_big = |r: &Request| r.method == "PUT" && r.len > BIG;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !relay.requests().iter().any(is_big) {
+        assert!(Instant::now() < deadline, "the large upload never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for i in 0..20 {
         insert(&mut conn, 1, 100, 100 + i);
     }
-    stop_clean(w);
+    let before = Instant::now();
+    w.interrupt();
+    let after = Instant::now();
+    let (code, err) = w.wait();
+    assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
+    let requests = relay.requests();
+    let big = requests.iter().find(|r| is_big(r)).unwrap();
+    assert!(
+        big.held_during(before, after),
+        "the large upload was in flight when the signal came: {big:?}, signal {:?} after its arrival",
+        before - big.arrived
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "PUT" && r.arrived > after),
+        "the commits behind it were shipped after the signal"
+    );
     drop(conn);
     restore_equals_source(&dest, "flush", &db, dir.path());
 }
@@ -479,7 +516,7 @@ fn application_connections_closing_after_a_snapshot_lose_nothing() {
             "round {i}: the application deleted the WAL while walsync held it"
         );
     }
-    stop_clean(w);
+    w.stop_clean();
     restore_equals_source(&dest, "locks", &db, dir.path());
 }
 
@@ -489,20 +526,12 @@ fn application_connections_closing_after_a_snapshot_lose_nothing() {
 /// and restarted, and nothing is lost.
 #[test]
 fn own_checkpoints_do_not_hold_the_writer_lock_during_uploads() {
-    let server = common::S3Server::start();
-    let mut dest = Dest::s3(&server, "slowput", "s");
-    let upstream = dest
-        .env
-        .iter()
-        .find(|(k, _)| k == "AWS_ENDPOINT_URL_S3")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let relay = common::SlowPuts::start(&upstream, Duration::from_millis(1500));
-    for (k, v) in dest.env.iter_mut() {
-        if k == "AWS_ENDPOINT_URL_S3" {
-            *v = relay.endpoint.clone();
-        }
-    }
+    let server = S3Server::start();
+    let relay = Relay::start(&server.endpoint, |_, method| match method {
+        "PUT" => Action::Delay(Duration::from_millis(1500)),
+        _ => Action::Forward,
+    });
+    let dest = Dest::s3(&server, "slowput", "s").via(&relay);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("slow.db");
     let mut conn = create_db(&db, 4096);
@@ -543,7 +572,7 @@ fn own_checkpoints_do_not_hold_the_writer_lock_during_uploads() {
         "an application commit waited {slowest:?}: a checkpoint held the writer lock during an upload"
     );
     drop(conn);
-    stop_clean(w);
+    w.stop_clean();
     restore_equals_source(&dest, "slow", &db, dir.path());
 }
 
@@ -553,7 +582,7 @@ fn own_checkpoints_do_not_hold_the_writer_lock_during_uploads() {
 /// shipped twice under one TXID and nothing is lost.
 #[test]
 fn an_unsavable_state_file_loses_nothing() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "nostate", "n");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("n.db");
@@ -572,7 +601,7 @@ fn an_unsavable_state_file_loses_nothing() {
         let stop = stop.clone();
         let squatter = squatter.clone();
         std::thread::spawn(move || {
-            let mut rng = Rng(7);
+            let mut rng = Rng::new(7);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let _ = std::fs::create_dir(&squatter);
                 std::thread::sleep(Duration::from_millis(20 + rng.below(80)));
@@ -595,7 +624,7 @@ fn an_unsavable_state_file_loses_nothing() {
     }
     drop(conn);
     std::thread::sleep(Duration::from_millis(300));
-    stop_clean(w);
+    w.stop_clean();
     restore_equals_source(&dest, "n", &db, dir.path());
 }
 
@@ -648,17 +677,20 @@ fn replaced_database(dest: &Dest, dir: &Path, swap: Swap) {
         std::thread::sleep(Duration::from_secs(1));
     }
     let mut conn = create_db(&db, 4096);
+    let mut held_off = 0;
     for chunk in 0..4 {
         let from = 212 + 10 * chunk;
         insert_ids(&mut conn, from..=from + 9, ROW);
         if swap.app_checkpoints {
-            conn.busy_timeout(Duration::from_millis(100)).unwrap();
-            let _: i64 = conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-                .unwrap();
-            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            held_off += usize::from(app_checkpoint(&conn, "TRUNCATE"));
         }
         std::thread::sleep(Duration::from_millis(150));
+    }
+    if swap.app_checkpoints {
+        assert!(
+            held_off > 0,
+            "walsync was reading the new file when the application checkpointed it"
+        );
     }
     assert_eq!(
         rows_consistent(&db, ROW),
@@ -708,7 +740,7 @@ fn replaced_database_with_its_wal_removed_is_shipped_as_a_full_copy() {
 
 #[test]
 fn replaced_database_with_its_wal_removed_and_app_checkpoints() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "replaced", "a");
     let dir = tempfile::tempdir().unwrap();
     let swap = Swap {
@@ -720,7 +752,7 @@ fn replaced_database_with_its_wal_removed_and_app_checkpoints() {
 
 #[test]
 fn replaced_database_with_its_wal_kept() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "replaced", "b");
     let dir = tempfile::tempdir().unwrap();
     let swap = Swap {
@@ -759,7 +791,7 @@ fn restored_files_and_bytes(stderr: &str) -> (u64, u64) {
 
 #[test]
 fn restarts_after_the_app_restarted_the_wal_ship_only_changed_pages() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "diffs", "d");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("d.db");
@@ -771,7 +803,7 @@ fn restarts_after_the_app_restarted_the_wal_ship_only_changed_pages() {
     let db_size = std::fs::metadata(&db).unwrap().len() + 8_000_000;
     let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     dest.wait_for_txid("d", 1, Duration::from_secs(30));
-    stop_clean(w);
+    w.stop_clean();
     let mut restart_bytes = 0;
     let mut logs = Vec::new();
     for round in 0..5i64 {
@@ -850,7 +882,7 @@ fn restores_start_from_the_newest_full_copy() {
         insert_ids(&mut conn, 306 + k..=306 + k, 2000);
         dest.wait_for_txid("img", full + 1 + k as u64, Duration::from_secs(20));
     }
-    stop_clean(w);
+    w.stop_clean();
     let files = dest.files("img");
     let image = files
         .iter()
@@ -941,7 +973,7 @@ impl walsync::storage::Storage for CountingListings {
 
 #[test]
 fn a_restart_finds_its_place_without_listing_the_replica() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dest = Dest::s3(&server, "startup", "s");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");

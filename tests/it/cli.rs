@@ -1,24 +1,8 @@
 //! Command-line behaviour: exit codes and messages for bad input, against the
 //! real binary and a real S3 server.
 
-mod common;
-mod support;
-
-use std::process::Command;
+use crate::harness::*;
 use std::time::{Duration, Instant};
-use support::*;
-
-fn run(args: &[&str], env: &[(String, String)]) -> std::process::Output {
-    Command::new(common::walsync_bin())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run walsync")
-}
-
-fn code(out: &std::process::Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
 
 #[test]
 fn bundled_sqlite_is_new_enough() {
@@ -29,28 +13,28 @@ fn bundled_sqlite_is_new_enough() {
         "bundled SQLite {} is older than 3.51.3",
         rusqlite::version()
     );
-    let out = run(&["version"], &[]);
+    let out = walsync(&["version"], &[]);
     assert_eq!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains(rusqlite::version()));
 }
 
 #[test]
 fn usage_errors_exit_2_and_help_exits_0() {
-    let out = run(&["watch", "--no-such-flag"], &[]);
+    let out = walsync(&["watch", "--no-such-flag"], &[]);
     assert_eq!(code(&out), 2, "{}", text(&out));
-    let out = run(&["frobnicate"], &[]);
+    let out = walsync(&["frobnicate"], &[]);
     assert_eq!(code(&out), 2, "{}", text(&out));
-    let out = run(&["restore", "app"], &[]); // missing -o
+    let out = walsync(&["restore", "app"], &[]); // missing -o
     assert_eq!(code(&out), 2, "{}", text(&out));
-    let out = run(
+    let out = walsync(
         &["watch", "x.db", "-b", "s3://b", "--sync-interval", "soon"],
         &[],
     );
     assert_eq!(code(&out), 2, "{}", text(&out));
-    let out = run(&["--help"], &[]);
+    let out = walsync(&["--help"], &[]);
     assert_eq!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("restore"));
-    let out = run(&["restore", "--help"], &[]);
+    let out = walsync(&["restore", "--help"], &[]);
     assert_eq!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--point-in-time"));
 }
@@ -67,7 +51,7 @@ fn bad_urls_and_configs_exit_2() {
         "file://relative/path",
         "bucket-without-scheme",
     ] {
-        let out = run(&["watch", db, "-b", url], &[]);
+        let out = walsync(&["watch", db, "-b", url], &[]);
         assert_eq!(code(&out), 2, "url {url}: {}", text(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("s3://bucket"),
@@ -75,11 +59,11 @@ fn bad_urls_and_configs_exit_2() {
             text(&out)
         );
     }
-    let out = run(&["watch", db], &[]);
+    let out = walsync(&["watch", db], &[]);
     assert_eq!(code(&out), 2, "no bucket: {}", text(&out));
     let cfg = dir.path().join("walsync.toml");
     std::fs::write(&cfg, "[sync]\nsnapshot_intervl = 5\n").unwrap();
-    let out = run(
+    let out = walsync(
         &[
             "watch",
             db,
@@ -103,7 +87,7 @@ fn non_wal_and_missing_databases_exit_3() {
     conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x);")
         .unwrap();
     drop(conn);
-    let out = run(&["watch", rollback.to_str().unwrap(), "-b", &replica], &[]);
+    let out = walsync(&["watch", rollback.to_str().unwrap(), "-b", &replica], &[]);
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("PRAGMA journal_mode=WAL"),
@@ -112,10 +96,10 @@ fn non_wal_and_missing_databases_exit_3() {
     );
 
     let missing = dir.path().join("missing.db");
-    let out = run(&["watch", missing.to_str().unwrap(), "-b", &replica], &[]);
+    let out = walsync(&["watch", missing.to_str().unwrap(), "-b", &replica], &[]);
     assert_eq!(code(&out), 3, "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
-    let out = run(
+    let out = walsync(
         &["snapshot", missing.to_str().unwrap(), "-b", &replica],
         &[],
     );
@@ -123,13 +107,13 @@ fn non_wal_and_missing_databases_exit_3() {
 
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![7u8; 8192]).unwrap();
-    let out = run(&["watch", junk.to_str().unwrap(), "-b", &replica], &[]);
+    let out = walsync(&["watch", junk.to_str().unwrap(), "-b", &replica], &[]);
     assert_eq!(code(&out), 3, "{}", text(&out));
 }
 
 #[test]
 fn wrong_secret_and_dead_endpoint_exit_4_quickly_without_secrets() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     server.create_bucket("auth");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
@@ -144,23 +128,23 @@ fn wrong_secret_and_dead_endpoint_exit_4_quickly_without_secrets() {
         }
     }
     let started = Instant::now();
-    let out = run(&["snapshot", db, "-b", "s3://auth/x"], &env);
+    let out = walsync(&["snapshot", db, "-b", "s3://auth/x"], &env);
     assert_eq!(code(&out), 4, "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(30));
     let all = text(&out);
     assert!(!all.contains(&wrong) && !all.contains(&server.secret_key));
     assert!(!all.contains("X-Amz-Signature") && !all.contains("X-Amz-Credential"));
-    let out = run(&["list", "-b", "s3://auth/x"], &env);
+    let out = walsync(&["list", "-b", "s3://auth/x"], &env);
     assert_eq!(code(&out), 4, "{}", text(&out));
 
     let mut env = server.env();
     for (k, v) in env.iter_mut() {
         if k == "AWS_ENDPOINT_URL_S3" {
-            *v = format!("http://127.0.0.1:{}", common::free_port());
+            *v = format!("http://127.0.0.1:{}", free_port());
         }
     }
     let started = Instant::now();
-    let out = run(&["watch", db, "-b", "s3://auth/x"], &env);
+    let out = walsync(&["watch", db, "-b", "s3://auth/x"], &env);
     assert_eq!(code(&out), 4, "{}", text(&out));
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -185,7 +169,7 @@ fn a_second_watcher_on_the_same_database_is_refused() {
 }
 
 /// A replica on the S3 server with a snapshot and several level-0 files.
-fn s3_replica_with_history(server: &common::S3Server, dir: &std::path::Path) -> Dest {
+fn s3_replica_with_history(server: &S3Server, dir: &std::path::Path) -> Dest {
     let dest = Dest::s3(server, "damage", "p");
     let db = dir.join("d.db");
     create_db(&db, 4096);
@@ -193,18 +177,9 @@ fn s3_replica_with_history(server: &common::S3Server, dir: &std::path::Path) -> 
     dest
 }
 
-fn assert_no_output_left(out: &std::path::Path) {
-    assert!(!out.exists(), "{} was left behind", out.display());
-    let tmp = out.with_file_name(format!(
-        "{}.tmp",
-        out.file_name().unwrap().to_string_lossy()
-    ));
-    assert!(!tmp.exists(), "{} was left behind", tmp.display());
-}
-
 #[test]
 fn restore_errors_on_s3_name_the_object_and_leave_nothing() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     let dest = s3_replica_with_history(&server, dir.path());
     let storage = dest.storage();
@@ -218,56 +193,30 @@ fn restore_errors_on_s3_name_the_object_and_leave_nothing() {
     assert_eq!(code(&r), 0, "{}", text(&r));
     let r = dest.restore("d", &out, &[]);
     assert_eq!(code(&r), 6, "{}", text(&r));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    assert!(stderr(&r).contains("--force"));
     // No backups under that name (6).
     let r = dest.restore("nobody", &dir.path().join("n.db"), &[]);
     assert_eq!(code(&r), 6, "{}", text(&r));
 
     // One flipped byte in a stored level-0 object (metadata kept): 5.
     let victim = level0[1];
-    let mut download = storage.get(&victim.key).unwrap().unwrap();
-    let meta = download.head.meta.clone();
-    let mut body = Vec::new();
-    std::io::Read::read_to_end(&mut download.body, &mut body).unwrap();
-    let mut bad = body.clone();
-    bad[body.len() / 2] ^= 0x10;
-    storage
-        .put(
-            &victim.key,
-            &mut std::io::Cursor::new(bad),
-            body.len() as u64,
-            &meta,
-        )
-        .unwrap();
+    let (body, meta) = flip_byte(storage.as_ref(), &victim.key);
     let out2 = dir.path().join("out2.db");
     let r = dest.restore("d", &out2, &[]);
     assert_eq!(code(&r), 5, "{}", text(&r));
-    assert!(
-        String::from_utf8_lossy(&r.stderr).contains(&victim.key),
-        "{}",
-        text(&r)
-    );
-    assert_no_output_left(&out2);
-    storage
-        .put(
-            &victim.key,
-            &mut std::io::Cursor::new(body.clone()),
-            body.len() as u64,
-            &meta,
-        )
-        .unwrap();
+    assert!(stderr(&r).contains(&victim.key), "{}", text(&r));
+    assert_nothing_left(&out2);
+    put_object(storage.as_ref(), &victim.key, &body, &meta);
 
-    // A missing middle level-0 file with no covering compaction: named gap.
+    // A missing middle level-0 file with no covering compaction: a named
+    // gap, an integrity error.
     storage.delete(&level0[2].key).unwrap();
     let r = dest.restore("d", &out2, &[]);
-    assert!(matches!(code(&r), 5 | 6), "{}", text(&r));
+    assert_eq!(code(&r), 5, "{}", text(&r));
     let missing = format!("{:016x}", level0[2].id.min_txid);
-    assert!(
-        String::from_utf8_lossy(&r.stderr).contains(&missing),
-        "{}",
-        text(&r)
-    );
-    assert_no_output_left(&out2);
+    assert!(stderr(&r).contains("gap"), "{}", text(&r));
+    assert!(stderr(&r).contains(&missing), "{}", text(&r));
+    assert_nothing_left(&out2);
 }
 
 #[test]
@@ -276,9 +225,18 @@ fn first_signal_flushes_and_exits_0_second_exits_at_once() {
     let db = dir.path().join("s.db");
     let mut conn = create_db(&db, 4096);
     let dest = Dest::file(&dir.path().join("replica"));
-    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    // No poll due for an hour after the first: only the signal's flush can
+    // ship the commit below.
+    let w = dest.watch(&[&db], &["--sync-interval", "1h"]);
     dest.wait_for_txid("s", 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
     insert(&mut conn, 5, 100, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        dest.max_txid("s"),
+        1,
+        "the commit is not shipped before the signal"
+    );
     let (code, err) = w.stop();
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("everything committed was stored"), "{err}");
@@ -299,16 +257,11 @@ fn first_signal_flushes_and_exits_0_second_exits_at_once() {
     std::fs::remove_dir_all(dir.path().join(".s.db-walsync")).unwrap();
     std::fs::write(dir.path().join(".s.db-walsync"), b"x").unwrap();
     insert(&mut conn, 5, 100, 2);
-    let pid = w.pid();
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
+    w.interrupt();
     std::thread::sleep(Duration::from_millis(500));
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
+    w.interrupt();
     let started = Instant::now();
-    let (code, err) = w.stop();
+    let (code, err) = w.wait();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("second signal"), "{err}");
@@ -372,7 +325,7 @@ fn snapshot_restore_and_verify_use_the_config_name() {
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
-    let out = run(&["snapshot", db.to_str().unwrap(), "--config", cfg], &[]);
+    let out = walsync(&["snapshot", db.to_str().unwrap(), "--config", cfg], &[]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("stored as primary"),
@@ -383,7 +336,7 @@ fn snapshot_restore_and_verify_use_the_config_name() {
     assert!(dest.max_txid("primary") >= 1, "the replica holds 'primary'");
     assert_eq!(dest.max_txid("main"), 0, "nothing under the file stem");
     let restored = dir.path().join("restored.db");
-    let out = run(
+    let out = walsync(
         &[
             "restore",
             db.to_str().unwrap(),
@@ -396,7 +349,7 @@ fn snapshot_restore_and_verify_use_the_config_name() {
     );
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(row_count(&restored), 5);
-    let out = run(&["verify", db.to_str().unwrap(), "--config", cfg], &[]);
+    let out = walsync(&["verify", db.to_str().unwrap(), "--config", cfg], &[]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("primary: ok"),

@@ -1,48 +1,12 @@
 //! LTX v3 codec tests on real SQLite databases and a real Litestream 0.5.17 file.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::Write;
 use std::path::Path;
 
+use crate::harness::{max_alloc, noise, reset_max_alloc};
 use rusqlite::Connection;
 use walsync::error::Error;
 use walsync::ltx::{self, Decoder, Encoder, Header, Trailer};
-
-// ---------------------------------------------------------------------------
-// Allocation tracking: the largest single allocation made by this thread.
-// ---------------------------------------------------------------------------
-
-struct TrackingAlloc;
-
-thread_local! {
-    static MAX_ALLOC: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for TrackingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = MAX_ALLOC.try_with(|m| m.set(m.get().max(layout.size())));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = MAX_ALLOC.try_with(|m| m.set(m.get().max(new_size)));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: TrackingAlloc = TrackingAlloc;
-
-fn reset_max_alloc() {
-    MAX_ALLOC.with(|m| m.set(0));
-}
-
-fn max_alloc() -> usize {
-    MAX_ALLOC.with(|m| m.get())
-}
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -362,15 +326,7 @@ fn legacy_lz4_frame_pages_decode() {
     }
 
     // An incompressible page becomes a stored ("uncompressed") LZ4 block.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let page: Vec<u8> = (0..4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let page = noise(4096, 1);
     let pages = vec![(1u32, page)];
     let frame = legacy_frame(1, &pages[0].1, go_legacy_info());
     let word = u32::from_le_bytes(frame.stored[7..11].try_into().unwrap());

@@ -2,14 +2,10 @@
 //! file backend on a temporary folder, the S3 backend on a real s3s-fs
 //! server that checks SigV4 signatures.
 
-mod common;
-
-use common::S3Server;
+use crate::harness::{free_port, noise, put_object, Action, Relay, S3Server};
 use sha2::{Digest, Sha256};
 use std::any::Any;
 use std::io::{Cursor, Read};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use walsync::error::Error;
 use walsync::storage::s3::{S3Options, S3Storage};
@@ -60,11 +56,6 @@ fn meta_for(data: &[u8], ts: &str) -> ObjectMeta {
     }
 }
 
-fn put_bytes(s: &dyn Storage, key: &str, data: &[u8], meta: &ObjectMeta) {
-    s.put(key, &mut Cursor::new(data), data.len() as u64, meta)
-        .unwrap_or_else(|e| panic!("put {key}: {e}"));
-}
-
 fn get_bytes(s: &dyn Storage, key: &str) -> Option<(Vec<u8>, walsync::storage::ObjectHead)> {
     let dl = s.get(key).unwrap_or_else(|e| panic!("get {key}: {e}"))?;
     let mut body = dl.body;
@@ -73,32 +64,19 @@ fn get_bytes(s: &dyn Storage, key: &str) -> Option<(Vec<u8>, walsync::storage::O
     Some((buf, dl.head))
 }
 
-/// Deterministic bytes that do not compress (xorshift).
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 // ---------------------------------------------------------------------------
 // The contract.
 
 fn contract_round_trip(s: &dyn Storage) {
     let all_bytes: Vec<u8> = (0..=255u8).collect();
-    let big = pseudo_random(3 * 1024 * 1024 + 17, 42);
+    let big = noise(3 * 1024 * 1024 + 17, 42);
     let cases: [(&str, &[u8]); 3] = [
         ("db/empty.bin", &[]),
         ("db/bytes.bin", &all_bytes),
         ("db/big.bin", &big),
     ];
     for (key, data) in cases {
-        put_bytes(s, key, data, &meta_for(data, "2025-01-02T03:04:05Z"));
+        put_object(s, key, data, &meta_for(data, "2025-01-02T03:04:05Z"));
         let (got, head) = get_bytes(s, key).expect("object just written");
         assert_eq!(got.len(), data.len(), "{key}");
         assert!(got == data, "{key}: body differs");
@@ -110,7 +88,7 @@ fn contract_round_trip(s: &dyn Storage) {
 fn contract_metadata(s: &dyn Storage) {
     let data = b"LTX\x01 some body".to_vec();
     let meta = meta_for(&data, "2024-05-06T07:08:09.123456789Z");
-    put_bytes(s, "m/0001/obj.ltx", &data, &meta);
+    put_object(s, "m/0001/obj.ltx", &data, &meta);
     let head = s.head("m/0001/obj.ltx").unwrap().unwrap();
     assert_eq!(head.meta, meta);
     assert_eq!(head.size, data.len() as u64);
@@ -118,7 +96,7 @@ fn contract_metadata(s: &dyn Storage) {
     assert_eq!(head.meta, meta);
 
     // Metadata is optional.
-    put_bytes(s, "m/0001/bare", b"x", &ObjectMeta::default());
+    put_object(s, "m/0001/bare", b"x", &ObjectMeta::default());
     let head = s.head("m/0001/bare").unwrap().unwrap();
     assert_eq!(head.meta.sha256, None);
 }
@@ -127,15 +105,15 @@ fn contract_missing(s: &dyn Storage) {
     assert!(s.get("nope/missing").unwrap().is_none());
     assert!(s.head("nope/missing").unwrap().is_none());
     assert!(s.get_range("nope/missing", 0, 10).unwrap().is_none());
-    put_bytes(s, "dir/present", b"here", &ObjectMeta::default());
+    put_object(s, "dir/present", b"here", &ObjectMeta::default());
     assert!(s.get("dir/absent").unwrap().is_none());
     assert!(s.head("dir/absent").unwrap().is_none());
     assert!(s.get_range("dir/absent", 0, 1).unwrap().is_none());
 }
 
 fn contract_get_range(s: &dyn Storage) {
-    let data = pseudo_random(100_000, 7);
-    put_bytes(s, "r/obj", &data, &ObjectMeta::default());
+    let data = noise(100_000, 7);
+    put_object(s, "r/obj", &data, &ObjectMeta::default());
     let r = |off: u64, len: u64| s.get_range("r/obj", off, len).unwrap().unwrap();
     assert_eq!(r(0, 10), data[..10]);
     assert_eq!(r(4096, 4096), data[4096..8192]);
@@ -155,13 +133,13 @@ fn contract_list_many(s: &dyn Storage) {
         for chunk in keys.chunks(N.div_ceil(8)) {
             scope.spawn(move || {
                 for k in chunk {
-                    put_bytes(s, k, k.as_bytes(), &ObjectMeta::default());
+                    put_object(s, k, k.as_bytes(), &ObjectMeta::default());
                 }
             });
         }
     });
-    put_bytes(s, "other/x", b"x", &ObjectMeta::default());
-    put_bytes(s, "manyx", b"x", &ObjectMeta::default());
+    put_object(s, "other/x", b"x", &ObjectMeta::default());
+    put_object(s, "manyx", b"x", &ObjectMeta::default());
     let listed = s.list("many/").unwrap();
     let got: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
     let want: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -179,7 +157,7 @@ fn contract_list_many(s: &dyn Storage) {
 fn contract_list_sorted(s: &dyn Storage) {
     let keys = ["b", "a/c", "ab", "a/b/2", "a/b/1", "a/b/10"];
     for (i, k) in keys.iter().enumerate() {
-        put_bytes(s, k, &vec![b'z'; i], &ObjectMeta::default());
+        put_object(s, k, &vec![b'z'; i], &ObjectMeta::default());
     }
     let all = s.list("").unwrap();
     let names: Vec<&str> = all.iter().map(|o| o.key.as_str()).collect();
@@ -197,8 +175,8 @@ fn contract_list_sorted(s: &dyn Storage) {
 }
 
 fn contract_delete(s: &dyn Storage) {
-    put_bytes(s, "d/one", b"1", &meta_for(b"1", "2025-01-01T00:00:00Z"));
-    put_bytes(s, "d/two", b"2", &ObjectMeta::default());
+    put_object(s, "d/one", b"1", &meta_for(b"1", "2025-01-01T00:00:00Z"));
+    put_object(s, "d/two", b"2", &ObjectMeta::default());
     s.delete("d/one").unwrap();
     assert!(s.head("d/one").unwrap().is_none());
     assert!(s.get("d/one").unwrap().is_none());
@@ -208,15 +186,15 @@ fn contract_delete(s: &dyn Storage) {
     s.delete("d/one").unwrap();
     s.delete("never/existed").unwrap();
     // A new object under a deleted key has no stale metadata.
-    put_bytes(s, "d/one", b"new", &ObjectMeta::default());
+    put_object(s, "d/one", b"new", &ObjectMeta::default());
     assert_eq!(s.head("d/one").unwrap().unwrap().meta.sha256, None);
 }
 
 fn contract_overwrite(s: &dyn Storage) {
     let v1 = b"version one, longer".to_vec();
     let v2 = b"v2".to_vec();
-    put_bytes(s, "o/k", &v1, &meta_for(&v1, "2025-01-01T00:00:00Z"));
-    put_bytes(s, "o/k", &v2, &meta_for(&v2, "2025-01-01T00:00:01Z"));
+    put_object(s, "o/k", &v1, &meta_for(&v1, "2025-01-01T00:00:00Z"));
+    put_object(s, "o/k", &v2, &meta_for(&v2, "2025-01-01T00:00:01Z"));
     let (got, head) = get_bytes(s, "o/k").unwrap();
     assert_eq!(got, v2);
     assert_eq!(head.meta, meta_for(&v2, "2025-01-01T00:00:01Z"));
@@ -309,8 +287,8 @@ fn s3_layout_and_prefix() {
     assert_eq!(a.describe(), "s3://bkt/pre/fix");
     assert_eq!(whole.describe(), "s3://bkt");
     assert_eq!(a.layout(), Layout::S3);
-    put_bytes(&a, "db/0000/x.ltx", b"a", &ObjectMeta::default());
-    put_bytes(&b, "db/0000/y.ltx", b"b", &ObjectMeta::default());
+    put_object(&a, "db/0000/x.ltx", b"a", &ObjectMeta::default());
+    put_object(&b, "db/0000/y.ltx", b"b", &ObjectMeta::default());
     // Stored under the prefix.
     assert!(server.root().join("bkt/pre/fix/db/0000/x.ltx").is_file());
     let keys =
@@ -324,79 +302,38 @@ fn s3_layout_and_prefix() {
     assert_eq!(get_bytes(&whole, "pre/fix2/db/0000/y.ltx").unwrap().0, b"b");
 }
 
-/// A proxy in front of `upstream` that answers the first `failures`
-/// requests with `503 SlowDown` (after reading them whole) and forwards the
-/// later connections. Returns its port and the count of refused requests.
-fn flaky_proxy(upstream: &str, failures: usize) -> (u16, Arc<AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpListener, TcpStream};
-    let upstream = upstream.trim_start_matches("http://").to_string();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let refused = Arc::new(AtomicUsize::new(0));
-    let counter = refused.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            if counter.load(Ordering::SeqCst) < failures {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                let _ = reader.read_exact(&mut body);
-                counter.fetch_add(1, Ordering::SeqCst);
-                let xml = "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>";
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-                    xml.len()
-                );
-                continue;
-            }
-            let up = TcpStream::connect(&upstream).unwrap();
-            let (mut a_in, mut a_out) = (conn.try_clone().unwrap(), conn);
-            let (mut b_in, mut b_out) = (up.try_clone().unwrap(), up);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut a_in, &mut b_out);
-                let _ = b_out.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut b_in, &mut a_out);
-                let _ = a_out.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    (port, refused)
-}
-
 #[test]
 fn s3_retries_rewind_the_body() {
     let server = S3Server::start();
     server.create_bucket("bkt");
-    let (port, refused) = flaky_proxy(&server.endpoint, 2);
+    // The first two requests are refused with 503 SlowDown.
+    let relay = Relay::start(&server.endpoint, |i, _| {
+        if i < 2 {
+            Action::SlowDown
+        } else {
+            Action::Forward
+        }
+    });
     let opts = S3Options {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        endpoint: Some(relay.endpoint.clone()),
         ..server.options()
     };
     let s = S3Storage::open("s3://bkt/p", &opts).unwrap();
-    let data = pseudo_random(200_000, 9);
+    let data = noise(200_000, 9);
     let meta = meta_for(&data, "2025-01-01T00:00:00Z");
     let mut body = Cursor::new(data.clone());
     s.put("retried", &mut body, data.len() as u64, &meta)
         .unwrap();
+    let puts: Vec<Action> = relay
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.len == data.len() as u64)
+        .map(|r| r.action)
+        .collect();
     assert_eq!(
-        refused.load(Ordering::SeqCst),
-        2,
-        "two attempts were refused"
+        puts,
+        [Action::SlowDown, Action::SlowDown, Action::Forward],
+        "two whole attempts were refused, the third stored"
     );
     let (got, head) = get_bytes(&s, "retried").unwrap();
     assert!(got == data, "the retried upload stored the whole body");
@@ -450,7 +387,7 @@ fn s3_wrong_secret_fails_fast_without_leaking() {
 
 #[test]
 fn s3_unreachable_endpoint_fails_within_30s() {
-    let port = common::free_port();
+    let port = free_port();
     let secret = "unreachable-secret-123";
     let opts = S3Options {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
@@ -558,19 +495,19 @@ fn file_layout_no_temp_files_and_sidecars_hidden() {
     assert!(s.list("").unwrap().is_empty(), "missing root lists empty");
     assert!(s.head("db/ltx/0/x.ltx").unwrap().is_none());
     let data = b"ltx bytes";
-    put_bytes(
+    put_object(
         &s,
         "db/ltx/0/x.ltx",
         data,
         &meta_for(data, "2025-01-01T00:00:00Z"),
     );
-    put_bytes(
+    put_object(
         &s,
         "db/ltx/0/x.ltx",
         data,
         &meta_for(data, "2025-01-01T00:00:00Z"),
     );
-    put_bytes(&s, "db/ltx/1/y.ltx", b"", &ObjectMeta::default());
+    put_object(&s, "db/ltx/1/y.ltx", b"", &ObjectMeta::default());
     assert_eq!(std::fs::read(root.join("db/ltx/0/x.ltx")).unwrap(), data);
     let files = tree(&root);
     assert!(
@@ -628,7 +565,7 @@ fn file_folders_are_not_objects() {
     // with a 500, where S3 has no folders at all.)
     let dir = tempfile::tempdir().unwrap();
     let s = FileStorage::open(dir.path().to_str().unwrap()).unwrap();
-    put_bytes(&s, "dir/present", b"here", &ObjectMeta::default());
+    put_object(&s, "dir/present", b"here", &ObjectMeta::default());
     assert!(s.head("dir").unwrap().is_none());
     assert!(s.get("dir").unwrap().is_none());
     assert!(s.get_range("dir", 0, 1).unwrap().is_none());

@@ -7,19 +7,16 @@
 //!   and destination, and Litestream takes it back; both tools restore every
 //!   recorded point byte-identically.
 
-mod common;
-mod support;
-
+use crate::harness::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::*;
 
 const NAME: &str = "app";
 
 /// A destination both tools can use.
 enum Backend<'a> {
-    S3(&'a common::S3Server, &'static str),
+    S3(&'a S3Server, &'static str),
     File(PathBuf),
 }
 
@@ -61,7 +58,7 @@ fn write_config(dir: &Path, db: &Path, backend: &Backend) -> PathBuf {
 }
 
 fn litestream(args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::litestream_bin());
+    let mut cmd = Command::new(litestream_bin());
     // A CA bundle variable makes Litestream's S3 client fail at start.
     cmd.env_remove("AWS_CA_BUNDLE").args(args);
     cmd.stdin(Stdio::null());
@@ -235,8 +232,7 @@ fn walsync_to_litestream(backend: Backend, dir: &Path) {
         recorded.push((t, copy));
     }
     insert(&mut conn, 5, 2000, 99);
-    let (code, err) = w.stop();
-    assert_eq!(code, 0, "watch: {err}");
+    w.stop_clean();
     drop(conn);
     let latest = dir.join("state-latest.db");
     capture(&db, &latest);
@@ -249,7 +245,7 @@ fn walsync_to_litestream(backend: Backend, dir: &Path) {
 
 #[test]
 fn walsync_replica_restores_with_litestream_s3() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     walsync_to_litestream(Backend::S3(&server, "w2l"), dir.path());
 }
@@ -281,8 +277,7 @@ fn walsync_diffs_and_full_copies_to_litestream(backend: Backend, dir: &Path) {
     dest.wait_for_txid(NAME, 1, Duration::from_secs(30));
     write_for(&mut conn, Duration::from_millis(600), 1);
     std::thread::sleep(Duration::from_millis(300));
-    let (code, err) = w.stop();
-    assert_eq!(code, 0, "watch: {err}");
+    w.stop_clean();
     record(&dest);
     // While walsync is down the application writes and restarts the WAL.
     write_for(&mut conn, Duration::from_millis(300), 100);
@@ -326,7 +321,7 @@ fn walsync_diffs_and_full_copies_to_litestream(backend: Backend, dir: &Path) {
 
 #[test]
 fn walsync_diffs_and_full_copies_restore_with_litestream_s3() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     walsync_diffs_and_full_copies_to_litestream(Backend::S3(&server, "w2ld"), dir.path());
 }
@@ -446,7 +441,7 @@ fn litestream_to_walsync(backend: Backend, dir: &Path) {
 
 #[test]
 fn litestream_replica_restores_with_walsync_s3() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     litestream_to_walsync(Backend::S3(&server, "l2w"), dir.path());
 }
@@ -481,8 +476,7 @@ fn migration(backend: Backend, dir: &Path) {
     let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     dest.wait_for_txid(NAME, ta + 1, Duration::from_secs(30));
     write_for(&mut conn, Duration::from_millis(1500), 20);
-    let (code, err) = w.stop();
-    assert_eq!(code, 0, "watch: {err}");
+    w.stop_clean();
     let tb = dest.max_txid(NAME);
     assert!(tb > ta + 1, "walsync shipped the new writes ({ta} -> {tb})");
     let state_b = dir.join("state-b.db");
@@ -513,7 +507,7 @@ fn migration(backend: Backend, dir: &Path) {
 
 #[test]
 fn migration_litestream_to_walsync_and_back_s3() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     migration(Backend::S3(&server, "migrate"), dir.path());
 }

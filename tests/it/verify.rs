@@ -2,14 +2,11 @@
 //! real S3 server (s3s-fs, SigV4 checked) and to folders, checked healthy,
 //! then damaged one way at a time.
 
-mod common;
-mod support;
-
-use std::io::{Cursor, Read};
+use crate::harness::*;
+use std::io::Cursor;
 use std::path::Path;
 use std::time::Duration;
-use support::*;
-use walsync::storage::{ObjectMeta, Storage};
+use walsync::storage::Storage;
 
 const NAME: &str = "app";
 
@@ -25,8 +22,7 @@ fn make_replica(dest: &Dest, dir: &Path) {
         insert(&mut conn, 3, 700, i * 100);
         dest.wait_for_txid(NAME, want, Duration::from_secs(30));
     }
-    let (code, err) = w.stop();
-    assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
+    w.stop_clean();
     let files = dest.files(NAME);
     assert_eq!(files.iter().filter(|f| f.id.level == 9).count(), 1);
     assert!(files.iter().filter(|f| f.id.level == 0).count() >= 5);
@@ -35,36 +31,9 @@ fn make_replica(dest: &Dest, dir: &Path) {
 /// Copies every object (with its metadata) from `from` to `to`.
 fn copy_all(from: &dyn Storage, to: &dyn Storage) {
     for o in from.list("").expect("list") {
-        let dl = from.get(&o.key).expect("get").expect("object exists");
-        let mut body = Vec::new();
-        let mut r = dl.body;
-        r.read_to_end(&mut body).expect("read body");
-        to.put(
-            &o.key,
-            &mut Cursor::new(&body),
-            body.len() as u64,
-            &dl.head.meta,
-        )
-        .expect("put");
+        let (body, meta) = read_object(from, &o.key);
+        put_object(to, &o.key, &body, &meta);
     }
-}
-
-fn read(s: &dyn Storage, key: &str) -> (Vec<u8>, ObjectMeta) {
-    let dl = s.get(key).expect("get").expect("object exists");
-    let mut body = Vec::new();
-    let mut r = dl.body;
-    r.read_to_end(&mut body).expect("read body");
-    (body, dl.head.meta)
-}
-
-/// Rewrites `key` with one byte flipped in the middle of its pages, keeping
-/// its metadata.
-fn flip_byte(s: &dyn Storage, key: &str) {
-    let (mut body, meta) = read(s, key);
-    let at = 100 + (body.len() - 100 - 16) / 2;
-    body[at] ^= 0x40;
-    s.put(key, &mut Cursor::new(&body), body.len() as u64, &meta)
-        .expect("put");
 }
 
 fn verify(dest: &Dest, args: &[&str]) -> (i32, String, String) {
@@ -92,7 +61,7 @@ fn key_of(dest: &Dest, level: u32, nth: usize) -> String {
 /// key named in the output.
 #[test]
 fn verify_s3_healthy_then_each_damage() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     let base = Dest::s3(&server, "verify", "base");
     make_replica(&base, dir.path());
@@ -135,10 +104,9 @@ fn verify_s3_healthy_then_each_damage() {
         ("wrong x-amz-meta-sha256", 5, |d| {
             let key = key_of(d, 0, 1);
             let s = d.storage();
-            let (body, mut meta) = read(s.as_ref(), &key);
+            let (body, mut meta) = read_object(s.as_ref(), &key);
             meta.sha256 = Some("00".repeat(32));
-            s.put(&key, &mut Cursor::new(&body), body.len() as u64, &meta)
-                .unwrap();
+            put_object(s.as_ref(), &key, &body, &meta);
             key
         }),
     ];
@@ -194,19 +162,10 @@ fn verify_all_file_replica() {
     assert_eq!(lines.len(), 2, "{out}");
 
     // Damage a level-0 file of tenant/b (copied without walsync's metadata
-    // sidecars, like a Litestream file replica: the LTX checksum catches it).
-    let l0 = to.join("ltx/0");
-    let mut names: Vec<_> = std::fs::read_dir(&l0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    let victim = l0.join(&names[1]);
-    let mut bytes = std::fs::read(&victim).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 1;
-    std::fs::write(&victim, bytes).unwrap();
-    let key = format!("tenant/b/ltx/0/{}", names[1].to_string_lossy());
+    // sidecars, like a Litestream file replica, so with no SHA-256 to keep:
+    // the LTX checksum catches it).
+    let key = dest.keys_at("tenant/b", 0).swap_remove(1);
+    flip_byte(dest.storage().as_ref(), &key);
     let (code, out, err) = verify(&dest, &["--all"]);
     assert_eq!(code, 5, "{out}\n{err}");
     assert!(out.contains(&key), "{out}");
@@ -253,8 +212,7 @@ fn every_flipped_byte_of_a_stored_object_fails_verify() {
     drop(conn);
     let root = dir.path().join("replica");
     let url = format!("file://{}", root.display());
-    let bin = env!("CARGO_BIN_EXE_walsync");
-    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let run = |args: &[&str]| walsync(args, &[]);
     assert!(run(&["snapshot", db.to_str().unwrap(), "-b", &url])
         .status
         .success());
@@ -285,13 +243,13 @@ fn every_flipped_byte_of_a_stored_object_fails_verify() {
 /// `verify` must too, naming the same object.
 #[test]
 fn verify_rejects_pages_that_do_not_produce_the_recorded_checksum() {
-    let server = common::S3Server::start();
+    let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     let dest = Dest::s3(&server, "verify", "pages");
     make_replica(&dest, dir.path());
     let key = key_of(&dest, 0, 2);
     let s = dest.storage();
-    let (body, meta) = read(s.as_ref(), &key);
+    let (body, meta) = read_object(s.as_ref(), &key);
     let (header, mut pages, _) = walsync::ltx::decode_all(Cursor::new(&body)).expect("decode");
     // Another page's bytes under a page number of the file: a well-formed
     // file with the wrong content.
@@ -304,8 +262,7 @@ fn verify_rejects_pages_that_do_not_produce_the_recorded_checksum() {
     let (_, forged) = enc.finish(0).expect("finish");
     let mut meta = meta;
     meta.sha256 = Some(walsync::fsutil::hex(&sha256(&forged)));
-    s.put(&key, &mut Cursor::new(&forged), forged.len() as u64, &meta)
-        .expect("put");
+    put_object(s.as_ref(), &key, &forged, &meta);
 
     let out = dir.path().join("restored.db");
     let r = dest.restore(NAME, &out, &[]);

@@ -2,155 +2,42 @@
 //! written through rusqlite, replicated by the real binary (`watch` and
 //! `snapshot`) into `file://` replicas, restored by the real binary.
 
-mod common;
-mod support;
-
+use crate::harness::*;
 use rusqlite::Connection;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{integrity_ok, row_count as count, Dest, Watcher};
+use tempfile::TempDir;
 use walsync::fsutil::{now_ms, rfc3339_ms};
-use walsync::storage::parse_ltx_filename;
+use walsync::storage::ObjectMeta;
 
-/// A source database, its `file://` replica and a scratch folder for outputs.
-struct Env {
-    dir: tempfile::TempDir,
-    dest: Dest,
+/// The name the source is replicated as.
+const NAME: &str = "app";
+
+/// The application's side: a scratch folder holding the source database
+/// `src/app.db` (WAL mode, table `t`) and an open connection to it; outputs
+/// go to `out/`, which restore creates.
+struct Source {
+    dir: TempDir,
+    db: PathBuf,
+    conn: Connection,
 }
 
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("src")).unwrap();
-        let dest = Dest::file(&dir.path().join("replica"));
-        Env { dir, dest }
-    }
+/// A new source, and its `file://` replica in the same scratch folder
+/// (`replica/`).
+fn source() -> (Source, Dest) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("src").join("app.db");
+    let conn = create_db(&db, 4096);
+    let dest = Dest::file(&dir.path().join("replica"));
+    (Source { dir, db, conn }, dest)
+}
 
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("src").join("app.db")
-    }
-
-    fn replica(&self) -> PathBuf {
-        self.dir.path().join("replica")
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.replica().display())
-    }
-
+impl Source {
+    /// A path in the output folder.
     fn out(&self, name: &str) -> PathBuf {
         self.dir.path().join("out").join(name)
-    }
-
-    /// Opens the source in WAL mode with table `t`.
-    fn open(&self) -> Connection {
-        let c = Connection::open(self.db()).unwrap();
-        c.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB);",
-        )
-        .unwrap();
-        c
-    }
-
-    fn level_dir(&self, level: u32) -> PathBuf {
-        self.replica()
-            .join("app")
-            .join("ltx")
-            .join(level.to_string())
-    }
-
-    /// LTX files of `app` at `level`, sorted, as (min, max, path).
-    fn files(&self, level: u32) -> Vec<(u64, u64, PathBuf)> {
-        let mut v: Vec<(u64, u64, PathBuf)> = fs::read_dir(self.level_dir(level))
-            .map(|it| {
-                it.flatten()
-                    .filter_map(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        parse_ltx_filename(&name).map(|(a, b)| (a, b, e.path()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// The newest TXID stored at level 0 or 9.
-    fn replica_txid(&self) -> u64 {
-        self.files(0)
-            .into_iter()
-            .chain(self.files(9))
-            .map(|(_, max, _)| max)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Waits until the replica holds a TXID above `prev` and returns it.
-    fn wait_txid_above(&self, prev: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let t = self.replica_txid();
-            if t > prev {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica stuck at TXID {t} (waiting for > {prev})"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn walsync(&self, args: &[&str]) -> Output {
-        self.dest.walsync(args)
-    }
-
-    /// `walsync restore app -o OUT -b URL <extra>`.
-    fn restore(&self, out: &Path, extra: &[&str]) -> Output {
-        self.dest.restore("app", out, extra)
-    }
-
-    /// `walsync snapshot DB -b URL`.
-    fn snapshot(&self) {
-        let db = self.db();
-        let o = self.walsync(&["snapshot", db.to_str().unwrap(), "-b", &self.url()]);
-        assert!(o.status.success(), "snapshot failed: {}", stderr(&o));
-    }
-}
-
-/// `walsync watch` on the source, syncing every 50 ms.
-fn watch(env: &Env) -> Watcher {
-    env.dest
-        .watch(&[env.db().as_path()], &["--sync-interval", "50ms"])
-}
-
-/// SIGINT, then a clean exit (everything committed shipped).
-fn stop(w: Watcher) {
-    let (code, err) = w.stop();
-    assert_eq!(code, 0, "watch exit code; stderr:\n{err}");
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited by a signal")
-}
-
-/// No output, no temporary output, no download folder.
-fn assert_nothing_left(out: &Path) {
-    for suffix in ["", ".tmp", ".tmp-ltx", ".tmp-wal", ".tmp-shm"] {
-        let mut p = out.as_os_str().to_owned();
-        p.push(suffix);
-        assert!(
-            !Path::new(&p).exists(),
-            "{} was left behind",
-            Path::new(&p).display()
-        );
     }
 }
 
@@ -166,9 +53,11 @@ struct Point {
 /// Writes `commits` transactions (inserts of growing size, one delete, one
 /// large update) under `walsync watch`, waiting for each to reach the
 /// replica, `gap_ms` apart. Returns the points; the watch is stopped.
-fn history(env: &Env, conn: &Connection, commits: usize, gap_ms: u64) -> Vec<Point> {
-    let watcher = watch(env);
-    let mut txid = env.wait_txid_above(0);
+fn history(src: &Source, dest: &Dest, commits: usize, gap_ms: u64) -> Vec<Point> {
+    let conn = &src.conn;
+    let watcher = dest.watch(&[&src.db], &["--sync-interval", "50ms"]);
+    let wait = Duration::from_secs(20);
+    let mut txid = dest.wait_for_txid(NAME, 1, wait);
     let mut points = Vec::new();
     for i in 0..commits {
         match i {
@@ -191,7 +80,7 @@ fn history(env: &Env, conn: &Connection, commits: usize, gap_ms: u64) -> Vec<Poi
                 tx.commit().unwrap();
             }
         }
-        txid = env.wait_txid_above(txid);
+        txid = dest.wait_for_txid(NAME, txid + 1, wait);
         let rows = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
@@ -202,22 +91,20 @@ fn history(env: &Env, conn: &Connection, commits: usize, gap_ms: u64) -> Vec<Poi
         });
         std::thread::sleep(Duration::from_millis(gap_ms));
     }
-    stop(watcher);
+    watcher.stop_clean();
     points
 }
 
 #[test]
 fn latest_restore_is_byte_identical_to_the_checkpointed_source() {
-    let env = Env::new();
-    let conn = env.open();
-    let points = history(&env, &conn, 10, 0);
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-        .unwrap();
-    let source = fs::read(env.db()).unwrap();
+    let (src, dest) = source();
+    let points = history(&src, &dest, 10, 0);
+    checkpoint_truncate(&src.db);
+    let source = fs::read(&src.db).unwrap();
 
     // The output folder does not exist yet: restore creates it.
-    let out = env.out("latest.db");
-    let o = env.restore(&out, &[]);
+    let out = src.out("latest.db");
+    let o = dest.restore(NAME, &out, &[]);
     assert!(o.status.success(), "restore failed: {}", stderr(&o));
     assert!(
         stderr(&o).contains(&format!("{:016x}", points.last().unwrap().txid)),
@@ -233,13 +120,13 @@ fn latest_restore_is_byte_identical_to_the_checkpointed_source() {
         assert!(!Path::new(&p).exists(), "{suffix} left behind");
     }
     integrity_ok(&out);
-    assert_eq!(count(&out), points.last().unwrap().rows);
+    assert_eq!(row_count(&out), points.last().unwrap().rows);
 
     // --force replaces it, and drops a WAL that belonged to the old file.
-    let wal = env.out("latest.db-wal");
+    let wal = src.out("latest.db-wal");
     fs::write(&wal, b"stale wal of another database").unwrap();
     fs::write(&out, b"not a database").unwrap();
-    let o = env.restore(&out, &["--force", "--parallelism", "1"]);
+    let o = dest.restore(NAME, &out, &["--force", "--parallelism", "1"]);
     assert!(o.status.success(), "restore --force failed: {}", stderr(&o));
     assert!(!wal.exists(), "stale -wal must be removed");
     assert!(fs::read(&out).unwrap() == source);
@@ -247,9 +134,8 @@ fn latest_restore_is_byte_identical_to_the_checkpointed_source() {
 
 #[test]
 fn txid_restores_give_the_row_counts_of_the_time() {
-    let env = Env::new();
-    let conn = env.open();
-    let points = history(&env, &conn, 9, 0);
+    let (src, dest) = source();
+    let points = history(&src, &dest, 9, 0);
     // Each commit took its own TXID.
     for w in points.windows(2) {
         assert_eq!(w[1].txid, w[0].txid + 1, "{points:?}");
@@ -258,55 +144,55 @@ fn txid_restores_give_the_row_counts_of_the_time() {
         if i % 2 == 1 && i != points.len() - 1 {
             continue; // every other one keeps the test quick
         }
-        let out = env.out(&format!("txid-{}.db", p.txid));
+        let out = src.out(&format!("txid-{}.db", p.txid));
         let txid = if i % 4 == 0 {
             format!("0x{:x}", p.txid)
         } else {
             p.txid.to_string()
         };
-        let o = env.restore(&out, &["--txid", &txid, "--parallelism", "2"]);
+        let o = dest.restore(NAME, &out, &["--txid", &txid, "--parallelism", "2"]);
         assert!(o.status.success(), "restore --txid {txid}: {}", stderr(&o));
-        assert_eq!(count(&out), p.rows, "rows at TXID {}", p.txid);
+        assert_eq!(row_count(&out), p.rows, "rows at TXID {}", p.txid);
         integrity_ok(&out);
     }
     // Beyond the newest TXID: nothing to restore there.
-    let out = env.out("beyond.db");
+    let out = src.out("beyond.db");
     let beyond = (points.last().unwrap().txid + 5).to_string();
-    let o = env.restore(&out, &["--txid", &beyond]);
+    let o = dest.restore(NAME, &out, &["--txid", &beyond]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert_nothing_left(&out);
 }
 
 #[test]
 fn point_in_time_restores_between_commits() {
-    let env = Env::new();
-    let conn = env.open();
-    let points = history(&env, &conn, 6, 150);
+    let (src, dest) = source();
+    let points = history(&src, &dest, 6, 150);
     for p in &points {
         // After the commit was stored, before the next commit happened.
         let at = rfc3339_ms(p.visible_ms + 40);
-        let out = env.out(&format!("pit-{}.db", p.txid));
-        let o = env.restore(&out, &["--point-in-time", &at]);
+        let out = src.out(&format!("pit-{}.db", p.txid));
+        let o = dest.restore(NAME, &out, &["--point-in-time", &at]);
         assert!(o.status.success(), "restore at {at}: {}", stderr(&o));
-        assert_eq!(count(&out), p.rows, "rows at {at} (TXID {})", p.txid);
+        assert_eq!(row_count(&out), p.rows, "rows at {at} (TXID {})", p.txid);
     }
     // Offsets are accepted too.
     let p = points[2];
     let at = rfc3339_ms(p.visible_ms + 40 + 7_200_000).replace('Z', "+02:00");
-    let out = env.out("pit-offset.db");
-    let o = env.restore(&out, &["--point-in-time", &at]);
+    let out = src.out("pit-offset.db");
+    let o = dest.restore(NAME, &out, &["--point-in-time", &at]);
     assert!(o.status.success(), "restore at {at}: {}", stderr(&o));
-    assert_eq!(count(&out), p.rows, "rows at {at}");
+    assert_eq!(row_count(&out), p.rows, "rows at {at}");
 
     // Before anything was replicated.
-    let out = env.out("pit-early.db");
-    let o = env.restore(&out, &["--point-in-time", "2001-01-01T00:00:00Z"]);
+    let out = src.out("pit-early.db");
+    let o = dest.restore(NAME, &out, &["--point-in-time", "2001-01-01T00:00:00Z"]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert_nothing_left(&out);
     // Not a time at all: usage error.
-    let o = env.restore(&out, &["--point-in-time", "yesterday at noon"]);
+    let o = dest.restore(NAME, &out, &["--point-in-time", "yesterday at noon"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let o = env.restore(
+    let o = dest.restore(
+        NAME,
         &out,
         &["--point-in-time", "2001-01-01T00:00:00Z", "--txid", "3"],
     );
@@ -315,49 +201,40 @@ fn point_in_time_restores_between_commits() {
 }
 
 /// A small replica made by the one-shot `snapshot` command.
-fn snapshot_replica() -> (Env, Connection) {
-    let env = Env::new();
-    let conn = env.open();
+fn snapshot_replica() -> (Source, Dest) {
+    let (src, dest) = source();
     for i in 0..50 {
-        conn.execute("INSERT INTO t(body) VALUES (?1)", [vec![i as u8; 500]])
+        src.conn
+            .execute("INSERT INTO t(body) VALUES (?1)", [vec![i as u8; 500]])
             .unwrap();
     }
-    env.snapshot();
-    (env, conn)
+    dest.snapshot(&src.db);
+    (src, dest)
 }
 
 #[test]
 fn existing_output_and_missing_replica() {
-    let (env, _conn) = snapshot_replica();
-    fs::create_dir_all(env.out("")).unwrap();
-    let out = env.out("taken.db");
+    let (src, dest) = snapshot_replica();
+    fs::create_dir_all(src.out("")).unwrap();
+    let out = src.out("taken.db");
     fs::write(&out, b"precious").unwrap();
 
-    let o = env.restore(&out, &[]);
+    let o = dest.restore(NAME, &out, &[]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert_eq!(fs::read(&out).unwrap(), b"precious");
 
-    let o = env.restore(&out, &["--if-db-not-exists"]);
+    let o = dest.restore(NAME, &out, &["--if-db-not-exists"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(fs::read(&out).unwrap(), b"precious");
 
-    let o = env.restore(&out, &["--force"]);
+    let o = dest.restore(NAME, &out, &["--force"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(count(&out), 50);
+    assert_eq!(row_count(&out), 50);
 
     // A name the replica does not hold.
-    let missing = env.out("missing.db");
-    let url = env.url();
-    let args = [
-        "restore",
-        "nope",
-        "-o",
-        missing.to_str().unwrap(),
-        "-b",
-        &url,
-    ];
-    let o = env.walsync(&args);
+    let missing = src.out("missing.db");
+    let o = dest.restore("nope", &missing, &[]);
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert!(
         stderr(&o).contains("'nope'") && stderr(&o).contains("walsync list"),
@@ -365,25 +242,15 @@ fn existing_output_and_missing_replica() {
         stderr(&o)
     );
     assert_nothing_left(&missing);
-    let mut with_flag = args.to_vec();
-    with_flag.push("--if-replica-exists");
-    let o = env.walsync(&with_flag);
+    let o = dest.restore("nope", &missing, &["--if-replica-exists"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_nothing_left(&missing);
 }
 
-/// Flips one byte in the middle of `path`.
-fn flip_byte(path: &Path) {
-    let mut b = fs::read(path).unwrap();
-    let at = b.len() / 2;
-    b[at] ^= 0x55;
-    fs::write(path, b).unwrap();
-}
-
 /// Restores into `out` expecting an integrity failure (exit 5) whose message
 /// holds every one of `words`, with nothing left behind.
-fn assert_integrity_failure(env: &Env, out: &Path, words: &[&str]) {
-    let o = env.restore(out, &[]);
+fn assert_integrity_failure(dest: &Dest, out: &Path, words: &[&str]) {
+    let o = dest.restore(NAME, out, &[]);
     let err = stderr(&o);
     assert_eq!(code(&o), 5, "{err}");
     for w in words {
@@ -392,61 +259,77 @@ fn assert_integrity_failure(env: &Env, out: &Path, words: &[&str]) {
     assert_nothing_left(out);
 }
 
-/// Puts `original` back into `victim`; the restore then succeeds with `rows`.
-fn assert_restores_once_repaired(env: &Env, victim: &Path, original: &[u8], out: &Path, rows: i64) {
-    fs::write(victim, original).unwrap();
-    let o = env.restore(out, &[]);
+/// Stores `original` under `key` again (without metadata); the restore then
+/// succeeds with `rows`.
+fn assert_restores_once_repaired(dest: &Dest, key: &str, original: &[u8], out: &Path, rows: i64) {
+    put_object(
+        dest.storage().as_ref(),
+        key,
+        original,
+        &ObjectMeta::default(),
+    );
+    let o = dest.restore(NAME, out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(count(out), rows);
+    assert_eq!(row_count(out), rows);
+}
+
+/// Stores `body` under `key` without metadata, as a file replica holds an
+/// object truncated on disk (a sidecar whose size no longer matches is
+/// ignored).
+fn put_bare(dest: &Dest, key: &str, body: &[u8]) {
+    put_object(dest.storage().as_ref(), key, body, &ObjectMeta::default());
 }
 
 #[test]
 fn corrupt_objects_fail_with_integrity_errors() {
-    let env = Env::new();
-    let conn = env.open();
-    let points = history(&env, &conn, 6, 0);
-    let level0 = env.files(0);
+    let (src, dest) = source();
+    let points = history(&src, &dest, 6, 0);
+    let level0 = dest.keys_at(NAME, 0);
     assert!(level0.len() >= 4, "{level0:?}");
 
     // A flipped byte: the SHA-256 in the metadata catches it.
-    let (_, _, victim) = &level0[2];
-    let original = fs::read(victim).unwrap();
-    flip_byte(victim);
-    let out = env.out("corrupt.db");
-    let key_name = victim.file_name().unwrap().to_string_lossy().into_owned();
-    assert_integrity_failure(&env, &out, &[&key_name]);
+    let key = &level0[2];
+    let (original, _) = flip_byte(dest.storage().as_ref(), key);
+    let out = src.out("corrupt.db");
+    assert_integrity_failure(&dest, &out, &[key]);
 
     // Without its metadata sidecar (as Litestream writes it), the LTX
     // checksums catch it.
-    let sidecar = env
-        .replica()
-        .join(".walsync-meta/app/ltx/0")
-        .join(format!("{key_name}.json"));
+    let sidecar = src
+        .dir
+        .path()
+        .join("replica/.walsync-meta")
+        .join(format!("{key}.json"));
     assert!(sidecar.exists(), "{}", sidecar.display());
     fs::remove_file(&sidecar).unwrap();
-    assert_integrity_failure(&env, &out, &[&key_name]);
+    assert_integrity_failure(&dest, &out, &[key]);
 
-    // Truncated: shorter than the metadata says.
-    fs::write(victim, &original[..original.len() - 7]).unwrap();
-    assert_integrity_failure(&env, &out, &[]);
+    // Truncated.
+    put_bare(&dest, key, &original[..original.len() - 7]);
+    assert_integrity_failure(&dest, &out, &[]);
 
-    // Restored to the original bytes (no sidecar now), it restores again.
-    assert_restores_once_repaired(&env, victim, &original, &out, points.last().unwrap().rows);
+    // Restored to the original bytes, it restores again.
+    assert_restores_once_repaired(&dest, key, &original, &out, points.last().unwrap().rows);
 }
 
 #[test]
 fn a_missing_middle_file_is_a_named_gap() {
-    let env = Env::new();
-    let conn = env.open();
-    let points = history(&env, &conn, 6, 0);
-    let level0 = env.files(0);
-    let (min, _, victim) = level0[level0.len() / 2].clone();
-    fs::remove_file(&victim).unwrap();
+    let (src, dest) = source();
+    let points = history(&src, &dest, 6, 0);
+    let level0: Vec<_> = dest
+        .files(NAME)
+        .into_iter()
+        .filter(|f| f.id.level == 0)
+        .collect();
+    let victim = &level0[level0.len() / 2];
+    let min = victim.id.min_txid;
+    dest.storage().delete(&victim.key).unwrap();
 
-    let out = env.out("gap.db");
-    let o = env.restore(&out, &[]);
+    // A gap is damage to the replica: the integrity exit code.
+    let out = src.out("gap.db");
+    let o = dest.restore(NAME, &out, &[]);
     let err = stderr(&o);
-    assert!(matches!(code(&o), 5 | 6), "{err}");
+    assert_eq!(code(&o), 5, "{err}");
     assert!(err.contains("gap"), "{err}");
     assert!(
         err.contains(&format!("{min:016x}")),
@@ -456,30 +339,29 @@ fn a_missing_middle_file_is_a_named_gap() {
 
     // The state before the gap still restores.
     let before = points.iter().rev().find(|p| p.txid < min).unwrap();
-    let o = env.restore(&out, &["--txid", &before.txid.to_string()]);
+    let o = dest.restore(NAME, &out, &["--txid", &before.txid.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(count(&out), before.rows);
+    assert_eq!(row_count(&out), before.rows);
 }
 
 #[test]
 fn list_names_databases_with_txid_and_snapshots() {
-    let env = Env::new();
-    let url = env.url();
+    let (src, dest) = source();
+    let url = dest.url.clone();
     // An empty replica.
-    let o = env.walsync(&["list", "-b", &url]);
+    let o = dest.walsync(&["list", "-b", &url]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no databases"));
-    let o = env.walsync(&["list", "-b", &url, "--json"]);
+    let o = dest.walsync(&["list", "-b", &url, "--json"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
 
-    let conn = env.open();
-    let points = history(&env, &conn, 3, 0);
-    env.snapshot(); // a second level-9 file
-    let txid = env.replica_txid();
+    let points = history(&src, &dest, 3, 0);
+    dest.snapshot(&src.db); // a second level-9 file
+    let txid = dest.max_txid(NAME);
     assert!(txid >= points.last().unwrap().txid);
-    assert_eq!(env.files(9).len(), 2);
+    assert_eq!(dest.keys_at(NAME, 9).len(), 2);
 
-    let o = env.walsync(&["list", "-b", &url]);
+    let o = dest.walsync(&["list", "-b", &url]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     let row = text
@@ -490,7 +372,7 @@ fn list_names_databases_with_txid_and_snapshots() {
     assert_eq!(cols[1], format!("{txid:016x}"), "{text}");
     assert_eq!(cols[3], "2", "snapshots: {text}");
 
-    let o = env.walsync(&["list", "-b", &url, "--json"]);
+    let o = dest.walsync(&["list", "-b", &url, "--json"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let dbs = v.as_array().unwrap();
@@ -500,8 +382,7 @@ fn list_names_databases_with_txid_and_snapshots() {
     assert_eq!(d["txid"], txid);
     assert_eq!(d["txid_hex"], format!("{txid:016x}"));
     assert_eq!(d["snapshots"], 2);
-    let files = env.files(0).len() + env.files(9).len();
-    assert_eq!(d["files"], files as u64);
+    assert_eq!(d["files"], dest.files(NAME).len() as u64);
     assert!(d["bytes"].as_u64().unwrap() > 0);
     let last: jiff::Timestamp = d["last_change"].as_str().unwrap().parse().unwrap();
     let age = now_ms() - last.as_millisecond();
@@ -520,9 +401,10 @@ fn list_names_databases_with_txid_and_snapshots() {
 mod built {
     use super::*;
     use sha2::{Digest, Sha256};
+    use std::ops::RangeInclusive;
     use walsync::ltx::{db_checksum, Encoder, Header, HEADER_FLAG_NO_CHECKSUM};
     use walsync::restore::{self, RestoreOptions};
-    use walsync::storage::{file::FileStorage, Layout, LtxId, ObjectMeta, Storage};
+    use walsync::storage::{file::FileStorage, Layout, LtxId, Storage};
 
     const PS: usize = 4096;
 
@@ -583,24 +465,13 @@ mod built {
             }
         }
 
-        /// Stores an LTX file taking state `from` (None: empty) to state
-        /// `to`, covering TXIDs min..=max (state k is TXID k+1).
-        #[allow(clippy::too_many_arguments)]
-        fn put(
-            &self,
-            level: u32,
-            min: u64,
-            max: u64,
-            from: Option<usize>,
-            to: usize,
-            full: bool,
-            litestream: bool,
-            post_tweak: u64,
-        ) -> String {
-            let new = &self.states[to];
-            let old: &[u8] = from.map_or(&[], |f| &self.states[f]);
+        /// Stores `f` (state k is TXID k+1) and returns its key.
+        fn put(&self, f: Ltx) -> String {
+            let (min, max) = (*f.txids.start(), *f.txids.end());
+            let new = &self.states[f.to];
+            let old: &[u8] = f.from.map_or(&[], |k| &self.states[k]);
             let header = Header {
-                flags: if litestream {
+                flags: if f.litestream {
                     HEADER_FLAG_NO_CHECKSUM
                 } else {
                     0
@@ -610,7 +481,7 @@ mod built {
                 min_txid: min,
                 max_txid: max,
                 timestamp_ms: 1_767_225_600_000 + max as i64 * 1000,
-                pre_apply_checksum: if litestream || min == 1 {
+                pre_apply_checksum: if f.litestream || min == 1 {
                     0
                 } else {
                     checksum(old)
@@ -620,41 +491,33 @@ mod built {
             let mut enc = Encoder::new(Vec::new(), header).unwrap();
             for (pgno, page) in pages(new) {
                 let start = (pgno as usize - 1) * PS;
-                if full || min == 1 || old.get(start..start + PS) != Some(page) {
+                if f.full || min == 1 || old.get(start..start + PS) != Some(page) {
                     enc.write_page(pgno, page).unwrap();
                 }
             }
-            let post = if litestream {
+            let post = if f.litestream {
                 0
             } else {
-                checksum(new) ^ post_tweak
+                checksum(new) ^ f.post_tweak
             };
             let (_, body) = enc.finish(post).unwrap();
-            let id = LtxId {
-                level,
-                min_txid: min,
-                max_txid: max,
-            };
-            let key = Layout::File.ltx_key("db", id);
+            let key = key(f.level, min, max);
             let meta = ObjectMeta {
-                sha256: (!litestream).then(|| walsync::fsutil::hex(&Sha256::digest(&body))),
+                sha256: (!f.litestream).then(|| walsync::fsutil::hex(&Sha256::digest(&body))),
                 timestamp: None,
                 db_checksums: None,
             };
-            let len = body.len() as u64;
-            self.storage
-                .put(&key, &mut std::io::Cursor::new(body), len, &meta)
-                .unwrap();
+            put_object(&self.storage, &key, &body, &meta);
             key
         }
 
         /// The usual chain: snapshot of state 0 at TXID 1, then one level-0
         /// file per commit (TXIDs 2..=6).
         fn chain(&self, litestream: bool) {
-            self.put(9, 1, 1, None, 0, false, litestream, 0);
+            self.put(Ltx::snapshot(1..=1, 0).litestream(litestream));
             for k in 1..self.states.len() {
                 let t = k as u64 + 1;
-                self.put(0, t, t, Some(k - 1), k, false, litestream, 0);
+                self.put(Ltx::step(0, t..=t, k - 1, k).litestream(litestream));
             }
         }
 
@@ -678,12 +541,67 @@ mod built {
         }
 
         fn remove(&self, level: u32, min: u64, max: u64) {
-            let id = LtxId {
+            self.storage.delete(&key(level, min, max)).unwrap();
+        }
+    }
+
+    fn key(level: u32, min_txid: u64, max_txid: u64) -> String {
+        let id = LtxId {
+            level,
+            min_txid,
+            max_txid,
+        };
+        Layout::File.ltx_key("db", id)
+    }
+
+    /// An LTX file for [`Replica::put`]: TXIDs `txids` at `level`, taking
+    /// state `from` (None: the empty database) to state `to`.
+    struct Ltx {
+        level: u32,
+        txids: RangeInclusive<u64>,
+        from: Option<usize>,
+        to: usize,
+        /// Every page of `to`, not only the changed ones.
+        full: bool,
+        /// As Litestream writes it: NoChecksum, no SHA-256 metadata.
+        litestream: bool,
+        /// XORed into the post-apply checksum (0: the true one).
+        post_tweak: u64,
+    }
+
+    impl Ltx {
+        /// A level-9 snapshot of state `to`.
+        fn snapshot(txids: RangeInclusive<u64>, to: usize) -> Ltx {
+            Ltx {
+                level: 9,
+                txids,
+                from: None,
+                to,
+                full: false,
+                litestream: false,
+                post_tweak: 0,
+            }
+        }
+
+        /// A file at `level` from state `from` to state `to`.
+        fn step(level: u32, txids: RangeInclusive<u64>, from: usize, to: usize) -> Ltx {
+            Ltx {
                 level,
-                min_txid: min,
-                max_txid: max,
-            };
-            fs::remove_file(self.root.join(Layout::File.ltx_key("db", id))).unwrap();
+                from: Some(from),
+                ..Ltx::snapshot(txids, to)
+            }
+        }
+
+        fn full(self) -> Ltx {
+            Ltx { full: true, ..self }
+        }
+
+        fn litestream(self, litestream: bool) -> Ltx {
+            Ltx { litestream, ..self }
+        }
+
+        fn post_tweak(self, post_tweak: u64) -> Ltx {
+            Ltx { post_tweak, ..self }
         }
     }
 
@@ -692,8 +610,8 @@ mod built {
         let r = Replica::new();
         r.chain(false);
         // Compactions: 2..=4 at level 1, and a newer snapshot at TXID 4.
-        r.put(1, 2, 4, Some(0), 3, false, false, 0);
-        r.put(9, 1, 4, None, 3, false, false, 0);
+        r.put(Ltx::step(1, 2..=4, 0, 3));
+        r.put(Ltx::snapshot(1..=4, 3));
         let out = r.root.with_file_name("out.db");
         for (k, state) in r.states.iter().enumerate() {
             let txid = k as u64 + 1;
@@ -731,11 +649,11 @@ mod built {
     #[test]
     fn a_full_level0_file_applies_like_an_incremental() {
         let r = Replica::new();
-        r.put(9, 1, 1, None, 0, false, false, 0);
-        r.put(0, 2, 2, Some(0), 1, false, false, 0);
-        r.put(0, 3, 3, Some(1), 2, true, false, 0);
-        r.put(0, 4, 4, Some(2), 3, true, false, 0); // shrinks
-        r.put(0, 5, 5, Some(3), 4, false, false, 0);
+        r.put(Ltx::snapshot(1..=1, 0));
+        r.put(Ltx::step(0, 2..=2, 0, 1));
+        r.put(Ltx::step(0, 3..=3, 1, 2).full());
+        r.put(Ltx::step(0, 4..=4, 2, 3).full()); // shrinks
+        r.put(Ltx::step(0, 5..=5, 3, 4));
         let out = r.root.with_file_name("out.db");
         r.restore(&out, None).unwrap();
         assert!(fs::read(&out).unwrap() == r.states[4]);
@@ -746,8 +664,8 @@ mod built {
         let out_name = "out.db";
         // A post-apply checksum that the rebuilt bytes do not give.
         let r = Replica::new();
-        r.put(9, 1, 1, None, 0, false, false, 0);
-        let key = r.put(0, 2, 2, Some(0), 1, false, false, 0b10);
+        r.put(Ltx::snapshot(1..=1, 0));
+        let key = r.put(Ltx::step(0, 2..=2, 0, 1).post_tweak(0b10));
         let out = r.root.with_file_name(out_name);
         let e = r.restore(&out, None).unwrap_err();
         assert_eq!(e.exit_code(), 5, "{e}");
@@ -758,9 +676,9 @@ mod built {
         // A file that starts from another state than the chain reaches:
         // TXID 3 built on state 0 instead of state 1.
         let r = Replica::new();
-        r.put(9, 1, 1, None, 0, false, false, 0);
-        r.put(0, 2, 2, Some(0), 1, false, false, 0);
-        let key = r.put(0, 3, 3, Some(0), 2, false, false, 0);
+        r.put(Ltx::snapshot(1..=1, 0));
+        r.put(Ltx::step(0, 2..=2, 0, 1));
+        let key = r.put(Ltx::step(0, 3..=3, 0, 2));
         let out = r.root.with_file_name(out_name);
         let e = r.restore(&out, None).unwrap_err();
         assert_eq!(e.exit_code(), 5, "{e}");
@@ -777,31 +695,28 @@ mod built {
 /// integrity exit code, and leaves nothing behind.
 #[test]
 fn a_damaged_snapshot_is_named_while_streamed() {
-    let env = Env::new();
-    let conn = env.open();
-    let points = history(&env, &conn, 3, 0);
-    let snapshots = env.files(9);
+    let (src, dest) = source();
+    let points = history(&src, &dest, 3, 0);
+    let snapshots = dest.keys_at(NAME, 9);
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
-    let (_, _, victim) = &snapshots[0];
-    let key_name = victim.file_name().unwrap().to_string_lossy().into_owned();
-    let original = fs::read(victim).unwrap();
-    let out = env.out("snap.db");
+    let key = &snapshots[0];
+    let out = src.out("snap.db");
 
-    flip_byte(victim);
-    assert_integrity_failure(&env, &out, &[&key_name, "SHA-256"]);
+    let (original, _) = flip_byte(dest.storage().as_ref(), key);
+    assert_integrity_failure(&dest, &out, &[key, "SHA-256"]);
 
-    fs::write(victim, &original[..original.len() / 2]).unwrap();
-    assert_integrity_failure(&env, &out, &[&key_name, "truncated"]);
+    put_bare(&dest, key, &original[..original.len() / 2]);
+    assert_integrity_failure(&dest, &out, &[key, "truncated"]);
 
-    assert_restores_once_repaired(&env, victim, &original, &out, points.last().unwrap().rows);
+    assert_restores_once_repaired(&dest, key, &original, &out, points.last().unwrap().rows);
 }
 
 /// SIGINT while the snapshot is still streaming into the output stops the
 /// restore with exit 1 and a message saying so, and leaves nothing behind.
 #[test]
 fn an_interrupted_restore_leaves_nothing() {
-    let env = Env::new();
-    let conn = env.open();
+    let (src, dest) = source();
+    let conn = &src.conn;
     // 96 MiB of incompressible rows: long enough to interrupt mid-apply.
     conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
     let tx = conn.unchecked_transaction().unwrap();
@@ -813,17 +728,23 @@ fn an_interrupted_restore_leaves_nothing() {
             .unwrap();
     }
     tx.commit().unwrap();
-    env.snapshot();
+    dest.snapshot(&src.db);
 
-    let out = env.out("interrupted.db");
+    let out = src.out("interrupted.db");
     fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let url = env.url();
-    let mut child = Command::new(common::walsync_bin())
-        .args(["restore", "app", "-o", out.to_str().unwrap(), "-b", &url])
+    let mut child = Command::new(walsync_bin())
+        .args([
+            "restore",
+            NAME,
+            "-o",
+            out.to_str().unwrap(),
+            "-b",
+            &dest.url,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let tmp = env.out("interrupted.db.tmp");
+    let tmp = src.out("interrupted.db.tmp");
     let deadline = Instant::now() + Duration::from_secs(20);
     while fs::metadata(&tmp).map_or(true, |m| m.len() == 0) {
         assert!(
@@ -840,7 +761,7 @@ fn an_interrupted_restore_leaves_nothing() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
-    assert_eq!(code(&o), 1, "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert_nothing_left(&out);
 }

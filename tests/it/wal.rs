@@ -1,5 +1,6 @@
 //! WAL reader tests on logs written by real SQLite (through rusqlite).
 
+use crate::harness::{row_count, wal_checkpoint};
 use rusqlite::Connection;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -105,19 +106,16 @@ fn apply(db_path: &Path, wal_path: &Path, txns: &[Transaction]) -> Vec<u8> {
 }
 
 /// What SQLite itself makes of the copied database and WAL: the file after a
-/// full checkpoint.
+/// full checkpoint (which must not have been busy, and emptied the WAL).
 fn sqlite_checkpointed(db_path: &Path) -> Vec<u8> {
     let conn = Connection::open(db_path).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
+    assert_eq!(
+        wal_checkpoint(&conn, "TRUNCATE"),
+        (0, 0, 0),
+        "the copy's checkpoint (busy, log, checkpointed)"
+    );
     drop(conn);
     fs::read(db_path).unwrap()
-}
-
-fn row_count(db_path: &Path) -> i64 {
-    let conn = Connection::open(db_path).unwrap();
-    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap()
 }
 
 fn check_page_size(page_size: u32) {
@@ -222,9 +220,10 @@ fn restarted_wal_stops_at_old_frames_and_invalidates_old_positions() {
     let old_end = before.last().unwrap().end;
 
     // Backfill everything, then the next writer restarts the log from the top.
-    db.conn
-        .execute_batch("PRAGMA wal_checkpoint(PASSIVE);")
-        .unwrap();
+    let (busy, log, checkpointed) = wal_checkpoint(&db.conn, "PASSIVE");
+    assert_eq!(busy, 0, "PASSIVE checkpoint busy");
+    assert!(log > 0, "the WAL holds frames");
+    assert_eq!(checkpointed, log, "every frame was backfilled");
     db.commit(1, 10);
     db.commit(1, 10);
     let (_d2, db_after, wal_after) = db.snapshot_files();

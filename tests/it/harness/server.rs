@@ -1,17 +1,13 @@
-//! Shared harness of the integration tests: a real S3 server (s3s-fs, which
-//! checks SigV4 signatures) and the paths of the binaries under test.
-//!
-//! Missing tools make tests fail with instructions, never skip.
-#![allow(dead_code)]
+//! The test S3 server (s3s-fs on a loopback port) and the binaries under
+//! test. Missing tools make tests fail with instructions, never skip.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use walsync::storage::s3::S3Options;
+use walsync::storage::s3::{S3Options, S3Storage};
 use walsync::storage::Storage;
 
 const PROBE_BUCKET: &str = "walsync-probe";
@@ -104,7 +100,7 @@ impl S3Server {
             max_retries: Some(0),
             ..self.options()
         };
-        walsync::storage::s3::S3Storage::open(&format!("s3://{PROBE_BUCKET}"), &opts)
+        S3Storage::open(&format!("s3://{PROBE_BUCKET}"), &opts)
             .and_then(|s| s.list(""))
             .is_ok()
     }
@@ -152,62 +148,6 @@ impl Drop for S3Server {
     }
 }
 
-/// A TCP relay in front of an S3 server that holds every PUT request for a
-/// while before passing it on: a slow store, on loopback.
-pub struct SlowPuts {
-    pub endpoint: String,
-}
-
-impl SlowPuts {
-    /// Relays to `upstream` (`http://127.0.0.1:PORT`), delaying PUTs.
-    pub fn start(upstream: &str, delay: Duration) -> SlowPuts {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        let addr = listener.local_addr().expect("relay address");
-        let up: SocketAddr = upstream
-            .trim_start_matches("http://")
-            .parse()
-            .expect("upstream address");
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                std::thread::spawn(move || relay(client, up, delay));
-            }
-        });
-        SlowPuts {
-            endpoint: format!("http://{addr}"),
-        }
-    }
-}
-
-fn relay(client: TcpStream, up: SocketAddr, delay: Duration) {
-    let Ok(server) = TcpStream::connect(up) else {
-        return;
-    };
-    let (Ok(mut to_client), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from_server, &mut to_client);
-        let _ = to_client.shutdown(Shutdown::Write);
-    });
-    let (mut from_client, mut to_server) = (client, server);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from_client.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // A request starts a read of its own (the client waits for the
-        // previous response first).
-        if buf[..n].starts_with(b"PUT ") {
-            std::thread::sleep(delay);
-        }
-        if to_server.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to_server.shutdown(Shutdown::Write);
-}
-
 /// A loopback port nobody listened on a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
@@ -215,23 +155,19 @@ pub fn free_port() -> u16 {
 }
 
 /// Looks `name` up in `PATH`.
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
+fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
-fn home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
-}
-
 /// The s3s-fs binary: `PATH`, else `~/.cargo/bin/s3s-fs`.
-pub fn s3s_fs_bin() -> PathBuf {
+fn s3s_fs_bin() -> PathBuf {
     find_in_path("s3s-fs")
         .or_else(|| {
-            home()
-                .map(|h| h.join(".cargo/bin/s3s-fs"))
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"))
                 .filter(|p| p.is_file())
         })
         .unwrap_or_else(|| {
@@ -239,7 +175,6 @@ pub fn s3s_fs_bin() -> PathBuf {
         })
 }
 
-/// The walsync binary built for these tests.
 /// The binary under test: this build's, or `$WALSYNC_TEST_BIN` (to run the
 /// suite against another build, e.g. to see a new test fail on an older
 /// walsync).
