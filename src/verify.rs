@@ -30,13 +30,15 @@
 //! (JSON Lines): `{name, ok, snapshot, files_checked, latest_txid,
 //! problems: [{key, kind, message}]}`.
 //!
-//! Exit code, over all databases: 5 (integrity) when any object is damaged
-//! (corrupt, wrong SHA-256, checksum chain broken, TXIDs not those of its
-//! key); else 6 (restore) when a backup cannot be restored (no backup, no
-//! snapshot, a gap, a planned object missing); else 4 when the storage
-//! failed while reading; else 0. Corruption wins over unrestorable because
-//! it means stored bytes changed, which needs attention even where another
-//! problem already stops the restore.
+//! Exit code, over all databases, the one `restore` gives for the same
+//! condition: 5 (integrity) when any object is damaged (corrupt, wrong
+//! SHA-256, checksum chain broken, TXIDs not those of its key) or TXIDs are
+//! missing (a gap); else 6 (restore) when there is nothing to restore from
+//! (no backup, no snapshot); else 4 when the storage failed while reading,
+//! or an object listed was gone when read (run it again); else 0.
+//! Corruption wins over unrestorable because it means stored bytes changed,
+//! which needs attention even where another problem already stops the
+//! restore.
 //!
 //! Resources: a few databases are verified at once, each through the same
 //! download pipeline as restore ([`crate::fetch`]): its image streamed, the
@@ -83,17 +85,15 @@ impl Kind {
     fn is_integrity(self) -> bool {
         matches!(
             self,
-            Kind::Object(
-                Fault::Corrupt | Fault::Sha256Mismatch | Fault::Mismatch | Fault::ChecksumChain
-            )
+            Kind::Gap
+                | Kind::Object(
+                    Fault::Corrupt | Fault::Sha256Mismatch | Fault::Mismatch | Fault::ChecksumChain
+                )
         )
     }
 
     fn is_unrestorable(self) -> bool {
-        matches!(
-            self,
-            Kind::NoBackup | Kind::NoSnapshot | Kind::Gap | Kind::Object(Fault::Missing)
-        )
+        matches!(self, Kind::NoBackup | Kind::NoSnapshot)
     }
 }
 
@@ -156,7 +156,7 @@ impl Counts {
         let url = storage.describe();
         if self.integrity > 0 {
             Err(Error::Integrity(format!(
-                "{} of {} database(s) in {url} have damaged objects (listed above); restore an earlier state with `walsync restore --txid`, and take a fresh snapshot of the source (`walsync snapshot`)",
+                "{} of {} database(s) in {url} have damaged objects or missing TXIDs (listed above); restore an earlier state with `walsync restore --txid`, and take a fresh snapshot of the source (`walsync snapshot`)",
                 self.integrity, self.total
             )))
         } else if self.unrestorable > 0 {

@@ -80,10 +80,14 @@ impl S3Options {
     /// `AWS_ENDPOINT_URL`), `AWS_REGION` (else `AWS_DEFAULT_REGION`, else
     /// `us-east-1`), `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
     /// Fields already set (from flags or a config file) win.
-    pub fn with_env_defaults(mut self) -> S3Options {
-        fn var(name: &str) -> Option<String> {
-            std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-        }
+    pub fn with_env_defaults(self) -> S3Options {
+        self.with_defaults_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`S3Options::with_env_defaults`] with the variables read through
+    /// `lookup` (the environment, or a test's table).
+    pub fn with_defaults_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> S3Options {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if self.endpoint.is_none() {
             self.endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
         }
@@ -963,14 +967,21 @@ mod tests {
 
     #[test]
     fn env_fills_only_unset_fields() {
-        // The only test of this crate that touches these variables.
-        std::env::set_var("AWS_ENDPOINT_URL", "http://fallback:1");
-        std::env::set_var("AWS_ENDPOINT_URL_S3", "http://s3-specific:2");
-        std::env::remove_var("AWS_REGION");
-        std::env::set_var("AWS_DEFAULT_REGION", "eu-west-3");
-        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDENV");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "secretenv");
-        let o = S3Options::from_env();
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let all = env(&[
+            ("AWS_ENDPOINT_URL", "http://fallback:1"),
+            ("AWS_ENDPOINT_URL_S3", "http://s3-specific:2"),
+            ("AWS_DEFAULT_REGION", "eu-west-3"),
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "secretenv"),
+        ]);
+        let o = S3Options::default().with_defaults_from(all);
         assert_eq!(o.endpoint.as_deref(), Some("http://s3-specific:2"));
         assert_eq!(o.region.as_deref(), Some("eu-west-3"));
         assert_eq!(o.access_key.as_deref(), Some("AKIDENV"));
@@ -980,20 +991,16 @@ mod tests {
             access_key: Some("AKIDFLAG".into()),
             ..Default::default()
         }
-        .with_env_defaults();
+        .with_defaults_from(all);
         assert_eq!(o.endpoint.as_deref(), Some("http://flag:3"));
         assert_eq!(o.access_key.as_deref(), Some("AKIDFLAG"));
-        std::env::remove_var("AWS_ENDPOINT_URL_S3");
-        std::env::remove_var("AWS_DEFAULT_REGION");
-        let o = S3Options::from_env();
+        let fallback = env(&[
+            ("AWS_ENDPOINT_URL", "http://fallback:1"),
+            ("AWS_REGION", " "),
+        ]);
+        let o = S3Options::default().with_defaults_from(fallback);
         assert_eq!(o.endpoint.as_deref(), Some("http://fallback:1"));
         assert_eq!(o.region.as_deref(), Some(DEFAULT_REGION));
-        for v in [
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-        ] {
-            std::env::remove_var(v);
-        }
+        assert_eq!(o.access_key, None);
     }
 }

@@ -91,7 +91,7 @@ fn verify_s3_healthy_then_each_damage() {
             flip_byte(d.storage().as_ref(), &key);
             key
         }),
-        ("deleted middle file", 6, |d| {
+        ("deleted middle file", 5, |d| {
             let key = key_of(d, 0, 2);
             d.storage().delete(&key).unwrap();
             key
