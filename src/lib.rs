@@ -53,7 +53,7 @@
 //!     },
 //!     &walsync::event::Discard,
 //! )?;
-//! println!("{outcome:?}");
+//! assert!(matches!(outcome, walsync::RestoreOutcome::Restored { .. }));
 //! # Ok::<(), walsync::Error>(())
 //! ```
 
