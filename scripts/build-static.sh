@@ -27,7 +27,8 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
 fi
 
 echo "==> cargo build --release --target $target --bin walsync"
-# The bundled SQLite's flags come from .cargo/config.toml ([env] LIBSQLITE3_FLAGS).
+# The bundled SQLite is built with its default flags; walsync sets its memory
+# use at run time (src/watch/source.rs), so every build behaves the same.
 CC_x86_64_unknown_linux_musl=musl-gcc \
   cargo build --release --target "$target" --bin walsync
 bin="target/$target/release/walsync"
