@@ -1,11 +1,10 @@
 //! Small file-system helpers: atomic replacement, folder fsync, a hashing
-//! writer, exclusive locks and timestamps.
+//! reader and writer, and timestamps.
 
 use crate::error::{Error, IoContext, Result};
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes` atomically: temp file, fsync, rename.
@@ -88,35 +87,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An exclusive advisory lock on a file, held until dropped.
-pub struct FileLock {
-    _file: File,
-}
-
-impl FileLock {
-    /// Takes the lock without waiting; `Ok(None)` when another process holds it.
-    pub fn try_lock(path: &Path) -> Result<Option<FileLock>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .local_io(|| format!("opening lock file {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(Some(FileLock { _file: file }))
-        } else {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                Ok(None)
-            } else {
-                Err(Error::Other(format!("locking {}: {err}", path.display())))
-            }
-        }
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -166,16 +136,5 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert!(!temp_sibling(&p).exists());
-    }
-
-    #[test]
-    fn lock_is_exclusive() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("lock");
-        let held = FileLock::try_lock(&p).unwrap();
-        assert!(held.is_some());
-        assert!(FileLock::try_lock(&p).unwrap().is_none());
-        drop(held);
-        assert!(FileLock::try_lock(&p).unwrap().is_some());
     }
 }

@@ -128,16 +128,16 @@ impl Shipper {
             return Ok(Incremental::Nothing);
         };
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
-        let wal_file = source.wal_file();
+        let wal = source.open_wal()?;
         let start = state.position();
-        let reader = match WalReader::resume(wal_file, start)? {
+        let reader = match WalReader::resume(&wal, start)? {
             Resume::Continue(r) => r,
             // A WAL restart loses nothing when SQLite could only make it
             // after backfilling all we shipped (see the continuity rule).
             Resume::Reset if self.continuity != Continuity::Covered => {
                 return Ok(Incremental::Reset)
             }
-            Resume::Reset => match WalReader::open(wal_file)? {
+            Resume::Reset => match WalReader::open(&wal)? {
                 Some(r) => r,
                 None => return Ok(Incremental::Nothing),
             },
@@ -164,10 +164,9 @@ impl Shipper {
             Hashing::new(BufWriter::new(create(&spool)?)),
             news.header(self.page_size, id, now_ms),
         )?;
-        let post = self.encode_frames(&news, &state, txid, &mut enc)?;
+        let post = self.encode_frames(&news, &wal, &state, txid, &mut enc)?;
         // The frames must still be the ones validated: a restart would change the salts.
-        let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
-        if WalHeader::read(source.wal_file())?.map(|h| (h.salt1, h.salt2)) != Some(news.salts) {
+        if WalHeader::read(&wal)?.map(|h| (h.salt1, h.salt2)) != Some(news.salts) {
             let _ = std::fs::remove_file(&spool);
             return Ok(Incremental::Reset);
         }
@@ -194,15 +193,11 @@ impl Shipper {
     fn encode_frames(
         &mut self,
         news: &NewFrames,
+        wal_file: &File,
         state: &LocalState,
         txid: u64,
         enc: &mut Encoder<Hashing<BufWriter<File>>>,
     ) -> Result<u64> {
-        let wal_file = self
-            .source
-            .as_ref()
-            .ok_or_else(|| gone(&self.path))?
-            .wal_file();
         let lock = ltx::lock_pgno(self.page_size);
         let mut xor = state.db_checksum;
         for (&pgno, &offset) in news.latest.range(..=news.db_pages) {
@@ -269,7 +264,8 @@ impl Shipper {
             (Shipped::Known(s), true) => Some(s.position()),
             _ => None,
         };
-        let overlay = Overlay::scan(source.wal_file(), until)?;
+        let wal = source.open_wal()?;
+        let overlay = Overlay::scan(&wal, until)?;
         let db_pages = match (&self.shipped, periodic, overlay.db_pages) {
             (Shipped::Known(s), true, _) => s.db_pages,
             (_, _, Some(n)) => n,
@@ -280,7 +276,12 @@ impl Shipper {
             Hashing::new(BufWriter::new(create(&spool)?)),
             header_for(self.page_size, plan.id, db_pages, now_ms),
         )?;
-        let written = self.encode_image(kind, periodic, &plan, &overlay, db_pages, &mut enc)?;
+        let image = ImageSource {
+            wal: &wal,
+            overlay: &overlay,
+            db_pages,
+        };
+        let written = self.encode_image(kind, periodic, &plan, &image, &mut enc)?;
         let mut new_state = match &self.shipped {
             Shipped::Known(s) => s.clone(),
             _ => state::new_state(&self.storage.describe(), &self.name, self.page_size),
@@ -332,12 +333,12 @@ impl Shipper {
         kind: BatchKind,
         periodic: bool,
         plan: &ImagePlan,
-        overlay: &Overlay,
-        db_pages: u32,
+        image: &ImageSource,
         enc: &mut Encoder<Hashing<BufWriter<File>>>,
     ) -> Result<Written> {
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
-        let (db_file, wal_file) = (source.db_file(), source.wal_file());
+        let (db_file, wal_file) = (source.db_file(), image.wal);
+        let (overlay, db_pages) = (image.overlay, image.db_pages);
         let lock = ltx::lock_pgno(self.page_size);
         let mut xor = 0u64;
         let mut changed = 0u32;
@@ -497,6 +498,13 @@ struct ImagePlan {
     new_txid: u64,
     /// The database checksum before it (0: not recorded).
     pre: u64,
+}
+
+/// Where an image's pages come from.
+struct ImageSource<'a> {
+    wal: &'a File,
+    overlay: &'a Overlay,
+    db_pages: u32,
 }
 
 /// What [`Shipper::encode_image`] wrote.

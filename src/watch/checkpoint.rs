@@ -56,10 +56,20 @@ impl Shipper {
         if self.pending.is_some() || self.state().is_none() || self.source.is_none() {
             return Ok(None);
         }
+        let ran = self.checkpoint_if_due(now_ms);
+        self.page = Vec::new();
+        self.pagesums.release();
+        // A TRUNCATE checkpoint stores what it ships itself; a failed upload
+        // of it waits for the normal retry.
+        Ok(if ran? { self.pending.as_ref() } else { None })
+    }
+
+    /// The checkpoint [`Shipper::maybe_checkpoint`] runs, if one is due;
+    /// `true` when it built a batch for the caller to upload.
+    fn checkpoint_if_due(&mut self, now_ms: i64) -> Result<bool> {
         let frames = self.shipped_wal_frames();
         if frames >= self.settings.truncate_checkpoint_pages {
-            self.checkpoint_truncate(now_ms)?;
-            Ok(None)
+            self.checkpoint_truncate(now_ms).map(|()| false)
         } else if frames >= self.settings.min_checkpoint_pages {
             if let Err(e) = self.checkpoint_passive(now_ms) {
                 // A batch built before the failure must still be uploaded.
@@ -71,9 +81,9 @@ impl Shipper {
                     error: e.to_string(),
                 });
             }
-            Ok(self.pending.as_ref())
+            Ok(true)
         } else {
-            Ok(None)
+            Ok(false)
         }
     }
 
@@ -103,7 +113,6 @@ impl Shipper {
                 self.mark_checkpointing(true)?;
             }
         }
-        self.page = Vec::new();
         let checkpointed = self.source_mut()?.checkpoint("PASSIVE");
         self.begin_new_read()?;
         checkpointed?;

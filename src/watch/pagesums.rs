@@ -50,9 +50,11 @@ impl PageRecord {
     }
 }
 
-/// The sidecar file of page records.
+/// The sidecar file of page records. The file is opened when a record is
+/// read or written and closed by [`PageSums::release`] (after each poll), so
+/// an idle database holds no descriptor for it.
 pub struct PageSums {
-    file: File,
+    file: Option<File>,
     path: PathBuf,
     /// SHA-256 state after one block holding the key.
     keyed: Sha256,
@@ -81,11 +83,7 @@ impl PageSums {
             std::fs::rename(&tmp, &path).local_io(|| format!("creating {}", path.display()))?;
             let _ = std::fs::remove_file(&old);
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .local_io(|| format!("opening page record {}", path.display()))?;
+        let file = open_rw(&path)?;
         let mut header = [0u8; HEADER as usize];
         file.read_exact_at(&mut header, 0)
             .local_io(|| format!("reading {}", path.display()))?;
@@ -98,10 +96,25 @@ impl PageSums {
         let mut block = [0u8; 64];
         block[..32].copy_from_slice(&header[16..48]);
         Ok(PageSums {
-            file,
+            file: None,
             path,
             keyed: Sha256::new_with_prefix(block),
         })
+    }
+
+    /// Closes the file until the next record is read or written.
+    pub fn release(&mut self) {
+        self.file = None;
+    }
+
+    fn file(&mut self) -> Result<&File> {
+        if self.file.is_none() {
+            self.file = Some(open_rw(&self.path)?);
+        }
+        match &self.file {
+            Some(f) => Ok(f),
+            None => Err(Error::Other("page record not open".into())),
+        }
     }
 
     /// The record of `page` as page `pgno`.
@@ -121,19 +134,25 @@ impl PageSums {
     }
 
     /// The checksum of `pgno` as of committed TXID `txid` (0 when unknown).
-    pub fn get(&self, pgno: u32, txid: u64) -> Result<u64> {
+    pub fn get(&mut self, pgno: u32, txid: u64) -> Result<u64> {
         Ok(self.get_record(pgno, txid)?.map_or(0, |r| r.checksum))
     }
 
     /// The record of `pgno` as of committed TXID `txid`, if any.
-    pub fn get_record(&self, pgno: u32, txid: u64) -> Result<Option<PageRecord>> {
+    pub fn get_record(&mut self, pgno: u32, txid: u64) -> Result<Option<PageRecord>> {
         Ok(self.current(pgno, txid)?.map(|c| c.record))
     }
 
     /// Records `record` for `pgno` in batch `new_txid`, which becomes visible
     /// once the committed TXID reaches `new_txid`; `committed` is the TXID
     /// committed now.
-    pub fn put(&self, pgno: u32, committed: u64, new_txid: u64, record: PageRecord) -> Result<()> {
+    pub fn put(
+        &mut self,
+        pgno: u32,
+        committed: u64,
+        new_txid: u64,
+        record: PageRecord,
+    ) -> Result<()> {
         let mut entry = [0u8; ENTRY as usize];
         entry[..8].copy_from_slice(&new_txid.to_be_bytes());
         entry[8..16].copy_from_slice(&record.checksum.to_be_bytes());
@@ -150,7 +169,7 @@ impl PageSums {
     /// XOR of the checksums of pages `1..=db_pages` (skipping `lock_pgno`) as
     /// of `txid`, with slots tagged above `txid` (left by a batch that never
     /// committed) cleared on the way. Reads the file sequentially.
-    pub fn xor_all_and_clean(&self, db_pages: u32, txid: u64, lock_pgno: u32) -> Result<u64> {
+    pub fn xor_all_and_clean(&mut self, db_pages: u32, txid: u64, lock_pgno: u32) -> Result<u64> {
         const CHUNK: u32 = 4096;
         let mut acc = 0u64;
         let mut chunk = vec![0u8; (ENTRY * u64::from(CHUNK)) as usize];
@@ -181,20 +200,22 @@ impl PageSums {
         Ok(acc)
     }
 
-    fn current(&self, pgno: u32, txid: u64) -> Result<Option<Current>> {
+    fn current(&mut self, pgno: u32, txid: u64) -> Result<Option<Current>> {
         let mut e = [0u8; ENTRY as usize];
         self.read_at_padded(&mut e, entry_offset(pgno))?;
         Ok(pick(&e, txid))
     }
 
-    fn read_at_padded(&self, buf: &mut [u8], at: u64) -> Result<()> {
-        read_at_padded(&self.file, &self.path, buf, at)
+    fn read_at_padded(&mut self, buf: &mut [u8], at: u64) -> Result<()> {
+        let path = self.path.clone();
+        read_at_padded(self.file()?, &path, buf, at)
     }
 
-    fn write_at(&self, buf: &[u8], at: u64) -> Result<()> {
-        self.file
+    fn write_at(&mut self, buf: &[u8], at: u64) -> Result<()> {
+        let path = self.path.clone();
+        self.file()?
             .write_all_at(buf, at)
-            .local_io(|| format!("writing {}", self.path.display()))
+            .local_io(|| format!("writing {}", path.display()))
     }
 }
 
@@ -241,6 +262,14 @@ fn read_at_padded(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<(
         done += n;
     }
     Ok(())
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .local_io(|| format!("opening page record {}", path.display()))
 }
 
 /// Creates an empty record with a fresh random key at `path`.
@@ -307,7 +336,7 @@ mod tests {
     #[test]
     fn slots_follow_committed_txid() {
         let d = tempfile::tempdir().unwrap();
-        let s = PageSums::open(d.path()).unwrap();
+        let mut s = PageSums::open(d.path()).unwrap();
         s.put(3, 0, 1, rec(0xaa)).unwrap();
         assert_eq!(s.get(3, 0).unwrap(), 0);
         assert_eq!(s.get(3, 1).unwrap(), 0xaa);
@@ -324,7 +353,7 @@ mod tests {
     #[test]
     fn xor_skips_lock_page_and_cleans_uncommitted() {
         let d = tempfile::tempdir().unwrap();
-        let s = PageSums::open(d.path()).unwrap();
+        let mut s = PageSums::open(d.path()).unwrap();
         s.put(1, 0, 1, rec(1)).unwrap();
         s.put(2, 0, 1, rec(2)).unwrap();
         s.put(3, 0, 1, rec(4)).unwrap();
@@ -362,7 +391,7 @@ mod tests {
         e[16..24].copy_from_slice(&2u64.to_be_bytes());
         e[24..32].copy_from_slice(&0x22u64.to_be_bytes());
         std::fs::write(d.path().join("pagesums"), &v1).unwrap();
-        let s = PageSums::open(d.path()).unwrap();
+        let mut s = PageSums::open(d.path()).unwrap();
         assert!(!d.path().join("pagesums").exists());
         assert_eq!(s.get(2, 1).unwrap(), 0x11);
         let r = s.get_record(2, 2).unwrap().unwrap();

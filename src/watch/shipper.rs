@@ -35,7 +35,6 @@ use crate::backoff::Backoff;
 use crate::catalog;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
-use crate::fsutil::FileLock;
 use crate::ltx;
 use crate::storage::{LtxId, Storage, SNAPSHOT_LEVEL};
 use std::fmt;
@@ -157,7 +156,6 @@ pub struct Shipper {
     /// gone from its path.
     pub(super) source: Option<Source>,
     pub(super) state_dir: StateDir,
-    _lock: FileLock,
     pub(super) pagesums: PageSums,
     pub(super) storage: Arc<dyn Storage>,
     pub(super) settings: Settings,
@@ -214,13 +212,6 @@ impl Shipper {
     ) -> Result<Shipper> {
         let mut source = Source::open(path)?;
         let state_dir = StateDir::for_database(path)?;
-        let lock = FileLock::try_lock(&state_dir.path("lock"))?.ok_or_else(|| {
-            Error::Database(format!(
-                "another walsync process is replicating {}; stop it first (lock: {})",
-                path.display(),
-                state_dir.path("lock").display()
-            ))
-        })?;
         state_dir.clean_spool()?;
         let pagesums = PageSums::open(state_dir.dir())?;
         let page_size = source.page_size()?;
@@ -230,7 +221,6 @@ impl Shipper {
             path: path.to_path_buf(),
             source: Some(source),
             state_dir,
-            _lock: lock,
             pagesums,
             storage,
             settings,
@@ -308,11 +298,12 @@ impl Shipper {
     /// still stored, and the replica's newest TXID equals it (or is one
     /// above: an upload that landed just before a crash, which the next
     /// batch overwrites with the same TXID). Else why not.
-    fn check_saved(&self, saved: &LocalState) -> Result<Option<Cause>> {
+    fn check_saved(&mut self, saved: &LocalState) -> Result<Option<Cause>> {
         let lock = ltx::lock_pgno(self.page_size);
         let xor = self
             .pagesums
             .xor_all_and_clean(saved.db_pages, saved.txid, lock)?;
+        self.pagesums.release();
         if ltx::checksum_flag(xor) != saved.db_checksum {
             return Ok(Some(Cause::PageRecordMismatch));
         }
@@ -367,9 +358,11 @@ impl Shipper {
             }
         }
         self.pending = batch;
-        // The page buffer is only needed while building: an idle database
-        // costs no page of memory.
+        // The page buffer and the page record are only needed while
+        // building: an idle database costs no page of memory and no
+        // descriptor beyond the database file.
         self.page = Vec::new();
+        self.pagesums.release();
         Ok(self.pending.as_ref())
     }
 

@@ -7,18 +7,23 @@
 //! which this module runs: PASSIVE behind a writer-lock barrier held on a
 //! second, short-lived connection, and TRUNCATE with a `data_version` check.
 //!
-//! Identity: walsync reads pages through the database file, the WAL and the
-//! WAL-index (`-shm`) that its connection has open, never through paths
-//! opened afresh, and [`Source::identity`] compares those files (device and
-//! inode) with what the paths name now. A database replaced under walsync
-//! (renamed over, deleted and recreated, its `-wal` removed) is thereby seen
-//! at the next poll, and its pages are never read through another file's
-//! layout.
+//! Identity: walsync records the database file and the WAL (device and
+//! inode) that its connection opened, and [`Source::identity`] compares them
+//! with what the paths name now, at every poll. Pages are read through the
+//! database file held since the connection opened, and through the WAL
+//! opened for one poll and checked to be the recorded one. A database
+//! replaced under walsync (renamed over, deleted and recreated, its `-wal`
+//! removed) is thereby seen at the next poll, and its pages are never read
+//! through another file's layout.
 //!
-//! POSIX record locks belong to the process, and closing any descriptor of
-//! a file drops all of them. So the descriptors held here are opened once,
-//! never duplicated, and closed only after the connection (see
-//! [`Source::close`]).
+//! Descriptors: SQLite's three (database, WAL, WAL-index) and one of
+//! walsync's, the database file. POSIX record locks belong to the process,
+//! and closing any descriptor of a file drops all of them, so that one is
+//! opened once, never duplicated, and closed only after the connection. It
+//! also carries walsync's exclusive claim on the database (an open file
+//! description lock far past SQLite's lock bytes): one walsync per
+//! database. The WAL holds no POSIX locks, so opening and closing it per
+//! poll is safe.
 
 use crate::error::{Error, IoContext, Result};
 use rusqlite::{Connection, OpenFlags};
@@ -76,13 +81,12 @@ pub enum Identity {
     Deleted(&'static str),
 }
 
-/// The files of one database, as opened together with the connection.
+/// The files of one database, as the connection opened them.
 struct HeldFiles {
+    /// Held open for the connection's life (see the module doc).
     db: File,
     db_id: FileId,
-    wal: File,
     wal_id: FileId,
-    shm: Option<File>,
     shm_id: Option<FileId>,
 }
 
@@ -113,7 +117,10 @@ impl Drop for Source {
     /// See [`Source::close`]; dropping a source closes it the same way.
     fn drop(&mut self) {
         let _ = self.end_read();
-        let on_close = self.on_close();
+        // The WAL-index is opened for the probe and closed only once the
+        // connection is (closing it earlier would drop SQLite's locks on it).
+        let shm = File::open(shm_path(&self.path)).ok();
+        let on_close = self.on_close(shm.as_ref());
         if on_close != OnClose::Normal {
             let _ = self.conn.set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
@@ -126,6 +133,7 @@ impl Drop for Source {
             let _ = std::fs::remove_file(wal_path(&self.path));
             let _ = std::fs::remove_file(shm_path(&self.path));
         }
+        drop(shm);
     }
 }
 
@@ -156,20 +164,26 @@ impl Source {
             )));
         }
         conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
-        let db = File::open(path).db_io(|| format!("opening {}", path.display()))?;
+        // Read and write: an exclusive lock needs a descriptor open for
+        // writing (walsync never writes through it).
+        let db = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .db_io(|| format!("opening {}", path.display()))?;
+        claim(&db, path)?;
         let db_id = FileId::of_file(&db, path)?;
         // A first read makes SQLite open (or create) the WAL and the
-        // WAL-index; the files held are the ones it opened.
+        // WAL-index; the ones recorded are the ones it opened.
         let _: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-        let wal_path = wal_path(path);
-        let wal = File::open(&wal_path).db_io(|| format!("opening {}", wal_path.display()))?;
-        let wal_id = FileId::of_file(&wal, &wal_path)?;
-        let shm_path = shm_path(path);
-        let shm = File::open(&shm_path).ok();
-        let shm_id = match &shm {
-            Some(f) => Some(FileId::of_file(f, &shm_path)?),
-            None => None,
+        let changed = || {
+            Error::Database(format!(
+                "{} changed while walsync opened it; it will try again",
+                path.display()
+            ))
         };
+        let wal_id = FileId::of_path(&wal_path(path))?.ok_or_else(changed)?;
+        let shm_id = FileId::of_path(&shm_path(path))?;
         let source = Source {
             path: path.to_path_buf(),
             conn: ManuallyDrop::new(conn),
@@ -177,18 +191,13 @@ impl Source {
             held: HeldFiles {
                 db,
                 db_id,
-                wal,
                 wal_id,
-                shm,
                 shm_id,
             },
         };
         // The database file walsync reads must be the one SQLite opened.
         if source.identity()? != Identity::Same {
-            return Err(Error::Database(format!(
-                "{} changed while walsync opened it; it will try again",
-                path.display()
-            )));
+            return Err(changed());
         }
         Ok(source)
     }
@@ -199,9 +208,18 @@ impl Source {
         &self.held.db
     }
 
-    /// The WAL as SQLite has it open.
-    pub fn wal_file(&self) -> &File {
-        &self.held.wal
+    /// The WAL SQLite has open, opened for one use: `Err` when the path
+    /// names another file now (the next poll sees the replacement).
+    pub fn open_wal(&self) -> Result<File> {
+        let path = wal_path(&self.path);
+        let wal = File::open(&path).db_io(|| format!("opening {}", path.display()))?;
+        if FileId::of_file(&wal, &path)? != self.held.wal_id {
+            return Err(Error::Database(format!(
+                "{} was replaced; walsync lets go of the database at its next poll",
+                path.display()
+            )));
+        }
+        Ok(wal)
     }
 
     /// Compares the held database file and WAL with what their paths name.
@@ -244,13 +262,14 @@ impl Source {
         ended
     }
 
-    /// Decides what the close does (see [`OnClose`]).
-    fn on_close(&self) -> OnClose {
+    /// Decides what the close does (see [`OnClose`]); `shm` is the
+    /// WAL-index, opened for the probe.
+    fn on_close(&self, shm: Option<&File>) -> OnClose {
         if !self.old_wal_still_ours() {
             OnClose::KeepThem
         } else if is_same(Some(self.held.db_id), &self.path) {
             OnClose::Normal
-        } else if self.shm_used_by_another_process() {
+        } else if shm.is_none_or(used_by_another_process) {
             OnClose::KeepThem
         } else {
             OnClose::RemoveOldWal
@@ -261,28 +280,6 @@ impl Source {
     fn old_wal_still_ours(&self) -> bool {
         is_same(Some(self.held.wal_id), &wal_path(&self.path))
             && is_same(self.held.shm_id, &shm_path(&self.path))
-    }
-
-    /// Whether another process holds a lock on the WAL-index's lock bytes
-    /// (every SQLite connection holds a shared lock on its "dead man
-    /// switch" byte while open). Locks of this process are not reported.
-    fn shm_used_by_another_process(&self) -> bool {
-        let Some(shm) = &self.held.shm else {
-            return false;
-        };
-        // SQLite's unix VFS locks bytes 120..=128 of the -shm file
-        // (UNIX_SHM_BASE .. UNIX_SHM_DMS).
-        let mut probe = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: 120,
-            l_len: 9,
-            l_pid: 0,
-        };
-        // SAFETY: F_GETLK on a descriptor we own, writing only to `probe`.
-        let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut probe) };
-        // When the probe fails, assume someone is there: keep their files.
-        rc != 0 || probe.l_type != libc::F_UNLCK as libc::c_short
     }
 
     pub fn path(&self) -> &Path {
@@ -415,6 +412,56 @@ impl Source {
 
     pub fn set_busy_timeout(&self, t: Duration) -> Result<()> {
         Ok(self.conn.busy_timeout(t)?)
+    }
+}
+
+/// Whether another process holds a lock on the WAL-index's lock bytes
+/// (every SQLite connection holds a shared lock on its "dead man
+/// switch" byte while open). Locks of this process are not reported.
+fn used_by_another_process(shm: &File) -> bool {
+    // SQLite's unix VFS locks bytes 120..=128 of the -shm file
+    // (UNIX_SHM_BASE .. UNIX_SHM_DMS).
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 120,
+        l_len: 9,
+        l_pid: 0,
+    };
+    // SAFETY: F_GETLK on a descriptor we own, writing only to `probe`.
+    let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut probe) };
+    // When the probe fails, assume someone is there: keep their files.
+    rc != 0 || probe.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// Claims the database for this walsync: an exclusive open file
+/// description lock on one byte far past SQLite's lock bytes (which sit at
+/// 1 GiB), on the descriptor held for the connection's life. Another
+/// walsync process, or a second claim in this one, is refused; SQLite never
+/// touches that byte.
+fn claim(db: &File, path: &Path) -> Result<()> {
+    let mut lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 1 << 62,
+        l_len: 1,
+        l_pid: 0,
+    };
+    // SAFETY: F_OFD_SETLK on a descriptor we own, reading only `lock`.
+    let rc = unsafe { libc::fcntl(db.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(Error::Database(format!(
+            "another walsync is replicating {}; stop it first, or ask it (`walsync snapshot`, `walsync status` reach a running watch)",
+            path.display()
+        ))),
+        _ => Err(Error::Database(format!(
+            "cannot lock {} for walsync: {err}",
+            path.display()
+        ))),
     }
 }
 
