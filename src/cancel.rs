@@ -36,3 +36,24 @@ impl CancelToken {
         }
     }
 }
+
+/// A request that can be made again: set by one side, taken (and cleared)
+/// by the other. `watch` takes its reload trigger to read the config again.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger(Arc<AtomicBool>);
+
+impl Trigger {
+    pub fn new() -> Trigger {
+        Trigger::default()
+    }
+
+    /// Makes the request.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the request was made since the last take; clears it.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}

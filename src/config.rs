@@ -20,6 +20,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub retry: RetrySection,
     #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
     pub databases: Vec<DatabaseEntry>,
 }
 
@@ -50,6 +52,16 @@ pub struct SyncSection {
     pub pollers: Option<usize>,
     /// Number of uploader threads (whole process; ignored per database).
     pub uploaders: Option<usize>,
+    /// How often `[[databases]]` globs are looked at again for new files.
+    pub discover_interval: Option<DurationValue>,
+}
+
+/// `[control]`: the control channel of a running `watch`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// The Unix socket `walsync status` and `walsync snapshot` reach.
+    pub socket: Option<PathBuf>,
 }
 
 /// `[retry]`: how storage requests are retried.
@@ -141,48 +153,131 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Expands a path that may hold `*` and `?` in any component into the
-/// existing files it matches, sorted. A path without wildcards is returned
-/// as it is (whether or not it exists: the caller reports missing files).
-pub fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>> {
-    if !pattern.contains(['*', '?']) {
-        return Ok(vec![PathBuf::from(pattern)]);
+/// A database path from the config file that may hold `*` and `?` in any
+/// component (a wildcard never matches `/`, nor a leading `.`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    pattern: String,
+    parts: Vec<String>,
+    absolute: bool,
+}
+
+/// What a file matched by a [`Glob`] was matched with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Captures {
+    /// The text each wildcard component matched, in order (`{1}`, `{2}`…).
+    pub wildcards: Vec<String>,
+    /// The path's components from the first wildcard component on.
+    pub below_fixed: Vec<String>,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob {
+            pattern: pattern.to_string(),
+            parts: pattern
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != ".")
+                .map(str::to_string)
+                .collect(),
+            absolute: pattern.starts_with('/'),
+        }
     }
-    let absolute = pattern.starts_with('/');
-    let mut current = vec![PathBuf::from(if absolute { "/" } else { "." })];
-    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        let mut next = Vec::new();
-        for dir in &current {
-            if !part.contains(['*', '?']) {
-                let p = dir.join(part);
-                if p.exists() {
-                    next.push(p);
+
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    pub fn has_wildcards(&self) -> bool {
+        self.pattern.contains(['*', '?'])
+    }
+
+    /// The existing files it matches, sorted. A path without wildcards is
+    /// returned as it is, whether or not it exists (the caller reports a
+    /// missing file). One directory read per wildcard component and one
+    /// `stat` per candidate file.
+    pub fn expand(&self) -> Vec<PathBuf> {
+        if !self.has_wildcards() {
+            return vec![PathBuf::from(&self.pattern)];
+        }
+        let mut current = vec![PathBuf::from(if self.absolute { "/" } else { "." })];
+        for (i, part) in self.parts.iter().enumerate() {
+            let last = i + 1 == self.parts.len();
+            current = current
+                .iter()
+                .flat_map(|dir| matches_in(dir, part, last))
+                .collect();
+        }
+        let mut found: Vec<PathBuf> = current
+            .into_iter()
+            .map(|p| p.strip_prefix("./").map(Path::to_path_buf).unwrap_or(p))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// What `path` (one of [`Glob::expand`]'s results) was matched with;
+    /// `None` when it does not match.
+    pub fn captures(&self, path: &Path) -> Option<Captures> {
+        let comps: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        if comps.len() != self.parts.len() {
+            return None;
+        }
+        let first_wild = self.parts.iter().position(|p| p.contains(['*', '?']))?;
+        let mut caps = Captures {
+            below_fixed: comps[first_wild..].to_vec(),
+            ..Captures::default()
+        };
+        for (part, comp) in self.parts.iter().zip(&comps) {
+            if part.contains(['*', '?']) {
+                if !wildcard_match(part, comp) {
+                    return None;
                 }
-                continue;
-            }
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if wildcard_match(part, name) && (last || is_dir) && !name.starts_with('.') {
-                    next.push(entry.path());
-                }
+                caps.wildcards.push(comp.clone());
+            } else if part != comp {
+                return None;
             }
         }
-        current = next;
+        Some(caps)
     }
-    let mut found: Vec<PathBuf> = current
-        .into_iter()
-        .map(|p| p.strip_prefix("./").map(Path::to_path_buf).unwrap_or(p))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort();
-    Ok(found)
+}
+
+/// The entries of `dir` matching `part`: files when `last`, else folders.
+fn matches_in(dir: &Path, part: &str, last: bool) -> Vec<PathBuf> {
+    if !part.contains(['*', '?']) {
+        let p = dir.join(part);
+        let kind = std::fs::metadata(&p).map(|m| (m.is_file(), m.is_dir()));
+        return match kind {
+            Ok((true, _)) if last => vec![p],
+            Ok((_, true)) if !last => vec![p],
+            _ => Vec::new(),
+        };
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return false;
+            };
+            let Ok(t) = entry.file_type() else {
+                return false;
+            };
+            let kind_ok = if last { t.is_file() } else { t.is_dir() };
+            kind_ok && !name.starts_with('.') && wildcard_match(part, name)
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
 /// Matches one path component against a pattern with `*` and `?`.
@@ -291,8 +386,22 @@ mod tests {
         }
         std::fs::write(dir.path().join("a").join("app.db-wal"), b"x").unwrap();
         let pattern = format!("{}/*/app.db", dir.path().display());
-        let found = expand_glob(&pattern).unwrap();
+        let glob = Glob::new(&pattern);
+        let found = glob.expand();
         assert_eq!(found.len(), 2);
         assert!(found[0].ends_with("a/app.db"));
+        let caps = glob.captures(&found[1]).unwrap();
+        assert_eq!(caps.wildcards, ["b"]);
+        assert_eq!(caps.below_fixed, ["b", "app.db"]);
+        assert_eq!(
+            Glob::new("/x/*.db")
+                .captures(Path::new("/x/t.db"))
+                .unwrap()
+                .below_fixed,
+            ["t.db"]
+        );
+        assert!(Glob::new("/x/*.db")
+            .captures(Path::new("/y/t.db"))
+            .is_none());
     }
 }

@@ -41,6 +41,12 @@ pub enum Event {
     },
     /// `watch` stopped; `clean` when everything committed was stored.
     Stopped { clean: bool },
+    /// A database appeared (discovery) and is replicated from now on.
+    Discovered { db: String, path: PathBuf },
+    /// A database is no longer replicated: `reason` says why.
+    Released { db: String, reason: String },
+    /// Looking for databases failed (e.g. a reloaded config is wrong).
+    DiscoveryFailed { error: String },
     /// An object of a database was stored.
     Stored {
         db: String,
@@ -108,6 +114,8 @@ impl Event {
             Event::Stored { .. } | Event::RestoreProgress { .. } => Level::Debug,
             Event::Watching { .. }
             | Event::Stopped { clean: true }
+            | Event::Discovered { .. }
+            | Event::Released { .. }
             | Event::NothingToShip { .. }
             | Event::Restored { .. } => Level::Info,
             Event::Shipping { .. }
@@ -118,7 +126,8 @@ impl Event {
             | Event::CheckpointFailed { .. }
             | Event::StateNotSaved { .. }
             | Event::CloseFailed { .. }
-            | Event::SnapshotRebased { .. } => Level::Warn,
+            | Event::SnapshotRebased { .. }
+            | Event::DiscoveryFailed { .. } => Level::Warn,
             Event::Stopped { clean: false } => Level::Error,
         }
     }
@@ -126,7 +135,7 @@ impl Event {
     /// The database it is about, if one.
     pub fn database(&self) -> Option<&str> {
         match self {
-            Event::Watching { .. } | Event::Stopped { .. } => None,
+            Event::Watching { .. } | Event::Stopped { .. } | Event::DiscoveryFailed { .. } => None,
             Event::Stored { db, .. }
             | Event::Shipping { db, .. }
             | Event::NothingToShip { db, .. }
@@ -138,6 +147,8 @@ impl Event {
             | Event::StateNotSaved { db, .. }
             | Event::CloseFailed { db, .. }
             | Event::SnapshotRebased { db }
+            | Event::Discovered { db, .. }
+            | Event::Released { db, .. }
             | Event::RestoreProgress { db, .. }
             | Event::Restored { db, .. } => Some(db),
         }
@@ -164,6 +175,11 @@ impl fmt::Display for Event {
                 f,
                 "stopped before everything committed was stored (see the errors above)"
             ),
+            Event::Discovered { path, .. } => {
+                write!(f, "found {}; replicating it", path.display())
+            }
+            Event::Released { reason, .. } => write!(f, "no longer replicated: {reason}"),
+            Event::DiscoveryFailed { error } => write!(f, "{error}"),
             Event::Stored { key, txid, bytes, .. } => {
                 write!(f, "stored {key} (TXID {txid}, {bytes} bytes)")
             }

@@ -69,6 +69,7 @@ pub mod list;
 pub mod names;
 pub mod plan;
 pub mod restore;
+pub mod selection;
 pub mod verify;
 pub mod watch;
 
@@ -76,7 +77,7 @@ pub mod watch;
 pub mod apply;
 mod backoff;
 mod cancel;
-mod config;
+pub mod config;
 pub mod error;
 mod fetch;
 pub mod fsutil;

@@ -1,10 +1,30 @@
-//! Replica names of watched databases.
+//! Replica names of databases: the rule, and the checks that keep two
+//! databases from ever sharing one.
 //!
-//! A database's objects live under `<prefix>/<name>/`. The default name is
-//! the file stem (`app.db` → `app`); when stems collide, each colliding path
-//! takes the shortest trailing path (without extension) that no other watched
-//! path shares (`romneys/app`, `smiths/app`). Two databases never share a name.
+//! A database's objects live under `<prefix>/<name>/`. Its name never
+//! depends on which other databases exist, so adding or removing tenants
+//! never moves one. The rule, first match wins:
+//!
+//! 1. a `name` in its `[[databases]]` entry: as written, or for a glob a
+//!    template in which `{1}`, `{2}`… stand for what the first, second…
+//!    wildcard component matched and `{stem}` for the file's stem
+//!    (`path = "/var/lib/app/*/app.db"`, `name = "tenants/{1}"` →
+//!    `tenants/acme`);
+//! 2. the name it was given before: walsync keeps it in the database's
+//!    local state for this replica, so a database named once keeps its
+//!    name;
+//! 3. for a glob entry: the path below the glob's fixed part, without the
+//!    extension (`/var/lib/app/*/app.db` → `acme/app`; `/data/*.db` →
+//!    `orders`);
+//! 4. for a path: its file stem (`/data/app.db` → `app`); when several new
+//!    databases of one start would share a stem with each other or with a
+//!    name in use, each takes the shortest trailing path that tells it
+//!    apart (`romneys/app`, `smiths/app`), and keeps it by rule 2.
+//!
+//! Two databases that end up with one name are an error naming both
+//! (exit 2), never a silent rename.
 
+use crate::config::Captures;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,41 +36,116 @@ pub struct NamedDb {
     pub name: String,
 }
 
-/// Assigns names to `paths`; `explicit` holds names set in the config file
-/// (`None` where the default applies). Paths must be distinct.
-pub fn assign(paths: &[(PathBuf, Option<String>)]) -> Result<Vec<NamedDb>> {
-    let trails: Vec<Vec<String>> = paths.iter().map(|(p, _)| trailing_parts(p)).collect();
-    let mut out = Vec::with_capacity(paths.len());
-    for (i, (path, explicit)) in paths.iter().enumerate() {
-        let name = match explicit {
-            Some(n) => {
-                validate(n)?;
-                n.clone()
-            }
-            None => shortest_unique(i, &trails),
-        };
-        out.push(NamedDb {
-            path: path.clone(),
-            name,
-        });
+/// How the rule names one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Naming {
+    /// A `name` (or name template) from the config file.
+    Given {
+        name: String,
+        captures: Option<Captures>,
+    },
+    /// Matched by a glob entry without a name.
+    Glob(Captures),
+    /// A path without wildcards and without a name.
+    Path,
+}
+
+/// One database to name: its path (absolute), how the rule names it, and
+/// the name it was given before, if any (rule 2).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub path: PathBuf,
+    pub naming: Naming,
+    pub kept: Option<String>,
+}
+
+/// Names every candidate by the rule (see the module doc), in order.
+pub fn assign(candidates: &[Candidate]) -> Result<Vec<String>> {
+    let mut names: Vec<Option<String>> =
+        candidates.iter().map(settled_name).collect::<Result<_>>()?;
+    // Rule 4: stems, made unique among the databases named by a stem.
+    let taken: Vec<String> = names.iter().flatten().cloned().collect();
+    let by_stem: Vec<usize> = (0..candidates.len())
+        .filter(|&i| names[i].is_none())
+        .collect();
+    let trails: Vec<Vec<String>> = by_stem
+        .iter()
+        .map(|&i| trailing_parts(&candidates[i].path))
+        .collect();
+    for (k, &i) in by_stem.iter().enumerate() {
+        names[i] = Some(shortest_unique(k, &trails, &taken));
     }
+    let names: Vec<String> = names.into_iter().flatten().collect();
+    check_unique(candidates, &names)?;
+    Ok(names)
+}
+
+/// The name of rules 1 to 3, or `None` when rule 4 applies.
+fn settled_name(c: &Candidate) -> Result<Option<String>> {
+    let name = match (&c.naming, &c.kept) {
+        (Naming::Given { name, captures }, _) => {
+            let n = fill_template(name, captures.as_ref(), &c.path)?;
+            validate(&n)?;
+            n
+        }
+        (_, Some(kept)) => kept.clone(),
+        (Naming::Glob(captures), None) => below_fixed_name(captures),
+        (Naming::Path, None) => return Ok(None),
+    };
+    Ok(Some(name))
+}
+
+/// A name template with `{1}`… and `{stem}` filled in.
+fn fill_template(template: &str, captures: Option<&Captures>, path: &Path) -> Result<String> {
+    let mut out = template.replace("{stem}", &default_name(path));
+    if let Some(c) = captures {
+        for (i, w) in c.wildcards.iter().enumerate() {
+            out = out.replace(&format!("{{{}}}", i + 1), w);
+        }
+    }
+    if out.contains(['{', '}']) {
+        return Err(Error::Usage(format!(
+            "the name template '{template}' has a placeholder this path does not fill ({}): use {{1}}, {{2}}… for the wildcard components of the glob, or {{stem}}",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Rule 3: the components below the glob's fixed part, the last one
+/// without its extension.
+fn below_fixed_name(c: &Captures) -> String {
+    let mut parts = c.below_fixed.clone();
+    if let Some(last) = parts.last_mut() {
+        *last = stem_of(last);
+    }
+    parts.join("/")
+}
+
+fn check_unique(candidates: &[Candidate], names: &[String]) -> Result<()> {
     let mut seen: HashMap<&str, &Path> = HashMap::new();
-    for db in &out {
-        if let Some(other) = seen.insert(&db.name, &db.path) {
+    for (c, name) in candidates.iter().zip(names) {
+        if let Some(other) = seen.insert(name, &c.path) {
             return Err(Error::Usage(format!(
-                "databases {} and {} would both replicate under the name '{}'; give one a distinct `name` in a [[databases]] entry",
+                "databases {} and {} would both replicate under the name '{name}'; give one a distinct `name` in its [[databases]] entry",
                 other.display(),
-                db.path.display(),
-                db.name
+                c.path.display(),
             )));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The default name of a single database: its file stem.
 pub fn default_name(path: &Path) -> String {
     trailing_parts(path).last().cloned().unwrap_or_default()
+}
+
+fn stem_of(file: &str) -> String {
+    Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Path components, last one without its extension.
@@ -63,11 +158,7 @@ fn trailing_parts(path: &Path) -> Vec<String> {
         })
         .collect();
     if let Some(last) = parts.last_mut() {
-        let stem = Path::new(last.as_str())
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        *last = stem;
+        *last = stem_of(last);
     }
     parts
 }
@@ -76,7 +167,9 @@ fn tail(parts: &[String], k: usize) -> String {
     parts[parts.len().saturating_sub(k)..].join("/")
 }
 
-fn shortest_unique(i: usize, trails: &[Vec<String>]) -> String {
+/// The shortest trailing path of `trails[i]` that no other trail ends with
+/// and no name in `taken` equals.
+fn shortest_unique(i: usize, trails: &[Vec<String>], taken: &[String]) -> String {
     let mine = &trails[i];
     for k in 1..=mine.len() {
         let candidate = tail(mine, k);
@@ -84,7 +177,7 @@ fn shortest_unique(i: usize, trails: &[Vec<String>]) -> String {
             .iter()
             .enumerate()
             .any(|(j, other)| j != i && tail(other, k) == candidate);
-        if !shared {
+        if !shared && !taken.contains(&candidate) {
             return candidate;
         }
     }
@@ -98,7 +191,7 @@ pub fn validate(name: &str) -> Result<()> {
         || name.ends_with('/')
         || name
             .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..");
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.starts_with(".walsync"));
     if bad {
         return Err(Error::Usage(format!(
             "'{name}' is not a usable database name: use letters, digits and single '/' separators, like 'tenants/acme'"
@@ -110,42 +203,107 @@ pub fn validate(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Glob;
 
-    fn names(paths: &[&str]) -> Vec<String> {
-        let input: Vec<_> = paths.iter().map(|p| (PathBuf::from(p), None)).collect();
-        assign(&input)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.name)
-            .collect()
+    fn path(p: &str) -> Candidate {
+        Candidate {
+            path: PathBuf::from(p),
+            naming: Naming::Path,
+            kept: None,
+        }
+    }
+
+    fn globbed(pattern: &str, p: &str, name: Option<&str>) -> Candidate {
+        let captures = Glob::new(pattern).captures(Path::new(p)).unwrap();
+        let naming = match name {
+            Some(n) => Naming::Given {
+                name: n.into(),
+                captures: Some(captures),
+            },
+            None => Naming::Glob(captures),
+        };
+        Candidate {
+            path: PathBuf::from(p),
+            naming,
+            kept: None,
+        }
+    }
+
+    fn names(c: &[Candidate]) -> Vec<String> {
+        assign(c).unwrap()
     }
 
     #[test]
-    fn stems_and_collisions() {
-        assert_eq!(names(&["/data/app.db", "/data/users.db"]), ["app", "users"]);
+    fn globs_name_by_the_path_below_their_fixed_part() {
+        let g = "/var/lib/app/*/app.db";
         assert_eq!(
             names(&[
-                "/var/lib/romneys/app.db",
-                "/var/lib/smiths/app.db",
-                "/x/other.db"
+                globbed(g, "/var/lib/app/acme/app.db", None),
+                globbed(g, "/var/lib/app/globex/app.db", None),
+            ]),
+            ["acme/app", "globex/app"]
+        );
+        // Alone, acme is still acme/app: names do not depend on the others.
+        assert_eq!(
+            names(&[globbed(g, "/var/lib/app/acme/app.db", None)]),
+            ["acme/app"]
+        );
+        assert_eq!(
+            names(&[globbed("/data/*.db", "/data/orders.db", None)]),
+            ["orders"]
+        );
+        assert_eq!(
+            names(&[globbed(
+                g,
+                "/var/lib/app/acme/app.db",
+                Some("tenants/{1}-{stem}")
+            )]),
+            ["tenants/acme-app"]
+        );
+        assert!(assign(&[globbed(g, "/var/lib/app/acme/app.db", Some("t/{2}"))]).is_err());
+    }
+
+    #[test]
+    fn stems_that_collide_take_the_shortest_telling_path_and_keep_it() {
+        assert_eq!(
+            names(&[path("/data/app.db"), path("/data/users.db")]),
+            ["app", "users"]
+        );
+        assert_eq!(
+            names(&[
+                path("/var/lib/romneys/app.db"),
+                path("/var/lib/smiths/app.db"),
+                path("/x/other.db")
             ]),
             ["romneys/app", "smiths/app", "other"]
         );
+        // acme was named `app` alone; with globex added it keeps `app`.
+        let mut acme = path("/t/acme/app.db");
+        acme.kept = Some("app".into());
         assert_eq!(
-            names(&["/a/x/t/app.db", "/b/x/t/app.db"]),
-            ["a/x/t/app", "b/x/t/app"]
+            names(&[acme, path("/t/globex/app.db")]),
+            ["app", "globex/app"]
         );
     }
 
     #[test]
-    fn explicit_names_must_not_collide() {
-        let input = vec![
-            (PathBuf::from("/a/app.db"), Some("main".to_string())),
-            (PathBuf::from("/b/main.db"), None),
-        ];
-        let err = assign(&input).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
+    fn one_name_for_two_databases_is_an_error() {
+        let given = |p: &str, n: &str| Candidate {
+            path: PathBuf::from(p),
+            naming: Naming::Given {
+                name: n.into(),
+                captures: None,
+            },
+            kept: None,
+        };
+        let e = assign(&[given("/a/app.db", "main"), given("/b/x.db", "main")]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.message().contains("/a/app.db") && e.message().contains("/b/x.db"),
+            "{e}"
+        );
         assert!(validate("../x").is_err());
+        assert!(validate("a/.walsync-images").is_err());
         assert!(validate("tenants/acme").is_ok());
     }
 }

@@ -14,9 +14,11 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::event::{EventSink, Level};
 use crate::restore::{self, RestoreOptions, RestoreOutcome};
-use crate::watch::{self, Shipper};
+use crate::selection::SettingFlags;
+use crate::watch::control::{self, ClientRequest};
+use crate::watch::{self, Controls, Shipper};
 use argh::FromArgs;
-use resolve::{Resolver, SettingFlags, Target};
+use resolve::{EngineFlags, Resolver, Target};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,7 @@ pub enum Command {
     Restore(RestoreCmd),
     List(ListCmd),
     Verify(VerifyCmd),
+    Status(StatusCmd),
     Pragma(PragmaCmd),
     Version(VersionCmd),
 }
@@ -108,6 +111,12 @@ pub struct WatchCmd {
     /// how long a shutdown waits for uploads in flight (default 30s)
     #[argh(option, from_str_fn(duration))]
     pub shutdown_timeout: Option<Duration>,
+    /// control socket for `walsync status` and `snapshot` (default: [control] socket, else $XDG_RUNTIME_DIR/walsync.sock or /tmp/walsync-UID.sock)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// make each database its replica's source even when the replica records another one
+    #[argh(switch)]
+    pub takeover: bool,
 }}
 
 replica_command! {
@@ -117,9 +126,15 @@ pub struct SnapshotCmd {
     /// database file
     #[argh(positional)]
     pub database: PathBuf,
-    /// replica name (default: the file stem)
+    /// replica name (default: as `watch` with the same --config names it)
     #[argh(option)]
     pub name: Option<String>,
+    /// control socket of a running watch, which then takes the snapshot (default as for watch)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// make the database its replica's source even when the replica records another one
+    #[argh(switch)]
+    pub takeover: bool,
 }}
 
 replica_command! {
@@ -178,6 +193,21 @@ pub struct VerifyCmd {
     #[argh(switch)]
     pub json: bool,
 }}
+
+#[derive(FromArgs, Debug)]
+/// Show what a running `walsync watch` is doing, database by database.
+#[argh(subcommand, name = "status")]
+pub struct StatusCmd {
+    /// config file (walsync.toml), for [control] socket
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// control socket of the running watch (default as for watch)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// print JSON for scripts
+    #[argh(switch)]
+    pub json: bool,
+}
 
 #[derive(FromArgs, Debug)]
 /// Print the SQLite settings recommended for applications replicated by walsync.
@@ -248,6 +278,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(c) => restore(c),
         Command::List(c) => list(c),
         Command::Verify(c) => verify(c),
+        Command::Status(c) => status(c),
         Command::Pragma(_) => {
             print!("{}", PRAGMAS);
             Ok(())
@@ -280,20 +311,26 @@ fn watch(c: WatchCmd) -> Result<()> {
         snapshot_interval: c.snapshot_interval,
         min_checkpoint_pages: c.min_checkpoint_pages,
         truncate_checkpoint_pages: c.truncate_checkpoint_pages,
+        takeover: c.takeover,
     };
-    let resolver = Resolver::load(&target, flags)?;
+    let mut resolver = Resolver::load(&target, flags, c.databases.clone())?;
     let storage = resolver.storage(&target)?;
-    let dbs = resolver.databases(&c.databases)?;
-    let options = resolver.watch_options(c.pollers, c.uploaders, c.shutdown_timeout);
-    raise_open_files_limit(dbs.len())?;
-    let stop = CancelToken::new();
+    let options = resolver.watch_options(&EngineFlags {
+        pollers: c.pollers,
+        uploaders: c.uploaders,
+        shutdown_timeout: c.shutdown_timeout,
+        socket: c.socket.clone(),
+    });
+    raise_open_files_limit(resolver.databases()?.len())?;
+    let controls = Controls::default();
     on_signals(
-        stop.clone(),
+        controls.stop.clone(),
         Some(
             "walsync: stopping: shipping what is committed (send the signal again to exit at once)",
         ),
     )?;
-    watch::watch(storage, dbs, &options, &stop, log())
+    on_hangup(controls.reload.clone());
+    watch::watch(storage, resolver.selection, &options, &controls, log())
 }
 
 /// The event sink of every command: log lines on standard error.
@@ -303,9 +340,36 @@ fn log() -> Arc<dyn EventSink> {
 
 fn snapshot(c: SnapshotCmd) -> Result<()> {
     let target = target!(c);
-    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let flags = SettingFlags {
+        takeover: c.takeover,
+        ..SettingFlags::default()
+    };
+    let mut resolver = Resolver::load(&target, flags, Vec::new())?;
     let storage = resolver.storage(&target)?;
     let (db, settings) = resolver.database(&c.database, c.name.as_deref())?;
+    // A running watch that replicates the database takes the snapshot.
+    let socket = resolver.socket(c.socket.as_deref());
+    let path = crate::selection::absolute(&c.database);
+    let request = ClientRequest::Snapshot { path: path.clone() };
+    if let Some(answer) = control::ask(&socket, &request)? {
+        match (answer.ok, answer.txid, answer.error) {
+            (true, Some(txid), _) => {
+                println!(
+                    "snapshot of {} stored as {} (TXID {txid}) by the running watch",
+                    c.database.display(),
+                    db.name
+                );
+                return Ok(());
+            }
+            (_, _, Some(e)) if !e.contains("not replicated by this watch") => {
+                return Err(Error::Storage(format!(
+                    "the running watch could not store a snapshot of {}: {e}",
+                    c.database.display()
+                )))
+            }
+            _ => {}
+        }
+    }
     let mut shipper = Shipper::open(&db.path, &db.name, storage, settings, log())?;
     let id = shipper.snapshot_now(crate::fsutil::now_ms())?;
     println!(
@@ -317,9 +381,35 @@ fn snapshot(c: SnapshotCmd) -> Result<()> {
     shipper.close()
 }
 
+fn status(c: StatusCmd) -> Result<()> {
+    let target = Target {
+        bucket: &None,
+        config: &c.config,
+        endpoint: &None,
+        region: &None,
+        force_path_style: None,
+    };
+    let resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
+    let socket = resolver.socket(c.socket.as_deref());
+    let answer = control::ask(&socket, &ClientRequest::Status)?.ok_or_else(|| {
+        Error::Other(format!(
+            "no walsync watch answers at {}; is it running? (its socket is set by [control] socket or --socket)",
+            socket.display()
+        ))
+    })?;
+    match (answer.ok, answer.databases) {
+        (true, Some(dbs)) => output::status(&dbs, c.json),
+        (_, _) => Err(Error::Other(format!(
+            "the watch at {} answered: {}",
+            socket.display(),
+            answer.error.unwrap_or_default()
+        ))),
+    }
+}
+
 fn restore(c: RestoreCmd) -> Result<()> {
     let target = target!(c);
-    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
     let storage = resolver.storage(&target)?;
     let point_in_time_ms = c
         .point_in_time
@@ -361,13 +451,13 @@ fn restore(c: RestoreCmd) -> Result<()> {
 
 fn list(c: ListCmd) -> Result<()> {
     let target = target!(c);
-    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
     output::list(resolver.storage(&target)?.as_ref(), c.json)
 }
 
 fn verify(c: VerifyCmd) -> Result<()> {
     let target = target!(c);
-    let resolver = Resolver::load(&target, SettingFlags::default())?;
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
     let storage = resolver.storage(&target)?;
     let names = match (&c.name, c.all) {
         (Some(n), false) => vec![resolver.replica_name(n)?],
@@ -387,6 +477,23 @@ fn verify(c: VerifyCmd) -> Result<()> {
         c.json,
         &cancel,
     )
+}
+
+/// SIGHUP sets `reload` (watch reads its config file again).
+fn on_hangup(reload: crate::cancel::Trigger) {
+    static RELOAD: std::sync::OnceLock<crate::cancel::Trigger> = std::sync::OnceLock::new();
+    extern "C" fn hangup(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        if let Some(r) = RELOAD.get() {
+            r.set();
+        }
+    }
+    if RELOAD.set(reload).is_ok() {
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe {
+            libc::signal(libc::SIGHUP, hangup as *const () as libc::sighandler_t);
+        }
+    }
 }
 
 /// Installs the SIGINT/SIGTERM handler of a long command: the first signal

@@ -65,6 +65,62 @@ impl EventSink for StderrLog {
     }
 }
 
+/// `walsync status`: a table, or JSON for scripts.
+pub fn status(dbs: &[crate::watch::DbStatus], json: bool) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(dbs)
+            .map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    let header = ["NAME", "TXID", "LAST SHIPPED", "LAG", "WAL", "LAST ERROR"];
+    let rows: Vec<Vec<String>> = dbs
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.txid.to_string(),
+                d.last_shipped.clone().unwrap_or_else(|| "-".into()),
+                format!("{:.1}s", d.lag_ms as f64 / 1000.0),
+                human_bytes(d.wal_bytes),
+                match (&d.last_error, &d.error_since) {
+                    (Some(e), Some(since)) => format!("{e} (since {since})"),
+                    _ => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    print!("{}", aligned(&header, &rows));
+    Ok(())
+}
+
+/// Columns padded to their widest cell.
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            s.push_str(&format!("{c:<w$}"));
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 /// `walsync list`: a table, or JSON for scripts.
 pub fn list(storage: &dyn Storage, json: bool) -> Result<()> {
     let rows = list::summaries(storage)?;

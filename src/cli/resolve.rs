@@ -2,16 +2,16 @@
 //! defaults become what a command works on: the replica storage, the
 //! databases with their replica names, and each database's settings.
 //!
-//! Precedence, everywhere: a command-line flag wins over a `[[databases]]`
-//! entry, which wins over `[sync]`/`[s3]` of the config file, which wins
-//! over the environment and the built-in defaults ([`Settings::default`],
-//! [`WatchOptions::default`]). `watch`, `snapshot`, `restore` and `verify`
-//! all name databases through [`Resolver::databases`], so a database has
-//! the same replica name whichever command reaches it.
+//! Precedence, everywhere: a command-line flag wins over the config file,
+//! which wins over the environment and the built-in defaults
+//! ([`WatchOptions::default`]; per-database settings in
+//! [`crate::selection`]). `watch`, `snapshot`, `restore` and `verify` all
+//! name databases through [`Selection`], so a database has the same replica
+//! name whichever command reaches it.
 
-use crate::config::{ConfigFile, DatabaseEntry, SyncSection};
 use crate::error::{Error, Result};
-use crate::names::{self, NamedDb};
+use crate::names::NamedDb;
+use crate::selection::{Selection, SettingFlags};
 use crate::storage::{self, s3::S3Options, Storage};
 use crate::watch::{Settings, WatchOptions};
 use std::path::{Path, PathBuf};
@@ -27,34 +27,41 @@ pub struct Target<'a> {
     pub force_path_style: Option<bool>,
 }
 
-/// Per-database settings given on the command line (`watch` only).
-#[derive(Debug, Default, Clone)]
-pub struct SettingFlags {
-    pub sync_interval: Option<Duration>,
-    pub snapshot_interval: Option<Duration>,
-    pub min_checkpoint_pages: Option<u64>,
-    pub truncate_checkpoint_pages: Option<u64>,
+/// The process-wide flags of `watch`.
+#[derive(Debug, Default)]
+pub struct EngineFlags {
+    pub pollers: Option<usize>,
+    pub uploaders: Option<usize>,
+    pub shutdown_timeout: Option<Duration>,
+    pub socket: Option<PathBuf>,
 }
 
 /// A command's view of its configuration.
 pub struct Resolver {
-    config: ConfigFile,
-    flags: SettingFlags,
+    pub selection: Selection,
+    /// The replica URL (without credentials), once the storage is opened.
+    replica: String,
 }
 
 impl Resolver {
     /// Reads the config file the flags name (none: an empty one).
-    pub fn load(target: &Target, flags: SettingFlags) -> Result<Resolver> {
-        let config = match target.config {
-            Some(p) => ConfigFile::load(p)?,
-            None => ConfigFile::default(),
-        };
-        Ok(Resolver { config, flags })
+    pub fn load(target: &Target, flags: SettingFlags, paths: Vec<PathBuf>) -> Result<Resolver> {
+        let selection = Selection::load(target.config.as_deref(), flags, paths)?;
+        Ok(Resolver {
+            selection,
+            replica: String::new(),
+        })
     }
 
     /// Opens the replica storage.
-    pub fn storage(&self, target: &Target) -> Result<Arc<dyn Storage>> {
-        let cfg = &self.config;
+    pub fn storage(&mut self, target: &Target) -> Result<Arc<dyn Storage>> {
+        let storage = self.open_storage(target)?;
+        self.replica = storage.describe();
+        Ok(storage)
+    }
+
+    fn open_storage(&self, target: &Target) -> Result<Arc<dyn Storage>> {
+        let cfg = self.selection.config();
         let url = target.bucket.clone().or_else(|| cfg.s3.bucket.clone()).ok_or_else(|| {
             Error::Usage(
                 "no replica URL: pass -b s3://bucket/prefix (or file:///path), or set bucket in [s3] of the config file".into(),
@@ -71,167 +78,49 @@ impl Resolver {
         Ok(Arc::from(storage::open(&url, &options)?))
     }
 
-    /// How `watch` runs: flags, then `[sync]`, then the defaults.
-    pub fn watch_options(
-        &self,
-        pollers: Option<usize>,
-        uploaders: Option<usize>,
-        shutdown_timeout: Option<Duration>,
-    ) -> WatchOptions {
+    /// How `watch` runs: flags, then the config file, then the defaults.
+    pub fn watch_options(&self, flags: &EngineFlags) -> WatchOptions {
         let defaults = WatchOptions::default();
-        let sync = &self.config.sync;
+        let sync = &self.selection.config().sync;
         WatchOptions {
-            pollers: pollers.or(sync.pollers).unwrap_or(defaults.pollers).max(1),
-            uploaders: uploaders
+            pollers: flags
+                .pollers
+                .or(sync.pollers)
+                .unwrap_or(defaults.pollers)
+                .max(1),
+            uploaders: flags
+                .uploaders
                 .or(sync.uploaders)
                 .unwrap_or(defaults.uploaders)
                 .max(1),
-            shutdown_timeout: shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+            shutdown_timeout: flags.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+            discover_interval: sync
+                .discover_interval
+                .map_or(defaults.discover_interval, |d| d.0),
+            control_socket: Some(self.socket(flags.socket.as_deref())),
         }
     }
 
-    /// The settings of a database: flags, then its `[[databases]]` entry,
-    /// then `[sync]`, then the defaults.
-    fn settings(&self, entry: Option<&DatabaseEntry>) -> Settings {
-        let d = Settings::default();
-        let sync: &SyncSection = &self.config.sync;
-        let f = &self.flags;
-        let pick_d = |flag: Option<Duration>, e: Option<Duration>, s: Option<Duration>, d| {
-            flag.or(e).or(s).unwrap_or(d)
-        };
-        Settings {
-            sync_interval: pick_d(
-                f.sync_interval,
-                entry.and_then(|e| e.sync_interval).map(|v| v.0),
-                sync.sync_interval.map(|v| v.0),
-                d.sync_interval,
-            ),
-            snapshot_interval: pick_d(
-                f.snapshot_interval,
-                entry.and_then(|e| e.snapshot_interval).map(|v| v.0),
-                sync.snapshot_interval.map(|v| v.0),
-                d.snapshot_interval,
-            ),
-            min_checkpoint_pages: f
-                .min_checkpoint_pages
-                .or(entry.and_then(|e| e.min_checkpoint_pages))
-                .or(sync.min_checkpoint_pages)
-                .unwrap_or(d.min_checkpoint_pages),
-            truncate_checkpoint_pages: f
-                .truncate_checkpoint_pages
-                .or(entry.and_then(|e| e.truncate_checkpoint_pages))
-                .or(sync.truncate_checkpoint_pages)
-                .unwrap_or(d.truncate_checkpoint_pages),
-        }
+    /// The control channel's socket: the flag, then `[control] socket`,
+    /// then the default.
+    pub fn socket(&self, flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| self.selection.config().control.socket.clone())
+            .unwrap_or_else(crate::watch::control::default_socket)
     }
 
-    /// The databases to replicate: `paths` from the command line plus the
-    /// config file's entries (globs expanded), each once, named by
-    /// [`names::assign`] over the whole set, with its settings.
-    pub fn databases(&self, paths: &[PathBuf]) -> Result<Vec<(NamedDb, Settings)>> {
-        let mut found: Vec<Found> = Vec::new();
-        for path in paths {
-            found.push(Found::new(path.clone(), None, self.settings(None)));
-        }
-        for entry in &self.config.databases {
-            for path in self.expand(entry)? {
-                let found_entry = Found::new(path, entry.name.clone(), self.settings(Some(entry)));
-                // A file named on the command line and in the config is one
-                // database, with the entry's name and settings.
-                match found.iter_mut().find(|f| f.key == found_entry.key) {
-                    Some(seen) => *seen = found_entry,
-                    None => found.push(found_entry),
-                }
-            }
-        }
-        let named = names::assign(
-            &found
-                .iter()
-                .map(|f| (f.key.clone(), f.name.clone()))
-                .collect::<Vec<_>>(),
-        )?;
-        Ok(named
-            .into_iter()
-            .zip(found)
-            .map(|(mut db, f)| {
-                db.path = f.path;
-                (db, f.settings)
-            })
-            .collect())
+    /// The databases to replicate now (see [`Selection::resolve`]).
+    pub fn databases(&self) -> Result<Vec<(NamedDb, Settings)>> {
+        self.selection.resolve(&self.replica)
     }
 
-    /// The files a `[[databases]]` entry names.
-    fn expand(&self, entry: &DatabaseEntry) -> Result<Vec<PathBuf>> {
-        let matched = crate::config::expand_glob(&entry.path)?;
-        if matched.is_empty() {
-            return Err(Error::Database(format!(
-                "config entry path '{}' matches no database file",
-                entry.path
-            )));
-        }
-        if entry.name.is_some() && matched.len() > 1 {
-            return Err(Error::Usage(format!(
-                "config entry '{}' sets a name but matches {} files; a name fits one database only",
-                entry.path,
-                matched.len()
-            )));
-        }
-        Ok(matched)
-    }
-
-    /// The one database `path` (the `snapshot` command): named as `watch`
-    /// with the same config would name it, unless `name` is given.
+    /// The one database `path`, named as `watch` names it (or `name`).
     pub fn database(&self, path: &Path, name: Option<&str>) -> Result<(NamedDb, Settings)> {
-        if let Some(n) = name {
-            names::validate(n)?;
-        }
-        let key = absolute(path);
-        let (mut db, settings) = self
-            .databases(&[path.to_path_buf()])?
-            .into_iter()
-            .find(|(db, _)| absolute(&db.path) == key)
-            .ok_or_else(|| Error::Other(format!("{} was not resolved", path.display())))?;
-        if let Some(n) = name {
-            db.name = n.to_string();
-        }
-        Ok((db, settings))
+        self.selection.database(path, name, &self.replica)
     }
 
-    /// A replica name given to `restore` or `verify`: a database file (as
-    /// `watch` with the same config names it) or a name.
+    /// A replica name or a database path, as a replica name.
     pub fn replica_name(&self, arg: &str) -> Result<String> {
-        let path = Path::new(arg);
-        if path.is_file() {
-            return Ok(self.database(path, None)?.0.name);
-        }
-        // The empty name is a database at the replica's root.
-        if !arg.is_empty() {
-            names::validate(arg)?;
-        }
-        Ok(arg.to_string())
+        self.selection.replica_name(arg, &self.replica)
     }
-}
-
-/// A database found on the command line or in the config file.
-struct Found {
-    path: PathBuf,
-    /// The absolute path: what identifies the file.
-    key: PathBuf,
-    name: Option<String>,
-    settings: Settings,
-}
-
-impl Found {
-    fn new(path: PathBuf, name: Option<String>, settings: Settings) -> Found {
-        Found {
-            key: absolute(&path),
-            path,
-            name,
-            settings,
-        }
-    }
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }

@@ -129,6 +129,7 @@ impl Shipper {
         };
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
         let wal = source.open_wal()?;
+        self.health.wal_bytes = wal.metadata().map(|m| m.len()).unwrap_or(0);
         let start = state.position();
         let reader = match WalReader::resume(&wal, start)? {
             Resume::Continue(r) => r,
@@ -229,8 +230,9 @@ impl Shipper {
         let Some(state) = self.state() else {
             return Ok(None);
         };
-        let due =
-            now_ms - state.last_snapshot_ms >= self.settings.snapshot_interval.as_millis() as i64;
+        let due = now_ms - state.last_snapshot_ms
+            >= self.settings.snapshot_interval.as_millis() as i64
+            || self.snapshot_requested();
         if !due || self.continuity != Continuity::Covered {
             return Ok(None);
         }
@@ -392,6 +394,34 @@ impl Shipper {
             txid: batch.id.max_txid,
             bytes: batch.len,
         });
+    }
+
+    /// The database checksum of the database as it is now (its file with
+    /// the WAL's committed frames laid over it). Reads every page.
+    pub(super) fn checksum_now(&mut self) -> Result<u64> {
+        let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
+        let wal = source.open_wal()?;
+        let overlay = Overlay::scan(&wal, None)?;
+        let db_file = source.db_file();
+        let db_pages = match overlay.db_pages {
+            Some(n) => n,
+            None => db_pages_from_file(db_file, self.page_size, &mut self.page)?,
+        };
+        let lock = ltx::lock_pgno(self.page_size);
+        let mut xor = 0u64;
+        for pgno in (1..=db_pages).filter(|&p| p != lock) {
+            read_state_page(
+                db_file,
+                &wal,
+                &overlay,
+                pgno,
+                self.page_size,
+                &mut self.page,
+            )?;
+            xor ^= ltx::page_checksum(pgno, &self.page);
+        }
+        self.page = Vec::new();
+        Ok(ltx::checksum_flag(xor))
     }
 
     /// The TXIDs and pre-apply checksum of an image of `kind`.

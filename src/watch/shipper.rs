@@ -31,12 +31,14 @@ use super::build::{Batch, BatchKind, Incremental};
 use super::pagesums::PageSums;
 use super::source::{Identity, Source};
 use super::state::{LocalState, StateDir};
+use super::status::{DbStatus, Health};
 use crate::backoff::Backoff;
 use crate::catalog;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
 use crate::ltx;
 use crate::storage::{LtxId, Storage, SNAPSHOT_LEVEL};
+use crossbeam_channel::Sender;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +51,9 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     pub min_checkpoint_pages: u64,
     pub truncate_checkpoint_pages: u64,
+    /// Make this database its replica's source even when the replica
+    /// records another one (see [`super::identity`]).
+    pub takeover: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +63,7 @@ impl Default for Settings {
             snapshot_interval: Duration::from_secs(3600),
             min_checkpoint_pages: 1000,
             truncate_checkpoint_pages: 121_359,
+            takeover: false,
         }
     }
 }
@@ -152,6 +158,8 @@ impl fmt::Display for Cause {
 pub struct Shipper {
     pub name: String,
     pub(super) path: PathBuf,
+    /// The absolute path: what identifies the database in the fleet.
+    pub key: PathBuf,
     /// walsync's connection and held files; `None` while the database is
     /// gone from its path.
     pub(super) source: Option<Source>,
@@ -178,6 +186,10 @@ pub struct Shipper {
     pub(super) page: Vec<u8>,
     /// Why the database was let go of and what was said about it, while it is.
     detached: Detached,
+    /// For the status board.
+    pub(super) health: Health,
+    /// Who waits for a snapshot asked for through the control channel.
+    snapshot_waiters: Vec<Sender<std::result::Result<u64, String>>>,
     pub(super) events: Arc<dyn EventSink>,
 }
 
@@ -219,6 +231,7 @@ impl Shipper {
         let mut shipper = Shipper {
             name: name.to_string(),
             path: path.to_path_buf(),
+            key: crate::selection::absolute(path),
             source: Some(source),
             state_dir,
             pagesums,
@@ -236,6 +249,8 @@ impl Shipper {
             last_checkpoint: None,
             page: Vec::new(),
             detached: Detached::default(),
+            health: Health::default(),
+            snapshot_waiters: Vec::new(),
             events,
         };
         shipper.shipped = shipper.find_start()?;
@@ -282,15 +297,12 @@ impl Shipper {
             },
             _ => Cause::NoLocalState,
         };
-        let remote_max = catalog::list_db(self.storage.as_ref(), &self.name)?
-            .iter()
-            .map(|f| f.id.max_txid)
-            .max()
-            .unwrap_or(0);
-        if remote_max == 0 {
-            return Ok(Shipped::Nothing);
+        let files = catalog::list_db(self.storage.as_ref(), &self.name)?;
+        self.claim_replica(&files)?;
+        match files.iter().map(|f| f.id.max_txid).max() {
+            None => Ok(Shipped::Nothing),
+            Some(remote_max) => Ok(Shipped::Foreign { remote_max, cause }),
         }
-        Ok(Shipped::Foreign { remote_max, cause })
     }
 
     /// `None` when the saved state still describes this database and
@@ -356,6 +368,9 @@ impl Shipper {
             if let Some(b) = batch.take() {
                 let _ = std::fs::remove_file(&b.spool);
             }
+        }
+        if batch.is_some() && self.health.unshipped_since_ms.is_none() {
+            self.health.unshipped_since_ms = Some(now_ms);
         }
         self.pending = batch;
         // The page buffer and the page record are only needed while
@@ -435,10 +450,97 @@ impl Shipper {
                 self.continuity = Continuity::Unproven;
             }
         }
+        if batch.kind == BatchKind::Snapshot {
+            for waiter in self.snapshot_waiters.drain(..) {
+                let _ = waiter.send(Ok(batch.id.max_txid));
+            }
+        }
         self.shipped = Shipped::Known(batch.new_state);
         self.retry.backoff.reset();
+        let now_ms = crate::fsutil::now_ms();
+        self.health.last_shipped_ms = Some(now_ms);
+        self.health.unshipped_since_ms = None;
+        self.health.error = None;
         let _ = std::fs::remove_file(&batch.spool);
         saved
+    }
+
+    /// [`Shipper::uploaded`], said as an event.
+    pub fn uploaded_and_report(&mut self) {
+        let Some((key, txid, bytes)) = self
+            .pending
+            .as_ref()
+            .map(|b| (b.key.clone(), b.id.max_txid, b.len))
+        else {
+            return;
+        };
+        let db = self.name.clone();
+        let event = match self.uploaded() {
+            Ok(()) => Event::Stored {
+                db,
+                key,
+                txid,
+                bytes,
+            },
+            Err(e) => Event::StateNotSaved {
+                db,
+                error: e.to_string(),
+            },
+        };
+        self.emit(event);
+    }
+
+    /// [`Shipper::upload_failed`], said as an event.
+    pub fn upload_failed_and_report(&mut self, e: Error, now: Instant) {
+        let retry_in = self.upload_failed(now);
+        self.health.failed(e.to_string(), crate::fsutil::now_ms());
+        self.emit(Event::UploadFailed {
+            db: self.name.clone(),
+            error: e.to_string(),
+            retry_in,
+        });
+    }
+
+    /// A poll failed; said as an event.
+    pub fn poll_failed_and_report(&mut self, e: Error, retry_in: Duration, now_ms: i64) {
+        self.health.failed(e.to_string(), now_ms);
+        self.emit(Event::PollFailed {
+            db: self.name.clone(),
+            error: e.to_string(),
+            retry_in,
+        });
+    }
+
+    /// Asks for a snapshot now; `reply` gets its TXID once it is stored
+    /// (at once when the last snapshot still holds the state shipped).
+    pub fn request_snapshot(&mut self, reply: Sender<std::result::Result<u64, String>>) {
+        match self.state() {
+            Some(s) if s.last_snapshot_txid == s.txid => {
+                let _ = reply.send(Ok(s.txid));
+            }
+            _ => self.snapshot_waiters.push(reply),
+        }
+    }
+
+    /// Whether a snapshot was asked for and not stored yet.
+    pub(super) fn snapshot_requested(&self) -> bool {
+        !self.snapshot_waiters.is_empty()
+    }
+
+    /// Whether the database's file is gone (deleted, not replaced): there
+    /// is nothing left to replicate.
+    pub fn gone(&self) -> bool {
+        let path_gone = || std::fs::symlink_metadata(&self.path).is_err();
+        match &self.source {
+            None => path_gone(),
+            Some(s) => matches!(s.identity(), Ok(Identity::Deleted(_))) && path_gone(),
+        }
+    }
+
+    /// What `walsync status` shows for it.
+    pub fn status(&self, now_ms: i64) -> DbStatus {
+        let path = self.path.display().to_string();
+        self.health.status(&self.name, &path, self.txid(), now_ms)
     }
 
     /// Records a failed upload; the same batch is retried after a backoff.

@@ -6,6 +6,7 @@
 mod harness;
 
 mod cli;
+mod fleet;
 mod interop;
 mod ltx;
 mod restore;

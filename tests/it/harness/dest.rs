@@ -156,6 +156,20 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// The process id.
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().map_or(0, |c| c.id() as libc::pid_t)
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: signalling our own child process, not yet reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+
     /// Sends SIGINT without waiting.
     pub fn interrupt(&self) {
         let child = self.child.as_ref().expect("running");

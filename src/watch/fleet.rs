@@ -1,0 +1,227 @@
+//! The fleet: which databases `watch` replicates right now, and on which
+//! poller. It opens the databases of the selection at start, looks again
+//! every `discover_interval` (and at once when asked to reload the config)
+//! for databases that appeared or left it, and routes requests of the
+//! control channel to the poller that owns a database.
+//!
+//! Only databases given on the command line must be usable at start. A file
+//! a config entry matches that cannot be replicated (empty, not SQLite, not
+//! in WAL mode) is said once and looked at again at the next discovery;
+//! the others replicate meanwhile.
+
+use super::poller::{Command, Released};
+use super::{Settings, Shipper};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventSink};
+use crate::names::NamedDb;
+use crate::selection::{absolute, Selection};
+use crate::storage::Storage;
+use crossbeam_channel::Sender;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where a database is replicated.
+struct Placement {
+    name: String,
+    poller: usize,
+}
+
+pub(super) struct Fleet {
+    storage: Arc<dyn Storage>,
+    pub selection: Selection,
+    events: Arc<dyn EventSink>,
+    replica: String,
+    /// Every database a poller replicates, by absolute path.
+    placed: HashMap<PathBuf, Placement>,
+    /// How many databases each poller has.
+    loads: Vec<usize>,
+    /// What was last said about a path that could not be opened.
+    refused: HashMap<PathBuf, String>,
+    commands: Vec<Sender<Command>>,
+}
+
+impl Fleet {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        selection: Selection,
+        events: Arc<dyn EventSink>,
+    ) -> Fleet {
+        Fleet {
+            replica: storage.describe(),
+            storage,
+            selection,
+            events,
+            placed: HashMap::new(),
+            loads: Vec::new(),
+            refused: HashMap::new(),
+            commands: Vec::new(),
+        }
+    }
+
+    /// The databases of the selection, opened `threads` at a time and
+    /// dealt into `pollers` shards. A given path that cannot be opened is
+    /// an error; so are two databases with one name.
+    pub fn open_initial(&mut self, pollers: usize, threads: usize) -> Result<Vec<Vec<Shipper>>> {
+        let dbs = self.selection.resolve(&self.replica)?;
+        let given: Vec<PathBuf> = self
+            .selection
+            .given_paths()
+            .iter()
+            .map(|p| absolute(p))
+            .collect();
+        let opened = crate::pool::map(dbs, threads, |(db, settings)| {
+            let result = self.open(&db, settings);
+            (db, result)
+        });
+        self.loads = vec![0; pollers];
+        let mut shards: Vec<Vec<Shipper>> = (0..pollers).map(|_| Vec::new()).collect();
+        for (db, result) in opened {
+            let key = absolute(&db.path);
+            match result {
+                Ok(shipper) => {
+                    let poller = self.least_loaded();
+                    self.place(key, &db.name, poller);
+                    shards[poller].push(shipper);
+                }
+                Err(e) if given.contains(&key) => return Err(e),
+                Err(e) => self.refuse(&db, e),
+            }
+        }
+        Ok(shards)
+    }
+
+    /// Hands the pollers' command channels over once they run.
+    pub fn connect(&mut self, commands: Vec<Sender<Command>>) {
+        self.commands = commands;
+    }
+
+    pub fn len(&self) -> usize {
+        self.placed.len()
+    }
+
+    /// Looks at the selection again: opens what appeared, releases what
+    /// left it (a database renamed by a new config is released and opened
+    /// under its new name).
+    pub fn rediscover(&mut self) {
+        let dbs = match self.selection.resolve(&self.replica) {
+            Ok(dbs) => dbs,
+            Err(e) => {
+                self.report(format!("discovery: {e}; keeping the databases in use"));
+                return;
+            }
+        };
+        let wanted: HashMap<PathBuf, &NamedDb> =
+            dbs.iter().map(|(db, _)| (absolute(&db.path), db)).collect();
+        let leaving: Vec<PathBuf> = self
+            .placed
+            .iter()
+            .filter(|(key, p)| wanted.get(*key).is_none_or(|db| db.name != p.name))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in leaving {
+            if let Some(p) = self.placed.get(&key) {
+                let _ = self.commands[p.poller].send(Command::Remove(key.clone()));
+            }
+        }
+        for (db, settings) in dbs {
+            let key = absolute(&db.path);
+            if self.placed.contains_key(&key) {
+                continue;
+            }
+            match self.open(&db, settings) {
+                Ok(shipper) => {
+                    let poller = self.least_loaded();
+                    self.place(key, &db.name, poller);
+                    self.events.emit(Event::Discovered {
+                        db: db.name.clone(),
+                        path: db.path.clone(),
+                    });
+                    let _ = self.commands[poller].send(Command::Add(Box::new(shipper)));
+                }
+                Err(e) => self.refuse(&db, e),
+            }
+        }
+    }
+
+    /// A poller let go of a database.
+    pub fn released(&mut self, r: Released) {
+        let (key, reason) = match r {
+            Released::Gone(key) => (key, "its file is gone"),
+            Released::Removed(key) => (key, "it left the configuration"),
+        };
+        if let Some(p) = self.placed.remove(&key) {
+            self.loads[p.poller] = self.loads[p.poller].saturating_sub(1);
+            self.events.emit(Event::Released {
+                db: p.name,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Says something about the fleet as a whole.
+    pub fn report(&self, error: String) {
+        self.events.emit(Event::DiscoveryFailed { error });
+    }
+
+    /// Asks the poller replicating the database at `path` for a snapshot.
+    pub fn snapshot(&self, path: &std::path::Path, reply: Sender<Result<u64, String>>) {
+        let key = absolute(path);
+        match self.placed.get(&key) {
+            Some(p) => {
+                let command = Command::Snapshot {
+                    name: p.name.clone(),
+                    reply,
+                };
+                let _ = self.commands[p.poller].send(command);
+            }
+            None => {
+                let _ = reply.send(Err(format!(
+                    "{} is not replicated by this watch",
+                    path.display()
+                )));
+            }
+        }
+    }
+
+    fn open(&self, db: &NamedDb, settings: Settings) -> Result<Shipper> {
+        Shipper::open(
+            &db.path,
+            &db.name,
+            Arc::clone(&self.storage),
+            settings,
+            Arc::clone(&self.events),
+        )
+    }
+
+    fn place(&mut self, key: PathBuf, name: &str, poller: usize) {
+        self.refused.remove(&key);
+        self.loads[poller] += 1;
+        self.placed.insert(
+            key,
+            Placement {
+                name: name.to_string(),
+                poller,
+            },
+        );
+    }
+
+    fn least_loaded(&self) -> usize {
+        (0..self.loads.len())
+            .min_by_key(|&i| self.loads[i])
+            .unwrap_or(0)
+    }
+
+    /// Says once why a database is skipped; discovery tries it again.
+    fn refuse(&mut self, db: &NamedDb, e: Error) {
+        let key = absolute(&db.path);
+        let message = e.to_string();
+        if self.refused.get(&key) != Some(&message) {
+            self.events.emit(Event::Unavailable {
+                db: db.name.clone(),
+                error: format!("{message}; skipped, looked at again at the next discovery"),
+            });
+            self.refused.insert(key, message);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! A poller thread: it owns a shard of [`Shipper`]s, polls each when its
+//! sync interval is due, hands built batches to the uploaders and records
+//! their acknowledgements. The fleet adds and removes databases through
+//! [`Command`]s; a database whose file is gone is released on the spot.
+//!
+//! Slots are indexed, and an acknowledgement names its slot and the
+//! generation of the shipper it was for, so a late answer for a released
+//! database never lands on the one that took its slot.
+
+use super::build::{Batch, UploadRequest};
+use super::shipper::Shipper;
+use super::status::Board;
+use crate::cancel::CancelToken;
+use crate::event::Event;
+use crate::fsutil;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An upload handed from a poller to the uploader pool.
+pub(super) struct Job {
+    pub poller: usize,
+    pub slot: SlotId,
+    pub batch: UploadRequest,
+}
+
+/// An uploader's answer.
+pub(super) struct Ack {
+    pub slot: SlotId,
+    pub result: crate::error::Result<()>,
+}
+
+/// A slot and the generation of the shipper in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotId {
+    index: usize,
+    generation: u64,
+}
+
+/// What the fleet asks of a poller.
+pub(super) enum Command {
+    /// Replicate this database too.
+    Add(Box<Shipper>),
+    /// Stop replicating the database at this (absolute) path.
+    Remove(PathBuf),
+    /// Store a snapshot of the database named so, and answer with its TXID.
+    Snapshot {
+        name: String,
+        reply: Sender<Result<u64, String>>,
+    },
+}
+
+/// A database released by a poller, and why.
+pub(super) enum Released {
+    /// Its file is gone.
+    Gone(PathBuf),
+    /// The fleet asked.
+    Removed(PathBuf),
+}
+
+struct Slot {
+    shipper: Shipper,
+    generation: u64,
+    next_poll: Instant,
+    /// The last poll failed (nothing built: what it had to ship still waits).
+    failed: bool,
+}
+
+/// Channels a poller talks through.
+pub(super) struct Links {
+    pub jobs: Sender<Job>,
+    pub acks: Receiver<Ack>,
+    pub commands: Receiver<Command>,
+    pub released: Sender<Released>,
+    pub board: Arc<Board>,
+}
+
+pub(super) struct Poller {
+    index: usize,
+    slots: Vec<Option<Slot>>,
+    generations: u64,
+    links: Links,
+}
+
+impl Poller {
+    pub fn new(index: usize, shippers: Vec<Shipper>, links: Links) -> Poller {
+        let mut p = Poller {
+            index,
+            slots: Vec::new(),
+            generations: 0,
+            links,
+        };
+        for s in shippers {
+            p.add(s);
+        }
+        p
+    }
+
+    /// Polls until `stop`, then flushes. Returns whether every batch of the
+    /// databases still there was stored before the timeout.
+    pub fn run(mut self, stop: &CancelToken, shutdown_timeout: Duration) -> bool {
+        while !stop.is_cancelled() {
+            self.take_commands();
+            self.tick(Instant::now(), true);
+            let wait = self.until_next_poll();
+            self.wait_for_ack(wait);
+        }
+        // Shutdown: poll every database until none has anything left to ship
+        // (a database whose upload was in flight is polled again once it is
+        // stored: commits may have landed behind it; one whose poll failed
+        // is tried again), or the timeout.
+        let deadline = Instant::now() + shutdown_timeout;
+        while Instant::now() < deadline {
+            let now = Instant::now();
+            self.live().for_each(|slot| slot.next_poll = now);
+            self.tick(now, false);
+            if !self.unfinished() {
+                break;
+            }
+            self.wait_for_ack(Duration::from_millis(100));
+        }
+        let clean = !self.unfinished();
+        for slot in self.slots.into_iter().flatten() {
+            close(slot.shipper);
+        }
+        clean
+    }
+
+    fn live(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.slots.iter_mut().flatten()
+    }
+
+    fn add(&mut self, shipper: Shipper) {
+        self.generations += 1;
+        let slot = Slot {
+            shipper,
+            generation: self.generations,
+            next_poll: Instant::now(),
+            failed: false,
+        };
+        match self.slots.iter().position(Option::is_none) {
+            Some(i) => self.slots[i] = Some(slot),
+            None => self.slots.push(Some(slot)),
+        }
+    }
+
+    fn take_commands(&mut self) {
+        while let Ok(command) = self.links.commands.try_recv() {
+            match command {
+                Command::Add(shipper) => self.add(*shipper),
+                Command::Remove(key) => {
+                    if let Some(i) = self.find(|s| s.key == key) {
+                        self.release(i, Released::Removed(key));
+                    }
+                }
+                Command::Snapshot { name, reply } => match self.find(|s| s.name == name) {
+                    Some(i) => {
+                        if let Some(slot) = &mut self.slots[i] {
+                            slot.shipper.request_snapshot(reply);
+                            slot.next_poll = Instant::now();
+                        }
+                    }
+                    None => {
+                        let _ = reply.send(Err(format!("'{name}' is not watched here")));
+                    }
+                },
+            }
+        }
+    }
+
+    fn find(&self, is: impl Fn(&Shipper) -> bool) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| is(&s.shipper)))
+    }
+
+    /// Takes the database out of its slot, closes it and tells the fleet.
+    fn release(&mut self, i: usize, why: Released) {
+        if let Some(slot) = self.slots[i].take() {
+            self.links.board.remove(&slot.shipper.name);
+            close(slot.shipper);
+            let _ = self.links.released.send(why);
+        }
+    }
+
+    fn unfinished(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|s| s.shipper.has_pending() || s.failed)
+    }
+
+    fn until_next_poll(&self) -> Duration {
+        let now = Instant::now();
+        let next = self.slots.iter().flatten().map(|s| s.next_poll).min();
+        next.unwrap_or(now + Duration::from_millis(250))
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(250))
+            .max(Duration::from_millis(1))
+    }
+
+    fn wait_for_ack(&mut self, wait: Duration) {
+        match self.links.acks.recv_timeout(wait) {
+            Ok(ack) => self.handle_ack(ack),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        while let Ok(ack) = self.links.acks.try_recv() {
+            self.handle_ack(ack);
+        }
+    }
+
+    fn handle_ack(&mut self, ack: Ack) {
+        let i = ack.slot.index;
+        let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        if slot.generation != ack.slot.generation {
+            return; // for a database released since
+        }
+        let s = &mut slot.shipper;
+        match ack.result {
+            // The next poll keeps its schedule: one file per interval at
+            // most, whatever landed during the upload goes in it.
+            Ok(()) => s.uploaded_and_report(),
+            Err(e) if s.gone() => {
+                // Its files are gone (a deleted tenant): nothing to retry.
+                let key = s.key.clone();
+                let _ = e;
+                self.release(i, Released::Gone(key));
+                return;
+            }
+            Err(e) => s.upload_failed_and_report(e, Instant::now()),
+        }
+        self.links
+            .board
+            .update(slot.shipper.status(fsutil::now_ms()));
+    }
+
+    /// Sends the pending batches whose retry is due.
+    fn resend_due(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            let Some(slot) = &mut self.slots[i] else {
+                continue;
+            };
+            if slot.shipper.retry_due(now) {
+                if let Some(req) = slot.shipper.take_retry().map(Batch::request) {
+                    let id = SlotId {
+                        index: i,
+                        generation: slot.generation,
+                    };
+                    self.send(id, req);
+                }
+            }
+        }
+    }
+
+    /// Polls the databases that are due (and resends failed uploads);
+    /// `checkpoints` allows walsync's own checkpoints (not while stopping).
+    fn tick(&mut self, now: Instant, checkpoints: bool) {
+        self.resend_due(now);
+        let now_ms = fsutil::now_ms();
+        for i in 0..self.slots.len() {
+            let Some(slot) = &mut self.slots[i] else {
+                continue;
+            };
+            if now < slot.next_poll || slot.shipper.has_pending() {
+                continue;
+            }
+            slot.next_poll = now + slot.shipper.settings().sync_interval;
+            let id = SlotId {
+                index: i,
+                generation: slot.generation,
+            };
+            let built = poll_one(slot, now, now_ms, checkpoints);
+            if slot.shipper.gone() {
+                let key = slot.shipper.key.clone();
+                self.release(i, Released::Gone(key));
+                continue;
+            }
+            self.links.board.update(slot.shipper.status(now_ms));
+            if let Some(req) = built {
+                self.send(id, req);
+            }
+        }
+    }
+
+    fn send(&mut self, slot: SlotId, batch: UploadRequest) {
+        let job = Job {
+            poller: self.index,
+            slot,
+            batch,
+        };
+        if let Err(e) = self.links.jobs.send(job) {
+            if let Some(Some(s)) = self.slots.get(e.0.slot.index) {
+                s.shipper.emit(Event::UploadFailed {
+                    db: s.shipper.name.clone(),
+                    error: "the uploader pool is gone".into(),
+                    retry_in: Duration::ZERO,
+                });
+            }
+        }
+    }
+}
+
+/// One database's turn: walsync's own checkpoint when due (it builds what
+/// the WAL holds under its barrier, so it is tried before polling: a
+/// database that is never idle gets one), else a poll. Returns the batch to
+/// upload, if any.
+fn poll_one(
+    slot: &mut Slot,
+    now: Instant,
+    now_ms: i64,
+    checkpoints: bool,
+) -> Option<UploadRequest> {
+    let s = &mut slot.shipper;
+    if checkpoints {
+        match s.maybe_checkpoint(now_ms).map(|b| b.map(Batch::request)) {
+            Ok(Some(req)) => {
+                slot.failed = false;
+                return Some(req);
+            }
+            Ok(None) => {}
+            Err(e) => s.emit(Event::CheckpointFailed {
+                db: s.name.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    match s.poll(now_ms).map(|b| b.map(Batch::request)) {
+        Ok(built) => {
+            slot.failed = false;
+            built
+        }
+        Err(e) => {
+            slot.failed = true;
+            let retry_in = s.settings().sync_interval.max(Duration::from_secs(5));
+            slot.next_poll = now + retry_in;
+            s.poll_failed_and_report(e, retry_in, now_ms);
+            None
+        }
+    }
+}
+
+fn close(shipper: Shipper) {
+    let (db, events) = (shipper.name.clone(), Arc::clone(&shipper.events));
+    if let Err(e) = shipper.close() {
+        events.emit(Event::CloseFailed {
+            db,
+            error: e.to_string(),
+        });
+    }
+}
