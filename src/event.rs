@@ -47,6 +47,13 @@ pub enum Event {
     Released { db: String, reason: String },
     /// Looking for databases failed (e.g. a reloaded config is wrong).
     DiscoveryFailed { error: String },
+    /// A rescan looked at `databases` files and found `new` ones, using
+    /// `cpu` of the thread's CPU time.
+    Rescanned {
+        databases: usize,
+        new: usize,
+        cpu: Duration,
+    },
     /// An object of a database was stored.
     Stored {
         db: String,
@@ -111,7 +118,9 @@ impl Event {
     /// How much it matters.
     pub fn level(&self) -> Level {
         match self {
-            Event::Stored { .. } | Event::RestoreProgress { .. } => Level::Debug,
+            Event::Stored { .. } | Event::RestoreProgress { .. } | Event::Rescanned { .. } => {
+                Level::Debug
+            }
             Event::Watching { .. }
             | Event::Stopped { clean: true }
             | Event::Discovered { .. }
@@ -135,7 +144,10 @@ impl Event {
     /// The database it is about, if one.
     pub fn database(&self) -> Option<&str> {
         match self {
-            Event::Watching { .. } | Event::Stopped { .. } | Event::DiscoveryFailed { .. } => None,
+            Event::Watching { .. }
+            | Event::Stopped { .. }
+            | Event::DiscoveryFailed { .. }
+            | Event::Rescanned { .. } => None,
             Event::Stored { db, .. }
             | Event::Shipping { db, .. }
             | Event::NothingToShip { db, .. }
@@ -180,6 +192,15 @@ impl fmt::Display for Event {
             }
             Event::Released { reason, .. } => write!(f, "no longer replicated: {reason}"),
             Event::DiscoveryFailed { error } => write!(f, "{error}"),
+            Event::Rescanned {
+                databases,
+                new,
+                cpu,
+            } => write!(
+                f,
+                "rescanned: {databases} database(s), {new} new, {:.2} ms of CPU",
+                cpu.as_secs_f64() * 1e3
+            ),
             Event::Stored { key, txid, bytes, .. } => {
                 write!(f, "stored {key} (TXID {txid}, {bytes} bytes)")
             }

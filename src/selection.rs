@@ -11,6 +11,7 @@ use crate::config::{ConfigFile, DatabaseEntry, Glob};
 use crate::error::{Error, Result};
 use crate::names::{self, Candidate, NamedDb, Naming};
 use crate::watch::Settings;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,25 +124,53 @@ impl Selection {
     /// a config path that does not exist, contributes nothing (discovery
     /// looks again later). Two databases with one name: a usage error.
     pub fn resolve(&self, replica: &str) -> Result<Vec<(NamedDb, Settings)>> {
-        self.resolve_with(replica, &[])
+        self.resolve_with(replica, &[], &|_| None, &mut Vec::new())
     }
 
-    fn resolve_with(&self, replica: &str, extra: &[PathBuf]) -> Result<Vec<(NamedDb, Settings)>> {
+    /// [`Selection::resolve`] while `known` databases (absolute path →
+    /// its name, if replicated) are replicated: their names are kept without
+    /// reading their local state again, so a rescan reads no file per known
+    /// database.
+    /// `trace` gets the folders whose entries decided the result (see
+    /// [`Glob::expand_known`]).
+    pub fn resolve_known(
+        &self,
+        replica: &str,
+        known: &dyn Fn(&Path) -> Option<String>,
+        trace: &mut Vec<PathBuf>,
+    ) -> Result<Vec<(NamedDb, Settings)>> {
+        self.resolve_with(replica, &[], known, trace)
+    }
+
+    fn resolve_with(
+        &self,
+        replica: &str,
+        extra: &[PathBuf],
+        known: &dyn Fn(&Path) -> Option<String>,
+        trace: &mut Vec<PathBuf>,
+    ) -> Result<Vec<(NamedDb, Settings)>> {
         let mut found: Vec<Found> = Vec::new();
-        for path in self.paths.iter().chain(extra) {
-            let f = Found::new(path.clone(), Naming::Path, self.settings(None));
-            if !found.iter().any(|g| g.key == f.key) {
+        let mut at: HashMap<PathBuf, usize> = HashMap::new();
+        let mut add = |f: Found, replace: bool| match at.get(&f.key) {
+            Some(&i) if replace => found[i] = f,
+            Some(_) => {}
+            None => {
+                at.insert(f.key.clone(), found.len());
                 found.push(f);
             }
+        };
+        for path in self.paths.iter().chain(extra) {
+            add(
+                Found::new(path.clone(), Naming::Path, self.settings(None)),
+                false,
+            );
         }
+        let is_known = |p: &Path| known(&absolute(p)).is_some();
         for entry in &self.config.databases {
-            for f in self.expand(entry)? {
+            for f in self.expand(entry, &is_known, trace)? {
                 // A file named on the command line and in the config is one
                 // database, with the entry's name and settings.
-                match found.iter_mut().find(|g| g.key == f.key) {
-                    Some(seen) => *seen = f,
-                    None => found.push(f),
-                }
+                add(f, true);
             }
         }
         let candidates: Vec<Candidate> = found
@@ -149,7 +178,7 @@ impl Selection {
             .map(|f| Candidate {
                 path: f.key.clone(),
                 naming: f.naming.clone(),
-                kept: crate::watch::kept_name(&f.path, replica),
+                kept: known(&f.key).or_else(|| crate::watch::kept_name(&f.path, replica)),
             })
             .collect();
         let names = names::assign(&candidates)?;
@@ -161,12 +190,20 @@ impl Selection {
     }
 
     /// The files a `[[databases]]` entry names now.
-    fn expand(&self, entry: &DatabaseEntry) -> Result<Vec<Found>> {
+    fn expand(
+        &self,
+        entry: &DatabaseEntry,
+        known: &dyn Fn(&Path) -> bool,
+        trace: &mut Vec<PathBuf>,
+    ) -> Result<Vec<Found>> {
         let glob = Glob::new(&entry.path);
         let settings = self.settings(Some(entry));
         if !glob.has_wildcards() {
             let path = PathBuf::from(&entry.path);
             if !path.exists() {
+                if let Some(dir) = path.parent() {
+                    trace.push(dir.to_path_buf());
+                }
                 return Ok(Vec::new());
             }
             let naming = match &entry.name {
@@ -178,7 +215,7 @@ impl Selection {
             };
             return Ok(vec![Found::new(path, naming, settings)]);
         }
-        let matched = glob.expand();
+        let matched = glob.expand_known(known, trace);
         let fixed_name = entry
             .name
             .as_deref()
@@ -193,6 +230,11 @@ impl Selection {
         Ok(matched
             .into_iter()
             .filter_map(|path| {
+                // A known database keeps its name (rule 2) unless the entry
+                // gives one: no need to match it again.
+                if entry.name.is_none() && known(&path) {
+                    return Some(Found::new(path, Naming::Path, settings.clone()));
+                }
                 let captures = glob.captures(&path)?;
                 let naming = match &entry.name {
                     Some(n) => Naming::Given {
@@ -219,7 +261,7 @@ impl Selection {
         }
         let key = absolute(path);
         let (mut db, settings) = self
-            .resolve_with(replica, &[path.to_path_buf()])?
+            .resolve_with(replica, &[path.to_path_buf()], &|_| None, &mut Vec::new())?
             .into_iter()
             .find(|(db, _)| absolute(&db.path) == key)
             .ok_or_else(|| Error::Other(format!("{} was not resolved", path.display())))?;
@@ -255,7 +297,25 @@ impl Found {
     }
 }
 
-/// The absolute path of a file (symbolic links resolved where it exists).
+/// What identifies a database file: its absolute path, without `.`
+/// components. A relative path is resolved against the current folder
+/// (symbolic links too); an absolute one is taken as written, so a
+/// rescan over thousands of databases makes no system call for it.
 pub fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    if p.is_absolute() {
+        let bytes = p.as_os_str().as_encoded_bytes();
+        let clean = !bytes.windows(3).any(|w| w == b"/./")
+            && !bytes.ends_with(b"/.")
+            && !bytes.windows(2).any(|w| w == b"//");
+        if clean {
+            return p.to_path_buf();
+        }
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    } else {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::env::current_dir().map(|d| d.join(p)))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
 }

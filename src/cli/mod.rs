@@ -333,9 +333,16 @@ fn watch(c: WatchCmd) -> Result<()> {
     watch::watch(storage, resolver.selection, &options, &controls, log())
 }
 
-/// The event sink of every command: log lines on standard error.
+/// The event sink of every command: log lines on standard error, from
+/// the level `WALSYNC_LOG` names (error, warn, info, debug; default info).
 fn log() -> Arc<dyn EventSink> {
-    Arc::new(output::StderrLog::new(Level::Info))
+    let level = match std::env::var("WALSYNC_LOG").as_deref() {
+        Ok("error") => Level::Error,
+        Ok("warn") => Level::Warn,
+        Ok("debug") => Level::Debug,
+        _ => Level::Info,
+    };
+    Arc::new(output::StderrLog::new(level))
 }
 
 fn snapshot(c: SnapshotCmd) -> Result<()> {
@@ -520,11 +527,11 @@ fn on_signals(token: CancelToken, first: Option<&'static str>) -> Result<()> {
 }
 
 /// Raises the soft open-files limit to the hard limit; fails when even that
-/// is too low for `dbs` databases (each needs about eight descriptors: the
-/// connection's database file, WAL and WAL-index, the same three held by
-/// walsync to check their identity, the lock file and the page record).
+/// is too low for `dbs` databases (each needs four descriptors: SQLite's
+/// database file, WAL and WAL-index, and walsync's database file; a few
+/// more are open for a moment while a database is polled).
 fn raise_open_files_limit(dbs: usize) -> Result<()> {
-    let needed = (dbs as u64) * 8 + 64;
+    let needed = (dbs as u64) * 4 + 128;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -129,7 +129,11 @@ impl Shipper {
         };
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
         let wal = source.open_wal()?;
-        self.health.wal_bytes = wal.metadata().map(|m| m.len()).unwrap_or(0);
+        let wal_bytes = wal.metadata().map(|m| m.len()).unwrap_or(0);
+        if wal_bytes != self.health.wal_bytes {
+            self.health.wal_bytes = wal_bytes;
+            self.health.changed = true;
+        }
         let start = state.position();
         let reader = match WalReader::resume(&wal, start)? {
             Resume::Continue(r) => r,

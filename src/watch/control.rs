@@ -129,7 +129,7 @@ fn handle(conn: UnixStream, board: &Board, requests: &Sender<Request>) {
     let response = match serde_json::from_str::<ClientRequest>(&line) {
         Ok(ClientRequest::Status) => Response {
             ok: true,
-            databases: Some(board.all()),
+            databases: Some(board.all(crate::fsutil::now_ms())),
             ..Response::default()
         },
         Ok(ClientRequest::Snapshot { path }) => snapshot(path, requests),

@@ -21,6 +21,17 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The CPU time this thread has used.
+fn thread_cpu() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes to a local struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// Where a database is replicated.
 struct Placement {
     name: String,
@@ -39,6 +50,10 @@ pub(super) struct Fleet {
     /// What was last said about a path that could not be opened.
     refused: HashMap<PathBuf, String>,
     commands: Vec<Sender<Command>>,
+    /// The folders whose entries decided the last full rescan, with their
+    /// modification times then; `None` when the next one must be full
+    /// (after a reload, or a database released).
+    stamp: Option<Vec<(PathBuf, Option<std::time::SystemTime>)>>,
 }
 
 impl Fleet {
@@ -56,6 +71,7 @@ impl Fleet {
             loads: Vec::new(),
             refused: HashMap::new(),
             commands: Vec::new(),
+            stamp: None,
         }
     }
 
@@ -104,13 +120,66 @@ impl Fleet {
     /// left it (a database renamed by a new config is released and opened
     /// under its new name).
     pub fn rediscover(&mut self) {
-        let dbs = match self.selection.resolve(&self.replica) {
+        let started = thread_cpu();
+        let before = self.placed.len();
+        let found = if self.unchanged_since_last_scan() {
+            self.placed.len()
+        } else {
+            self.rediscover_now()
+        };
+        self.events.emit(Event::Rescanned {
+            databases: found,
+            new: self.placed.len().saturating_sub(before),
+            cpu: thread_cpu().saturating_sub(started),
+        });
+    }
+
+    /// Whether a rescan would find what the last one found: no folder it
+    /// depended on changed, nothing was released since, and nothing waits
+    /// to be looked at again. One `stat` per such folder (one for a glob
+    /// like `/var/lib/app/*/app.db`), whatever the number of databases.
+    fn unchanged_since_last_scan(&self) -> bool {
+        let Some(stamp) = &self.stamp else {
+            return false;
+        };
+        self.refused.is_empty()
+            && stamp
+                .iter()
+                .all(|(dir, then)| std::fs::metadata(dir).and_then(|m| m.modified()).ok() == *then)
+    }
+
+    /// A reload or a release: the next rescan is a full one.
+    pub fn rescan_fully(&mut self) {
+        self.stamp = None;
+    }
+
+    /// [`Fleet::rediscover`]; returns how many databases the selection has.
+    fn rediscover_now(&mut self) -> usize {
+        let placed = &self.placed;
+        let known = |key: &std::path::Path| placed.get(key).map(|p| p.name.clone());
+        let mut trace = Vec::new();
+        let dbs = match self
+            .selection
+            .resolve_known(&self.replica, &known, &mut trace)
+        {
             Ok(dbs) => dbs,
             Err(e) => {
                 self.report(format!("discovery: {e}; keeping the databases in use"));
-                return;
+                return 0;
             }
         };
+        trace.sort();
+        trace.dedup();
+        self.stamp = Some(
+            trace
+                .into_iter()
+                .map(|dir| {
+                    let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+                    (dir, mtime)
+                })
+                .collect(),
+        );
+        let found = dbs.len();
         let wanted: HashMap<PathBuf, &NamedDb> =
             dbs.iter().map(|(db, _)| (absolute(&db.path), db)).collect();
         let leaving: Vec<PathBuf> = self
@@ -142,6 +211,7 @@ impl Fleet {
                 Err(e) => self.refuse(&db, e),
             }
         }
+        found
     }
 
     /// A poller let go of a database.
@@ -150,6 +220,7 @@ impl Fleet {
             Released::Gone(key) => (key, "its file is gone"),
             Released::Removed(key) => (key, "it left the configuration"),
         };
+        self.rescan_fully();
         if let Some(p) = self.placed.remove(&key) {
             self.loads[p.poller] = self.loads[p.poller].saturating_sub(1);
             self.events.emit(Event::Released {

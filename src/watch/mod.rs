@@ -12,6 +12,7 @@
 //! release their databases.
 
 mod build;
+mod changes;
 mod checkpoint;
 pub mod control;
 mod fleet;
@@ -185,6 +186,7 @@ fn supervise(
             if let Err(e) = fleet.selection.reload() {
                 fleet.report(format!("reloading the config: {e}; keeping the one in use"));
             }
+            fleet.rescan_fully();
             next_discovery = Instant::now();
         }
         if Instant::now() >= next_discovery {

@@ -8,6 +8,7 @@
 //! database never lands on the one that took its slot.
 
 use super::build::{Batch, UploadRequest};
+use super::changes::{Changes, FULL_CHECK};
 use super::shipper::Shipper;
 use super::status::Board;
 use crate::cancel::CancelToken;
@@ -51,6 +52,19 @@ pub(super) enum Command {
     },
 }
 
+/// Polls due within this are made together: thousands of databases with
+/// staggered schedules wake a poller at most every few milliseconds, not
+/// once per database.
+const COALESCE: Duration = Duration::from_millis(5);
+
+/// Whether the poller runs or is stopping (then every database is polled
+/// in full, and walsync runs no checkpoint of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Running,
+    Stopping,
+}
+
 /// A database released by a poller, and why.
 pub(super) enum Released {
     /// Its file is gone.
@@ -65,6 +79,12 @@ struct Slot {
     next_poll: Instant,
     /// The last poll failed (nothing built: what it had to ship still waits).
     failed: bool,
+    /// Its folder is watched for changes (see [`super::changes`]).
+    watched: bool,
+    /// A change was reported since its last poll.
+    changed: bool,
+    /// When it was last polled in full.
+    last_full: Instant,
 }
 
 /// Channels a poller talks through.
@@ -81,6 +101,7 @@ pub(super) struct Poller {
     slots: Vec<Option<Slot>>,
     generations: u64,
     links: Links,
+    changes: Changes,
 }
 
 impl Poller {
@@ -90,6 +111,7 @@ impl Poller {
             slots: Vec::new(),
             generations: 0,
             links,
+            changes: Changes::new(),
         };
         for s in shippers {
             p.add(s);
@@ -102,7 +124,7 @@ impl Poller {
     pub fn run(mut self, stop: &CancelToken, shutdown_timeout: Duration) -> bool {
         while !stop.is_cancelled() {
             self.take_commands();
-            self.tick(Instant::now(), true);
+            self.tick(Instant::now(), Turn::Running);
             let wait = self.until_next_poll();
             self.wait_for_ack(wait);
         }
@@ -114,7 +136,7 @@ impl Poller {
         while Instant::now() < deadline {
             let now = Instant::now();
             self.live().for_each(|slot| slot.next_poll = now);
-            self.tick(now, false);
+            self.tick(now, Turn::Stopping);
             if !self.unfinished() {
                 break;
             }
@@ -133,15 +155,24 @@ impl Poller {
 
     fn add(&mut self, shipper: Shipper) {
         self.generations += 1;
+        let i = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.slots.len());
         let slot = Slot {
+            watched: self.changes.watch(i, &shipper.key),
             shipper,
             generation: self.generations,
             next_poll: Instant::now(),
             failed: false,
+            changed: true,
+            last_full: Instant::now(),
         };
-        match self.slots.iter().position(Option::is_none) {
-            Some(i) => self.slots[i] = Some(slot),
-            None => self.slots.push(Some(slot)),
+        if i == self.slots.len() {
+            self.slots.push(Some(slot));
+        } else {
+            self.slots[i] = Some(slot);
         }
     }
 
@@ -178,6 +209,7 @@ impl Poller {
     /// Takes the database out of its slot, closes it and tells the fleet.
     fn release(&mut self, i: usize, why: Released) {
         if let Some(slot) = self.slots[i].take() {
+            self.changes.unwatch(i, &slot.shipper.key);
             self.links.board.remove(&slot.shipper.name);
             close(slot.shipper);
             let _ = self.links.released.send(why);
@@ -197,7 +229,7 @@ impl Poller {
         next.unwrap_or(now + Duration::from_millis(250))
             .saturating_duration_since(now)
             .min(Duration::from_millis(250))
-            .max(Duration::from_millis(1))
+            .max(COALESCE)
     }
 
     fn wait_for_ack(&mut self, wait: Duration) {
@@ -223,7 +255,7 @@ impl Poller {
             // The next poll keeps its schedule: one file per interval at
             // most, whatever landed during the upload goes in it.
             Ok(()) => s.uploaded_and_report(),
-            Err(e) if s.gone() => {
+            Err(e) if s.check_gone() => {
                 // Its files are gone (a deleted tenant): nothing to retry.
                 let key = s.key.clone();
                 let _ = e;
@@ -232,9 +264,7 @@ impl Poller {
             }
             Err(e) => s.upload_failed_and_report(e, Instant::now()),
         }
-        self.links
-            .board
-            .update(slot.shipper.status(fsutil::now_ms()));
+        slot.shipper.publish(&self.links.board);
     }
 
     /// Sends the pending batches whose retry is due.
@@ -255,19 +285,36 @@ impl Poller {
         }
     }
 
-    /// Polls the databases that are due (and resends failed uploads);
-    /// `checkpoints` allows walsync's own checkpoints (not while stopping).
-    fn tick(&mut self, now: Instant, checkpoints: bool) {
+    /// Polls the databases that are due (and resends failed uploads).
+    /// Running, a database the kernel reports unchanged is skipped; walsync
+    /// runs its own checkpoints only then, not while stopping.
+    fn tick(&mut self, now: Instant, turn: Turn) {
         self.resend_due(now);
+        let slots = &mut self.slots;
+        self.changes.drain(|i| {
+            if let Some(Some(slot)) = slots.get_mut(i) {
+                slot.changed = true;
+            }
+        });
         let now_ms = fsutil::now_ms();
+        let checkpoints = turn == Turn::Running;
         for i in 0..self.slots.len() {
             let Some(slot) = &mut self.slots[i] else {
                 continue;
             };
-            if now < slot.next_poll || slot.shipper.has_pending() {
+            if now + COALESCE < slot.next_poll || slot.shipper.has_pending() {
                 continue;
             }
             slot.next_poll = now + slot.shipper.settings().sync_interval;
+            let unchanged = slot.watched
+                && !slot.changed
+                && now.duration_since(slot.last_full) < FULL_CHECK
+                && slot.shipper.can_skip(now_ms);
+            if turn == Turn::Running && unchanged {
+                continue;
+            }
+            slot.changed = false;
+            slot.last_full = now;
             let id = SlotId {
                 index: i,
                 generation: slot.generation,
@@ -278,7 +325,7 @@ impl Poller {
                 self.release(i, Released::Gone(key));
                 continue;
             }
-            self.links.board.update(slot.shipper.status(now_ms));
+            slot.shipper.publish(&self.links.board);
             if let Some(req) = built {
                 self.send(id, req);
             }

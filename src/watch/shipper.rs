@@ -29,9 +29,9 @@
 
 use super::build::{Batch, BatchKind, Incremental};
 use super::pagesums::PageSums;
-use super::source::{Identity, Source};
+use super::source::{Identity, Source, WalStamp};
 use super::state::{LocalState, StateDir};
-use super::status::{DbStatus, Health};
+use super::status::Health;
 use crate::backoff::Backoff;
 use crate::catalog;
 use crate::error::{Error, Result};
@@ -188,6 +188,9 @@ pub struct Shipper {
     detached: Detached,
     /// For the status board.
     pub(super) health: Health,
+    /// The WAL as it was when the last poll found nothing to do: while it
+    /// looks the same, a poll does nothing more than two `stat` calls.
+    quiet: Option<WalStamp>,
     /// Who waits for a snapshot asked for through the control channel.
     snapshot_waiters: Vec<Sender<std::result::Result<u64, String>>>,
     pub(super) events: Arc<dyn EventSink>,
@@ -249,7 +252,11 @@ impl Shipper {
             last_checkpoint: None,
             page: Vec::new(),
             detached: Detached::default(),
-            health: Health::default(),
+            health: Health {
+                changed: true,
+                ..Health::default()
+            },
+            quiet: None,
             snapshot_waiters: Vec::new(),
             events,
         };
@@ -352,13 +359,23 @@ impl Shipper {
     /// Looks for work and builds the next batch, if any. `None` when there is
     /// nothing to ship, a batch is already waiting, or the database is gone.
     pub fn poll(&mut self, now_ms: i64) -> Result<Option<&Batch>> {
-        if self.pending.is_some() || !self.attached()? {
+        if self.pending.is_some() {
             return Ok(None);
         }
+        let Some(stamp) = self.attached()? else {
+            return Ok(None);
+        };
+        if self.quiet == Some(stamp) && !self.anything_due(now_ms) {
+            return Ok(None);
+        }
+        self.quiet = None;
         if !self.source_mut()?.is_reading() {
             self.begin_new_read()?;
         }
         let mut batch = self.next_batch(now_ms)?;
+        if batch.is_none() && self.continuity == Continuity::Covered {
+            self.quiet = Some(stamp);
+        }
         let image = matches!(
             batch.as_ref().map(|b| b.kind),
             Some(BatchKind::FullCopy | BatchKind::Diff)
@@ -371,6 +388,7 @@ impl Shipper {
         }
         if batch.is_some() && self.health.unshipped_since_ms.is_none() {
             self.health.unshipped_since_ms = Some(now_ms);
+            self.health.changed = true;
         }
         self.pending = batch;
         // The page buffer and the page record are only needed while
@@ -461,6 +479,7 @@ impl Shipper {
         self.health.last_shipped_ms = Some(now_ms);
         self.health.unshipped_since_ms = None;
         self.health.error = None;
+        self.health.changed = true;
         let _ = std::fs::remove_file(&batch.spool);
         saved
     }
@@ -522,25 +541,54 @@ impl Shipper {
         }
     }
 
+    /// Whether a poll now would only find the WAL as the last one left it
+    /// (when the kernel reports no change to its files).
+    pub fn can_skip(&self, now_ms: i64) -> bool {
+        self.pending.is_none()
+            && self.source.is_some()
+            && self.quiet.is_some()
+            && !self.anything_due(now_ms)
+    }
+
+    /// Whether anything but new WAL frames calls for work: a snapshot due
+    /// or asked for, or a diff or full copy owed.
+    fn anything_due(&self, now_ms: i64) -> bool {
+        let snapshot_due = self.state().is_none_or(|s| {
+            now_ms - s.last_snapshot_ms >= self.settings.snapshot_interval.as_millis() as i64
+        });
+        snapshot_due || self.snapshot_requested() || self.continuity != Continuity::Covered
+    }
+
     /// Whether a snapshot was asked for and not stored yet.
     pub(super) fn snapshot_requested(&self) -> bool {
         !self.snapshot_waiters.is_empty()
     }
 
-    /// Whether the database's file is gone (deleted, not replaced): there
-    /// is nothing left to replicate.
+    /// Whether the database's file is gone (a poll found it deleted, and
+    /// nothing is at its path): there is nothing left to replicate. No
+    /// system call while the database is there.
     pub fn gone(&self) -> bool {
-        let path_gone = || std::fs::symlink_metadata(&self.path).is_err();
-        match &self.source {
-            None => path_gone(),
-            Some(s) => matches!(s.identity(), Ok(Identity::Deleted(_))) && path_gone(),
-        }
+        self.source.is_none() && std::fs::symlink_metadata(&self.path).is_err()
     }
 
-    /// What `walsync status` shows for it.
-    pub fn status(&self, now_ms: i64) -> DbStatus {
-        let path = self.path.display().to_string();
-        self.health.status(&self.name, &path, self.txid(), now_ms)
+    /// [`Shipper::gone`], after looking at the files now (an upload failed:
+    /// perhaps because the tenant's folder was deleted with its spool).
+    pub fn check_gone(&mut self) -> bool {
+        if let Some(source) = &self.source {
+            if matches!(source.identity(), Ok(Identity::Deleted(_))) {
+                let why = format!("the files of {} were deleted", self.path.display());
+                self.detach(Cause::Reappeared, why);
+            }
+        }
+        self.gone()
+    }
+
+    /// Publishes its health on `board` when it changed since last time.
+    pub fn publish(&mut self, board: &super::status::Board) {
+        if std::mem::take(&mut self.health.changed) {
+            self.health.txid = self.txid();
+            board.update(&self.name, &self.path.display().to_string(), &self.health);
+        }
     }
 
     /// Records a failed upload; the same batch is retried after a backoff.
@@ -617,21 +665,21 @@ impl Shipper {
 
     /// Checks that the files walsync holds are still the database's, letting
     /// go of them at once when they are not, and opening the file that took
-    /// their place. `false` while there is no usable database at the path,
+    /// their place. `None` while there is no usable database at the path,
     /// and at the poll that opened a new one: the full copy is built at the
     /// next poll, once the identity holds again (an application that renames
     /// a file over the database and then removes `-wal` and `-shm` is done
     /// by then, so the copy never reads a WAL that is not the file's).
-    fn attached(&mut self) -> Result<bool> {
-        let identity = match &self.source {
-            Some(source) => source.identity()?,
+    fn attached(&mut self) -> Result<Option<WalStamp>> {
+        let (identity, stamp) = match &self.source {
+            Some(source) => source.check()?,
             None => {
                 self.attach();
-                return Ok(false);
+                return Ok(None);
             }
         };
         match identity {
-            Identity::Same => return Ok(true),
+            Identity::Same => return Ok(stamp),
             Identity::Replaced(which) => {
                 let cause = Cause::Replaced(which);
                 let why = format!(
@@ -649,7 +697,7 @@ impl Shipper {
                 self.detach(Cause::Reappeared, why);
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Drops the connection and held files (closing them so that no old WAL

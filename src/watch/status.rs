@@ -29,11 +29,15 @@ pub struct DbStatus {
 /// What a shipper records for its status line.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
+    pub txid: u64,
     pub last_shipped_ms: Option<i64>,
     /// When walsync first saw a commit that is not stored yet.
     pub unshipped_since_ms: Option<i64>,
     pub wal_bytes: u64,
     pub error: Option<(String, i64)>,
+    /// Set by every change, cleared when the board has it: an idle
+    /// database costs the board nothing.
+    pub changed: bool,
 }
 
 impl Health {
@@ -41,13 +45,14 @@ impl Health {
     pub fn failed(&mut self, error: String, now_ms: i64) {
         let since = self.error.as_ref().map_or(now_ms, |(_, since)| *since);
         self.error = Some((error, since));
+        self.changed = true;
     }
 
-    pub fn status(&self, name: &str, path: &str, txid: u64, now_ms: i64) -> DbStatus {
+    pub fn status(&self, name: &str, path: &str, now_ms: i64) -> DbStatus {
         DbStatus {
             name: name.to_string(),
             path: path.to_string(),
-            txid,
+            txid: self.txid,
             last_shipped: self.last_shipped_ms.map(fsutil::rfc3339_ms),
             lag_ms: self
                 .unshipped_since_ms
@@ -59,27 +64,42 @@ impl Health {
     }
 }
 
+/// One database on the board: its path and health as last published.
+#[derive(Debug, Clone)]
+struct Entry {
+    path: String,
+    health: Health,
+}
+
 /// Every watched database's status, by name.
 #[derive(Debug, Default)]
 pub struct Board {
-    dbs: Mutex<BTreeMap<String, DbStatus>>,
+    dbs: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl Board {
-    pub fn update(&self, status: DbStatus) {
-        self.lock().insert(status.name.clone(), status);
+    /// Publishes a database's health (lag is computed when it is read).
+    pub fn update(&self, name: &str, path: &str, health: &Health) {
+        let entry = Entry {
+            path: path.to_string(),
+            health: health.clone(),
+        };
+        self.lock().insert(name.to_string(), entry);
     }
 
     pub fn remove(&self, name: &str) {
         self.lock().remove(name);
     }
 
-    /// Every database's status, sorted by name.
-    pub fn all(&self) -> Vec<DbStatus> {
-        self.lock().values().cloned().collect()
+    /// Every database's status as of `now_ms`, sorted by name.
+    pub fn all(&self, now_ms: i64) -> Vec<DbStatus> {
+        self.lock()
+            .iter()
+            .map(|(name, e)| e.health.status(name, &e.path, now_ms))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DbStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         // A poisoned board still holds the last statuses written.
         self.dbs.lock().unwrap_or_else(|e| e.into_inner())
     }
