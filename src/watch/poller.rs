@@ -102,6 +102,9 @@ pub(super) struct Poller {
     generations: u64,
     links: Links,
     changes: Changes,
+    /// Cleared when a full poll finds a change the kernel did not report
+    /// (a file system inotify does not follow): every poll is full then.
+    trust_changes: bool,
 }
 
 impl Poller {
@@ -112,6 +115,7 @@ impl Poller {
             generations: 0,
             links,
             changes: Changes::new(),
+            trust_changes: true,
         };
         for s in shippers {
             p.add(s);
@@ -306,8 +310,8 @@ impl Poller {
                 continue;
             }
             slot.next_poll = now + slot.shipper.settings().sync_interval;
-            let unchanged = slot.watched
-                && !slot.changed
+            let unreported = slot.watched && !slot.changed && self.trust_changes;
+            let unchanged = unreported
                 && now.duration_since(slot.last_full) < FULL_CHECK
                 && slot.shipper.can_skip(now_ms);
             if turn == Turn::Running && unchanged {
@@ -320,6 +324,12 @@ impl Poller {
                 generation: slot.generation,
             };
             let built = poll_one(slot, now, now_ms, checkpoints);
+            if unreported && turn == Turn::Running && slot.shipper.saw_change {
+                self.check_reported(i);
+            }
+            let Some(slot) = &mut self.slots[i] else {
+                continue;
+            };
             if slot.shipper.gone() {
                 let key = slot.shipper.key.clone();
                 self.release(i, Released::Gone(key));
@@ -329,6 +339,32 @@ impl Poller {
             if let Some(req) = built {
                 self.send(id, req);
             }
+        }
+    }
+
+    /// A full poll of slot `i` found its WAL changed with no event seen:
+    /// unless the event is queued now (it is, from the moment of the write,
+    /// when inotify follows the file system), stop trusting events.
+    fn check_reported(&mut self, i: usize) {
+        let mut reported = false;
+        let slots = &mut self.slots;
+        self.changes.drain(|s| {
+            reported |= s == i;
+            if let Some(Some(slot)) = slots.get_mut(s) {
+                slot.changed = true;
+            }
+        });
+        if reported {
+            return;
+        }
+        self.trust_changes = false;
+        if let Some(Some(slot)) = self.slots.get(i) {
+            slot.shipper.emit(Event::DiscoveryFailed {
+                error: format!(
+                    "the kernel did not report a change to {} (a file system inotify does not follow?); polling every database in full from now on",
+                    slot.shipper.path().display()
+                ),
+            });
         }
     }
 

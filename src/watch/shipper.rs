@@ -191,6 +191,8 @@ pub struct Shipper {
     /// The WAL as it was when the last poll found nothing to do: while it
     /// looks the same, a poll does nothing more than two `stat` calls.
     quiet: Option<WalStamp>,
+    /// The last poll found the WAL changed since the one before.
+    pub(super) saw_change: bool,
     /// Who waits for a snapshot asked for through the control channel.
     snapshot_waiters: Vec<Sender<std::result::Result<u64, String>>>,
     pub(super) events: Arc<dyn EventSink>,
@@ -257,6 +259,7 @@ impl Shipper {
                 ..Health::default()
             },
             quiet: None,
+            saw_change: false,
             snapshot_waiters: Vec::new(),
             events,
         };
@@ -365,6 +368,7 @@ impl Shipper {
         let Some(stamp) = self.attached()? else {
             return Ok(None);
         };
+        self.saw_change = self.quiet.is_some_and(|q| q != stamp);
         if self.quiet == Some(stamp) && !self.anything_due(now_ms) {
             return Ok(None);
         }
