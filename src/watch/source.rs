@@ -347,6 +347,10 @@ impl Source {
             }
             self.reading = true;
             // Keep nothing cached: the connection exists to hold the lock.
+            // The parsed schema goes too (SQLite reads it again if a
+            // statement ever needs it): an application's schema can take
+            // more memory than the rest of the connection.
+            self.conn.execute_batch("PRAGMA writable_schema = RESET")?;
             self.conn.release_memory()?;
             self.unmap_wal_index();
         }
