@@ -198,38 +198,48 @@ impl Glob {
     /// missing file). One directory read per wildcard component and one
     /// `stat` per candidate file.
     pub fn expand(&self) -> Vec<PathBuf> {
-        self.expand_known(&|_| false, &mut Vec::new())
+        self.expand_known(&|_| None::<()>, &mut Vec::new())
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
     }
 
-    /// [`Glob::expand`], taking the files `known` says exist without a
-    /// `stat` of their own (a rescan among thousands of databases walsync
-    /// already replicates; it notices a deleted one by itself). Adds to
-    /// `trace` every folder whose entries decided the result (a folder
-    /// listed for a wildcard, or one a fixed name was missing from): while
-    /// none of them changes, neither does the result, known files aside.
-    pub fn expand_known(
+    /// [`Glob::expand`], taking the files `known` answers for as existing
+    /// without a `stat` of their own (a rescan among thousands of
+    /// databases walsync already replicates; it notices a deleted one by
+    /// itself). Each file comes with `known`'s answer where it was asked
+    /// (for a last component without wildcards), so that no caller asks
+    /// twice. Adds to `trace` every folder whose entries decided the
+    /// result (a folder listed for a wildcard, or one a fixed name was
+    /// missing from): while none of them changes, neither does the result,
+    /// known files aside.
+    pub fn expand_known<T>(
         &self,
-        known: &dyn Fn(&Path) -> bool,
+        known: &dyn Fn(&Path) -> Option<T>,
         trace: &mut Vec<PathBuf>,
-    ) -> Vec<PathBuf> {
+    ) -> Vec<(PathBuf, Option<T>)> {
         if !self.has_wildcards() {
-            return vec![PathBuf::from(&self.pattern)];
+            return vec![(PathBuf::from(&self.pattern), None)];
         }
-        let mut current = vec![PathBuf::from(if self.absolute { "/" } else { "." })];
+        let mut current = vec![(PathBuf::from(if self.absolute { "/" } else { "." }), None)];
         for (i, part) in self.parts.iter().enumerate() {
             let last = i + 1 == self.parts.len();
             let mut next = Vec::new();
-            for dir in &current {
+            for (dir, _) in &current {
                 next.extend(matches_in(dir, part, last, known, trace));
             }
             current = next;
         }
-        let mut found: Vec<PathBuf> = current
-            .into_iter()
-            .map(|p| p.strip_prefix("./").map(Path::to_path_buf).unwrap_or(p))
-            .collect();
+        let mut found = current;
+        if !self.absolute {
+            for (p, _) in &mut found {
+                if let Ok(relative) = p.strip_prefix("./") {
+                    *p = relative.to_path_buf();
+                }
+            }
+        }
         // By bytes: the order is stable and far cheaper than by components.
-        found.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        found.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
         found
     }
 
@@ -266,22 +276,24 @@ impl Glob {
 }
 
 /// The entries of `dir` matching `part`: files when `last`, else folders.
-fn matches_in(
+fn matches_in<T>(
     dir: &Path,
     part: &str,
     last: bool,
-    known: &dyn Fn(&Path) -> bool,
+    known: &dyn Fn(&Path) -> Option<T>,
     trace: &mut Vec<PathBuf>,
-) -> Vec<PathBuf> {
+) -> Vec<(PathBuf, Option<T>)> {
     if !part.contains(['*', '?']) {
         let p = dir.join(part);
-        if last && known(&p) {
-            return vec![p];
+        if last {
+            if let Some(answer) = known(&p) {
+                return vec![(p, Some(answer))];
+            }
         }
         let kind = std::fs::metadata(&p).map(|m| (m.is_file(), m.is_dir()));
         return match kind {
-            Ok((true, _)) if last => vec![p],
-            Ok((_, true)) if !last => vec![p],
+            Ok((true, _)) if last => vec![(p, None)],
+            Ok((_, true)) if !last => vec![(p, None)],
             _ => {
                 trace.push(dir.to_path_buf());
                 Vec::new()
@@ -305,7 +317,7 @@ fn matches_in(
             let kind_ok = if last { t.is_file() } else { t.is_dir() };
             kind_ok && !name.starts_with('.') && wildcard_match(part, name)
         })
-        .map(|entry| entry.path())
+        .map(|entry| (entry.path(), None))
         .collect()
 }
 

@@ -45,14 +45,18 @@ pub enum Event {
     Discovered { db: String, path: PathBuf },
     /// A database is no longer replicated: `reason` says why.
     Released { db: String, reason: String },
+    /// A reloaded config changed a database's settings; they apply now.
+    Retuned { db: String },
     /// Looking for databases failed (e.g. a reloaded config is wrong).
     DiscoveryFailed { error: String },
-    /// A rescan looked at `databases` files and found `new` ones, using
-    /// `cpu` of the thread's CPU time.
+    /// A rescan looked at `databases` files and found `new` ones. Looking
+    /// took `scan_cpu` of the thread's CPU time, and opening the new ones
+    /// (the same work as at start) `open_cpu`.
     Rescanned {
         databases: usize,
         new: usize,
-        cpu: Duration,
+        scan_cpu: Duration,
+        open_cpu: Duration,
     },
     /// An object of a database was stored.
     Stored {
@@ -125,6 +129,7 @@ impl Event {
             | Event::Stopped { clean: true }
             | Event::Discovered { .. }
             | Event::Released { .. }
+            | Event::Retuned { .. }
             | Event::NothingToShip { .. }
             | Event::Restored { .. } => Level::Info,
             Event::Shipping { .. }
@@ -161,6 +166,7 @@ impl Event {
             | Event::SnapshotRebased { db }
             | Event::Discovered { db, .. }
             | Event::Released { db, .. }
+            | Event::Retuned { db }
             | Event::RestoreProgress { db, .. }
             | Event::Restored { db, .. } => Some(db),
         }
@@ -191,15 +197,18 @@ impl fmt::Display for Event {
                 write!(f, "found {}; replicating it", path.display())
             }
             Event::Released { reason, .. } => write!(f, "no longer replicated: {reason}"),
+            Event::Retuned { .. } => write!(f, "settings changed by the reloaded config"),
             Event::DiscoveryFailed { error } => write!(f, "{error}"),
             Event::Rescanned {
                 databases,
                 new,
-                cpu,
+                scan_cpu,
+                open_cpu,
             } => write!(
                 f,
-                "rescanned: {databases} database(s), {new} new, {:.2} ms of CPU",
-                cpu.as_secs_f64() * 1e3
+                "rescanned: {databases} database(s), {new} new; {:.2} ms of CPU to look, {:.2} ms to open the new",
+                scan_cpu.as_secs_f64() * 1e3,
+                open_cpu.as_secs_f64() * 1e3
             ),
             Event::Stored { key, txid, bytes, .. } => {
                 write!(f, "stored {key} (TXID {txid}, {bytes} bytes)")

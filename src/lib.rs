@@ -81,6 +81,7 @@ pub mod config;
 pub mod error;
 mod fetch;
 pub mod fsutil;
+mod memory;
 
 mod pool;
 

@@ -61,22 +61,40 @@ pub struct Candidate {
 
 /// Names every candidate by the rule (see the module doc), in order.
 pub fn assign(candidates: &[Candidate]) -> Result<Vec<String>> {
+    assign_among(candidates, &HashMap::new())
+}
+
+/// [`assign`] beside databases already named (`in_use`: name → path), as
+/// in a rescan while thousands replicate: the candidates' names must not
+/// take theirs.
+pub fn assign_among(
+    candidates: &[Candidate],
+    in_use: &HashMap<&str, &Path>,
+) -> Result<Vec<String>> {
     let mut names: Vec<Option<String>> =
         candidates.iter().map(settled_name).collect::<Result<_>>()?;
     // Rule 4: stems, made unique among the databases named by a stem.
-    let taken: Vec<String> = names.iter().flatten().cloned().collect();
     let by_stem: Vec<usize> = (0..candidates.len())
         .filter(|&i| names[i].is_none())
         .collect();
-    let trails: Vec<Vec<String>> = by_stem
-        .iter()
-        .map(|&i| trailing_parts(&candidates[i].path))
-        .collect();
-    for (k, &i) in by_stem.iter().enumerate() {
-        names[i] = Some(shortest_unique(k, &trails, &taken));
+    if !by_stem.is_empty() {
+        let trails: Vec<Vec<String>> = by_stem
+            .iter()
+            .map(|&i| trailing_parts(&candidates[i].path))
+            .collect();
+        let stems: Vec<String> = {
+            let taken =
+                |name: &str| in_use.contains_key(name) || names.iter().flatten().any(|n| n == name);
+            (0..by_stem.len())
+                .map(|k| shortest_unique(k, &trails, &taken))
+                .collect()
+        };
+        for (&i, stem) in by_stem.iter().zip(stems) {
+            names[i] = Some(stem);
+        }
     }
     let names: Vec<String> = names.into_iter().flatten().collect();
-    check_unique(candidates, &names)?;
+    check_unique(candidates, &names, in_use)?;
     Ok(names)
 }
 
@@ -122,10 +140,18 @@ fn below_fixed_name(c: &Captures) -> String {
     parts.join("/")
 }
 
-fn check_unique(candidates: &[Candidate], names: &[String]) -> Result<()> {
+fn check_unique(
+    candidates: &[Candidate],
+    names: &[String],
+    in_use: &HashMap<&str, &Path>,
+) -> Result<()> {
     let mut seen: HashMap<&str, &Path> = HashMap::new();
     for (c, name) in candidates.iter().zip(names) {
-        if let Some(other) = seen.insert(name, &c.path) {
+        let other = match in_use.get(name.as_str()) {
+            Some(&other) => Some(other),
+            None => seen.insert(name, &c.path),
+        };
+        if let Some(other) = other {
             return Err(Error::Usage(format!(
                 "databases {} and {} would both replicate under the name '{name}'; give one a distinct `name` in its [[databases]] entry",
                 other.display(),
@@ -168,8 +194,8 @@ fn tail(parts: &[String], k: usize) -> String {
 }
 
 /// The shortest trailing path of `trails[i]` that no other trail ends with
-/// and no name in `taken` equals.
-fn shortest_unique(i: usize, trails: &[Vec<String>], taken: &[String]) -> String {
+/// and `taken` does not hold.
+fn shortest_unique(i: usize, trails: &[Vec<String>], taken: &dyn Fn(&str) -> bool) -> String {
     let mine = &trails[i];
     for k in 1..=mine.len() {
         let candidate = tail(mine, k);
@@ -177,7 +203,7 @@ fn shortest_unique(i: usize, trails: &[Vec<String>], taken: &[String]) -> String
             .iter()
             .enumerate()
             .any(|(j, other)| j != i && tail(other, k) == candidate);
-        if !shared && !taken.contains(&candidate) {
+        if !shared && !taken(&candidate) {
             return candidate;
         }
     }

@@ -11,6 +11,7 @@ use crate::config::{ConfigFile, DatabaseEntry, Glob};
 use crate::error::{Error, Result};
 use crate::names::{self, Candidate, NamedDb, Naming};
 use crate::watch::Settings;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,13 +36,45 @@ pub struct Selection {
     paths: Vec<PathBuf>,
 }
 
-/// One database found, before naming.
-struct Found {
+/// How a running `watch` replicates a database.
+#[derive(Debug, Clone, Copy)]
+pub struct Replicated<'k> {
+    pub name: &'k str,
+    pub settings: &'k Settings,
+}
+
+/// What [`Selection::rescan`] found.
+pub struct Rescan {
+    /// How many databases the selection has now.
+    pub databases: usize,
+    /// Those of them not replicated under their name and settings now:
+    /// new ones, and those a reloaded config renamed or retuned.
+    pub changed: Vec<(NamedDb, Settings)>,
+}
+
+/// The databases named now.
+struct Resolution<'k> {
+    /// The settings of each source of databases: the paths given first,
+    /// then each `[[databases]]` entry.
+    settings: Vec<Settings>,
+    /// Each database once, named.
+    found: Vec<Found<'k>>,
+}
+
+/// One database found. Kept small: a rescan makes one per database.
+struct Found<'k> {
     path: PathBuf,
-    /// The absolute path: what identifies the file.
-    key: PathBuf,
-    naming: Naming,
-    settings: Settings,
+    /// The absolute path, what identifies the file, when `path` is not.
+    other_key: Option<Box<Path>>,
+    /// How the rule names it; `None`: by its path.
+    naming: Option<Box<Naming>>,
+    /// Where its settings are in [`Resolution::settings`].
+    source: usize,
+    /// How a running `watch` replicates it now.
+    replicated: Option<Replicated<'k>>,
+    /// Its name, once named; `None` while it keeps the one it is
+    /// replicated under.
+    name: Option<String>,
 }
 
 impl Selection {
@@ -127,95 +160,105 @@ impl Selection {
         self.resolve_with(replica, &[], &|_| None, &mut Vec::new())
     }
 
-    /// [`Selection::resolve`] while `known` databases (absolute path →
-    /// its name, if replicated) are replicated: their names are kept without
-    /// reading their local state again, so a rescan reads no file per known
-    /// database.
-    /// `trace` gets the folders whose entries decided the result (see
-    /// [`Glob::expand_known`]).
-    pub fn resolve_known(
+    /// What a rescan while `watch` runs finds, `known` saying which
+    /// databases (by absolute path) are replicated now, under which name
+    /// and settings. Their names are kept without reading their local state
+    /// again or naming them again, so a rescan costs little per known
+    /// database and reads no file of its own. `trace` gets the folders
+    /// whose entries decided the result (see [`Glob::expand_known`]).
+    pub fn rescan<'k>(
         &self,
         replica: &str,
-        known: &dyn Fn(&Path) -> Option<String>,
+        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
         trace: &mut Vec<PathBuf>,
-    ) -> Result<Vec<(NamedDb, Settings)>> {
-        self.resolve_with(replica, &[], known, trace)
+    ) -> Result<Rescan> {
+        let resolution = self.resolution(replica, &[], known, trace)?;
+        let databases = resolution.found.len();
+        let changed = resolution
+            .found
+            .into_iter()
+            .filter(|f| !f.replicated_as_resolved(&resolution.settings))
+            .filter_map(|f| f.into_named(&resolution.settings))
+            .collect();
+        Ok(Rescan { databases, changed })
     }
 
-    fn resolve_with(
+    fn resolve_with<'k>(
         &self,
         replica: &str,
         extra: &[PathBuf],
-        known: &dyn Fn(&Path) -> Option<String>,
+        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
         trace: &mut Vec<PathBuf>,
     ) -> Result<Vec<(NamedDb, Settings)>> {
-        let mut found: Vec<Found> = Vec::new();
-        let mut at: HashMap<PathBuf, usize> = HashMap::new();
-        let mut add = |f: Found, replace: bool| match at.get(&f.key) {
-            Some(&i) if replace => found[i] = f,
-            Some(_) => {}
-            None => {
-                at.insert(f.key.clone(), found.len());
-                found.push(f);
-            }
-        };
-        for path in self.paths.iter().chain(extra) {
-            add(
-                Found::new(path.clone(), Naming::Path, self.settings(None)),
-                false,
-            );
-        }
-        let is_known = |p: &Path| known(&absolute(p)).is_some();
-        for entry in &self.config.databases {
-            for f in self.expand(entry, &is_known, trace)? {
-                // A file named on the command line and in the config is one
-                // database, with the entry's name and settings.
-                add(f, true);
-            }
-        }
-        let candidates: Vec<Candidate> = found
-            .iter()
-            .map(|f| Candidate {
-                path: f.key.clone(),
-                naming: f.naming.clone(),
-                kept: known(&f.key).or_else(|| crate::watch::kept_name(&f.path, replica)),
-            })
-            .collect();
-        let names = names::assign(&candidates)?;
-        Ok(found
+        let resolution = self.resolution(replica, extra, known, trace)?;
+        Ok(resolution
+            .found
             .into_iter()
-            .zip(names)
-            .map(|(f, name)| (NamedDb { path: f.path, name }, f.settings))
+            .filter_map(|f| f.into_named(&resolution.settings))
             .collect())
     }
 
-    /// The files a `[[databases]]` entry names now.
-    fn expand(
+    /// The databases named now, each once, with their names.
+    fn resolution<'k>(
+        &self,
+        replica: &str,
+        extra: &[PathBuf],
+        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
+        trace: &mut Vec<PathBuf>,
+    ) -> Result<Resolution<'k>> {
+        let mut settings = vec![self.settings(None)];
+        let mut found: Vec<Found> = Vec::new();
+        for path in self.paths.iter().chain(extra) {
+            found.push(Found::new(path.clone(), None, 0, known));
+        }
+        for entry in &self.config.databases {
+            settings.push(self.settings(Some(entry)));
+            self.expand(entry, settings.len() - 1, known, trace, &mut found)?;
+        }
+        let mut found = one_per_file(found);
+        // Rule 2 for the databases replicated now: nothing to work out.
+        let to_name: Vec<usize> = (0..found.len())
+            .filter(|&i| !found[i].keeps_its_name())
+            .collect();
+        if !to_name.is_empty() {
+            let names = name_among(&found, &to_name, replica)?;
+            for (i, name) in to_name.into_iter().zip(names) {
+                found[i].name = Some(name);
+            }
+        }
+        Ok(Resolution { settings, found })
+    }
+
+    /// Adds the files a `[[databases]]` entry names now to `found`;
+    /// `source` is the entry's place in the settings of the resolution.
+    fn expand<'k>(
         &self,
         entry: &DatabaseEntry,
-        known: &dyn Fn(&Path) -> bool,
+        source: usize,
+        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
         trace: &mut Vec<PathBuf>,
-    ) -> Result<Vec<Found>> {
+        found: &mut Vec<Found<'k>>,
+    ) -> Result<()> {
         let glob = Glob::new(&entry.path);
-        let settings = self.settings(Some(entry));
         if !glob.has_wildcards() {
             let path = PathBuf::from(&entry.path);
             if !path.exists() {
                 if let Some(dir) = path.parent() {
                     trace.push(dir.to_path_buf());
                 }
-                return Ok(Vec::new());
+                return Ok(());
             }
-            let naming = match &entry.name {
-                Some(n) => Naming::Given {
+            let naming = entry.name.as_ref().map(|n| {
+                Box::new(Naming::Given {
                     name: n.clone(),
                     captures: None,
-                },
-                None => Naming::Path,
-            };
-            return Ok(vec![Found::new(path, naming, settings)]);
+                })
+            });
+            found.push(Found::new(path, naming, source, known));
+            return Ok(());
         }
-        let matched = glob.expand_known(known, trace);
+        let known_at = |p: &Path| known(&absolute(p));
+        let matched = glob.expand_known(&known_at, trace);
         let fixed_name = entry
             .name
             .as_deref()
@@ -227,25 +270,31 @@ impl Selection {
                 matched.len()
             )));
         }
-        Ok(matched
-            .into_iter()
-            .filter_map(|path| {
-                // A known database keeps its name (rule 2) unless the entry
-                // gives one: no need to match it again.
-                if entry.name.is_none() && known(&path) {
-                    return Some(Found::new(path, Naming::Path, settings.clone()));
-                }
-                let captures = glob.captures(&path)?;
-                let naming = match &entry.name {
-                    Some(n) => Naming::Given {
-                        name: n.clone(),
-                        captures: Some(captures),
-                    },
-                    None => Naming::Glob(captures),
-                };
-                Some(Found::new(path, naming, settings.clone()))
-            })
-            .collect())
+        found.reserve(matched.len());
+        for (path, answer) in matched {
+            let mut f = match answer {
+                Some(r) => Found::at(path, None, source, Some(r)),
+                None => Found::new(path, None, source, known),
+            };
+            // A known database keeps its name (rule 2) unless the entry
+            // gives one: no need to match it again.
+            if entry.name.is_none() && f.replicated.is_some() {
+                found.push(f);
+                continue;
+            }
+            let Some(captures) = glob.captures(&f.path) else {
+                continue;
+            };
+            f.naming = Some(Box::new(match &entry.name {
+                Some(n) => Naming::Given {
+                    name: n.clone(),
+                    captures: Some(captures),
+                },
+                None => Naming::Glob(captures),
+            }));
+            found.push(f);
+        }
+        Ok(())
     }
 
     /// The one database `path` (the `snapshot` command), named as `watch`
@@ -286,36 +335,139 @@ impl Selection {
     }
 }
 
-impl Found {
-    fn new(path: PathBuf, naming: Naming, settings: Settings) -> Found {
+impl<'k> Found<'k> {
+    /// A database, replicated now as `known` answers for it, if at all.
+    fn new(
+        path: PathBuf,
+        naming: Option<Box<Naming>>,
+        source: usize,
+        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
+    ) -> Found<'k> {
+        let mut found = Found::at(path, naming, source, None);
+        found.replicated = known(found.key());
+        found
+    }
+
+    fn at(
+        path: PathBuf,
+        naming: Option<Box<Naming>>,
+        source: usize,
+        replicated: Option<Replicated<'k>>,
+    ) -> Found<'k> {
+        let other_key = match absolute(&path) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(key) => Some(key.into_boxed_path()),
+        };
         Found {
-            key: absolute(&path),
             path,
+            other_key,
             naming,
-            settings,
+            source,
+            replicated,
+            name: None,
         }
     }
+
+    /// What identifies the file: its absolute path.
+    fn key(&self) -> &Path {
+        self.other_key.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Rule 2 for a database replicated now: the name it has stays, unless
+    /// its entry gives one.
+    fn keeps_its_name(&self) -> bool {
+        self.replicated.is_some() && !matches!(self.naming.as_deref(), Some(Naming::Given { .. }))
+    }
+
+    /// Whether it is replicated now under the name and with the settings
+    /// the resolution gives it.
+    fn replicated_as_resolved(&self, settings: &[Settings]) -> bool {
+        self.replicated.is_some_and(|r| {
+            self.name.as_deref().is_none_or(|name| name == r.name)
+                && r.settings == &settings[self.source]
+        })
+    }
+
+    /// The database with its name and settings (`None` if it has no name,
+    /// which a resolution never leaves).
+    fn into_named(self, settings: &[Settings]) -> Option<(NamedDb, Settings)> {
+        let name = match self.name {
+            Some(name) => name,
+            None => self.replicated?.name.to_string(),
+        };
+        let db = NamedDb {
+            path: self.path,
+            name,
+        };
+        Some((db, settings[self.source].clone()))
+    }
+}
+
+/// Names the databases at `indices` of `found` by the rule, beside the
+/// others (which keep the names they are replicated under).
+fn name_among(found: &[Found], indices: &[usize], replica: &str) -> Result<Vec<String>> {
+    let in_use: HashMap<&str, &Path> = found
+        .iter()
+        .filter(|f| f.keeps_its_name())
+        .filter_map(|f| Some((f.replicated?.name, f.key())))
+        .collect();
+    let candidates: Vec<Candidate> = indices
+        .iter()
+        .map(|&i| {
+            let f = &found[i];
+            Candidate {
+                path: f.key().to_path_buf(),
+                naming: f.naming.as_deref().cloned().unwrap_or(Naming::Path),
+                kept: f
+                    .replicated
+                    .map(|r| r.name.to_string())
+                    .or_else(|| crate::watch::kept_name(&f.path, replica)),
+            }
+        })
+        .collect();
+    names::assign_among(&candidates, &in_use)
+}
+
+/// Each file once, in the order of their absolute paths: a config entry
+/// wins over a path given on the command line (which comes first), a
+/// later entry over an earlier one.
+fn one_per_file(mut found: Vec<Found>) -> Vec<Found> {
+    // Stable: a file's entries stay in the order they were given.
+    found.sort_by(|a, b| a.key().as_os_str().cmp(b.key().as_os_str()));
+    // `dedup_by` keeps the first of a run: swapping keeps the last given.
+    found.dedup_by(|later, kept| {
+        let same = later.key().as_os_str() == kept.key().as_os_str();
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    found
 }
 
 /// What identifies a database file: its absolute path, without `.`
 /// components. A relative path is resolved against the current folder
 /// (symbolic links too); an absolute one is taken as written, so a
 /// rescan over thousands of databases makes no system call for it.
-pub fn absolute(p: &Path) -> PathBuf {
+pub fn absolute(p: &Path) -> Cow<'_, Path> {
     if p.is_absolute() {
         let bytes = p.as_os_str().as_encoded_bytes();
-        let clean = !bytes.windows(3).any(|w| w == b"/./")
-            && !bytes.ends_with(b"/.")
-            && !bytes.windows(2).any(|w| w == b"//");
+        // Only `//`, `/./` and a trailing `/.` make it unclean.
+        let clean = !bytes.windows(2).enumerate().any(|(i, w)| {
+            w == b"//" || (w == b"/." && matches!(bytes.get(i + 2), None | Some(b'/')))
+        });
         if clean {
-            return p.to_path_buf();
+            return Cow::Borrowed(p);
         }
-        p.components()
-            .filter(|c| !matches!(c, std::path::Component::CurDir))
-            .collect()
+        Cow::Owned(
+            p.components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect(),
+        )
     } else {
-        std::fs::canonicalize(p)
+        let resolved = std::fs::canonicalize(p)
             .or_else(|_| std::env::current_dir().map(|d| d.join(p)))
-            .unwrap_or_else(|_| p.to_path_buf())
+            .unwrap_or_else(|_| p.to_path_buf());
+        Cow::Owned(resolved)
     }
 }

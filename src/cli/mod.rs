@@ -356,7 +356,7 @@ fn snapshot(c: SnapshotCmd) -> Result<()> {
     let (db, settings) = resolver.database(&c.database, c.name.as_deref())?;
     // A running watch that replicates the database takes the snapshot.
     let socket = resolver.socket(c.socket.as_deref());
-    let path = crate::selection::absolute(&c.database);
+    let path = crate::selection::absolute(&c.database).into_owned();
     let request = ClientRequest::Snapshot { path: path.clone() };
     if let Some(answer) = control::ask(&socket, &request)? {
         match (answer.ok, answer.txid, answer.error) {

@@ -169,25 +169,36 @@ fn failure(error: String) -> Response {
 }
 
 /// Sends one request to the `watch` listening at `path`. `Ok(None)` when
-/// none listens there (no socket, or nobody answers on it).
+/// none listens there: no socket, nobody answers on it, or the watch hung
+/// up without an answer (it was stopping). A caller may then do the work
+/// itself; the database's exclusive claim keeps that safe.
 pub fn ask(path: &Path, request: &ClientRequest) -> Result<Option<Response>> {
     let Ok(mut conn) = UnixStream::connect(path) else {
         return Ok(None);
     };
     let text = serde_json::to_string(request)
         .map_err(|e| Error::Other(format!("encoding the request: {e}")))?;
-    writeln!(conn, "{text}")
-        .map_err(|e| Error::Other(format!("talking to {}: {e}", path.display())))?;
     let mut line = String::new();
-    BufReader::new(conn)
-        .read_line(&mut line)
-        .map_err(|e| Error::Other(format!("reading from {}: {e}", path.display())))?;
+    let exchanged =
+        writeln!(conn, "{text}").and_then(|()| BufReader::new(conn).read_line(&mut line));
+    match exchanged {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) if hung_up(&e) => return Ok(None),
+        Err(e) => return Err(Error::Other(format!("talking to {}: {e}", path.display()))),
+    }
     serde_json::from_str(&line).map(Some).map_err(|e| {
         Error::Other(format!(
             "the watch at {} answered something else ({e})",
             path.display()
         ))
     })
+}
+
+/// The other end went away (rather than failing to answer).
+fn hung_up(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
 }
 
 /// Where the control channel listens when the config does not say:

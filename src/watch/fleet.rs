@@ -14,11 +14,12 @@ use super::{Settings, Shipper};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
 use crate::names::NamedDb;
-use crate::selection::{absolute, Selection};
+use crate::selection::{absolute, Replicated, Selection};
 use crate::storage::Storage;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The CPU time this thread has used.
@@ -36,6 +37,11 @@ fn thread_cpu() -> std::time::Duration {
 struct Placement {
     name: String,
     poller: usize,
+    settings: Settings,
+    /// The last rescan that found it under its name.
+    /// (Atomic only so that `Fleet` can be shared while it opens the
+    /// databases of the start in parallel.)
+    seen: AtomicU64,
 }
 
 pub(super) struct Fleet {
@@ -54,6 +60,8 @@ pub(super) struct Fleet {
     /// modification times then; `None` when the next one must be full
     /// (after a reload, or a database released).
     stamp: Option<Vec<(PathBuf, Option<std::time::SystemTime>)>>,
+    /// How many rescans resolved the selection.
+    generation: u64,
 }
 
 impl Fleet {
@@ -72,6 +80,7 @@ impl Fleet {
             refused: HashMap::new(),
             commands: Vec::new(),
             stamp: None,
+            generation: 0,
         }
     }
 
@@ -84,7 +93,7 @@ impl Fleet {
             .selection
             .given_paths()
             .iter()
-            .map(|p| absolute(p))
+            .map(|p| absolute(p).into_owned())
             .collect();
         let opened = crate::pool::map(dbs, threads, |(db, settings)| {
             let result = self.open(&db, settings);
@@ -93,11 +102,11 @@ impl Fleet {
         self.loads = vec![0; pollers];
         let mut shards: Vec<Vec<Shipper>> = (0..pollers).map(|_| Vec::new()).collect();
         for (db, result) in opened {
-            let key = absolute(&db.path);
+            let key = absolute(&db.path).into_owned();
             match result {
                 Ok(shipper) => {
                     let poller = self.least_loaded();
-                    self.place(key, &db.name, poller);
+                    self.place(key, &db.name, shipper.settings().clone(), poller);
                     shards[poller].push(shipper);
                 }
                 Err(e) if given.contains(&key) => return Err(e),
@@ -122,15 +131,20 @@ impl Fleet {
     pub fn rediscover(&mut self) {
         let started = thread_cpu();
         let before = self.placed.len();
-        let found = if self.unchanged_since_last_scan() {
-            self.placed.len()
+        let (found, appeared) = if self.unchanged_since_last_scan() {
+            (self.placed.len(), Vec::new())
         } else {
-            self.rediscover_now()
+            self.rescan()
         };
+        let scanned = thread_cpu();
+        for (db, settings) in appeared {
+            self.open_discovered(db, settings);
+        }
         self.events.emit(Event::Rescanned {
             databases: found,
             new: self.placed.len().saturating_sub(before),
-            cpu: thread_cpu().saturating_sub(started),
+            scan_cpu: scanned.saturating_sub(started),
+            open_cpu: thread_cpu().saturating_sub(scanned),
         });
     }
 
@@ -153,65 +167,88 @@ impl Fleet {
         self.stamp = None;
     }
 
-    /// [`Fleet::rediscover`]; returns how many databases the selection has.
-    fn rediscover_now(&mut self) -> usize {
+    /// Resolves the selection again, asks the pollers to let go of what
+    /// left it, and returns how many databases it has and those not
+    /// replicated yet.
+    fn rescan(&mut self) -> (usize, Vec<(NamedDb, Settings)>) {
+        self.generation += 1;
+        let generation = self.generation;
         let placed = &self.placed;
-        let known = |key: &std::path::Path| placed.get(key).map(|p| p.name.clone());
+        let known = |key: &std::path::Path| {
+            placed.get(key).map(|p| {
+                p.seen.store(generation, Ordering::Relaxed);
+                Replicated {
+                    name: &p.name,
+                    settings: &p.settings,
+                }
+            })
+        };
         let mut trace = Vec::new();
-        let dbs = match self
-            .selection
-            .resolve_known(&self.replica, &known, &mut trace)
-        {
-            Ok(dbs) => dbs,
+        let rescan = match self.selection.rescan(&self.replica, &known, &mut trace) {
+            Ok(rescan) => rescan,
             Err(e) => {
                 self.report(format!("discovery: {e}; keeping the databases in use"));
-                return 0;
+                return (0, Vec::new());
             }
         };
-        trace.sort();
-        trace.dedup();
-        self.stamp = Some(
-            trace
-                .into_iter()
-                .map(|dir| {
-                    let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
-                    (dir, mtime)
-                })
-                .collect(),
-        );
-        let found = dbs.len();
-        let wanted: HashMap<PathBuf, &NamedDb> =
-            dbs.iter().map(|(db, _)| (absolute(&db.path), db)).collect();
-        let leaving: Vec<PathBuf> = self
-            .placed
-            .iter()
-            .filter(|(key, p)| wanted.get(*key).is_none_or(|db| db.name != p.name))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in leaving {
-            if let Some(p) = self.placed.get(&key) {
+        self.stamp = Some(stamp_of(trace));
+        let mut appeared = Vec::new();
+        let mut renamed = 0;
+        for (db, settings) in rescan.changed {
+            let key = absolute(&db.path);
+            match self.placed.get_mut(key.as_ref()) {
+                None => appeared.push((db, settings)),
+                // Renamed by a reloaded config: released first, then
+                // opened under its new name by the next rescan.
+                Some(p) if p.name != db.name => {
+                    p.seen.store(0, Ordering::Relaxed);
+                    renamed += 1;
+                }
+                Some(p) => {
+                    p.settings = settings.clone();
+                    let retune = Command::Retune {
+                        key: key.into_owned(),
+                        settings,
+                    };
+                    let _ = self.commands[p.poller].send(retune);
+                }
+            }
+        }
+        // Every database placed was found under its name, unless some
+        // left or were renamed.
+        let found_under_their_names = rescan.databases - appeared.len() - renamed;
+        if found_under_their_names < self.placed.len() {
+            self.release_unseen();
+        }
+        (rescan.databases, appeared)
+    }
+
+    /// Asks the pollers to let go of the databases the last rescan did not
+    /// find (under the same name).
+    fn release_unseen(&self) {
+        for (key, p) in &self.placed {
+            if p.seen.load(Ordering::Relaxed) != self.generation {
                 let _ = self.commands[p.poller].send(Command::Remove(key.clone()));
             }
         }
-        for (db, settings) in dbs {
-            let key = absolute(&db.path);
-            if self.placed.contains_key(&key) {
-                continue;
+    }
+
+    /// Opens a database a rescan found and hands it to the least loaded
+    /// poller; one that cannot be opened is said once and tried again.
+    fn open_discovered(&mut self, db: NamedDb, settings: Settings) {
+        match self.open(&db, settings) {
+            Ok(shipper) => {
+                let poller = self.least_loaded();
+                let settings = shipper.settings().clone();
+                self.place(absolute(&db.path).into_owned(), &db.name, settings, poller);
+                self.events.emit(Event::Discovered {
+                    db: db.name.clone(),
+                    path: db.path.clone(),
+                });
+                let _ = self.commands[poller].send(Command::Add(Box::new(shipper)));
             }
-            match self.open(&db, settings) {
-                Ok(shipper) => {
-                    let poller = self.least_loaded();
-                    self.place(key, &db.name, poller);
-                    self.events.emit(Event::Discovered {
-                        db: db.name.clone(),
-                        path: db.path.clone(),
-                    });
-                    let _ = self.commands[poller].send(Command::Add(Box::new(shipper)));
-                }
-                Err(e) => self.refuse(&db, e),
-            }
+            Err(e) => self.refuse(&db, e),
         }
-        found
     }
 
     /// A poller let go of a database.
@@ -237,8 +274,7 @@ impl Fleet {
 
     /// Asks the poller replicating the database at `path` for a snapshot.
     pub fn snapshot(&self, path: &std::path::Path, reply: Sender<Result<u64, String>>) {
-        let key = absolute(path);
-        match self.placed.get(&key) {
+        match self.placed.get(absolute(path).as_ref()) {
             Some(p) => {
                 let command = Command::Snapshot {
                     name: p.name.clone(),
@@ -265,14 +301,16 @@ impl Fleet {
         )
     }
 
-    fn place(&mut self, key: PathBuf, name: &str, poller: usize) {
+    fn place(&mut self, key: PathBuf, name: &str, settings: Settings, poller: usize) {
         self.refused.remove(&key);
         self.loads[poller] += 1;
         self.placed.insert(
             key,
             Placement {
                 name: name.to_string(),
+                settings,
                 poller,
+                seen: AtomicU64::new(self.generation),
             },
         );
     }
@@ -285,7 +323,7 @@ impl Fleet {
 
     /// Says once why a database is skipped; discovery tries it again.
     fn refuse(&mut self, db: &NamedDb, e: Error) {
-        let key = absolute(&db.path);
+        let key = absolute(&db.path).into_owned();
         let message = e.to_string();
         if self.refused.get(&key) != Some(&message) {
             self.events.emit(Event::Unavailable {
@@ -295,4 +333,17 @@ impl Fleet {
             self.refused.insert(key, message);
         }
     }
+}
+
+/// The modification times now of the folders a rescan depended on.
+fn stamp_of(mut folders: Vec<PathBuf>) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
+    folders.sort();
+    folders.dedup();
+    folders
+        .into_iter()
+        .map(|dir| {
+            let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+            (dir, mtime)
+        })
+        .collect()
 }

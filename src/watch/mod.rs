@@ -173,6 +173,11 @@ pub fn watch(
 
 /// The calling thread's part until `stop`: rediscovery, released
 /// databases, control requests.
+/// How often `watch` returns the memory its allocator holds free (see
+/// [`crate::memory`]): waves of work are over by then, and an idle fleet
+/// does not pay for it (a walk over malloc's free lists).
+const GIVE_BACK_INTERVAL: Duration = Duration::from_secs(30);
+
 fn supervise(
     fleet: &mut Fleet,
     options: &WatchOptions,
@@ -181,6 +186,7 @@ fn supervise(
     requests: &Receiver<Request>,
 ) {
     let mut next_discovery = Instant::now() + options.discover_interval;
+    let mut next_give_back = Instant::now() + GIVE_BACK_INTERVAL;
     while !controls.stop.is_cancelled() {
         if controls.reload.take() {
             if let Err(e) = fleet.selection.reload() {
@@ -192,6 +198,10 @@ fn supervise(
         if Instant::now() >= next_discovery {
             fleet.rediscover();
             next_discovery = Instant::now() + options.discover_interval;
+        }
+        if Instant::now() >= next_give_back {
+            crate::memory::give_back();
+            next_give_back = Instant::now() + GIVE_BACK_INTERVAL;
         }
         crossbeam_channel::select! {
             recv(released) -> r => if let Ok(r) = r { fleet.released(r) },

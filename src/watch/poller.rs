@@ -9,7 +9,7 @@
 
 use super::build::{Batch, UploadRequest};
 use super::changes::{Changes, FULL_CHECK};
-use super::shipper::Shipper;
+use super::shipper::{Settings, Shipper};
 use super::status::Board;
 use crate::cancel::CancelToken;
 use crate::event::Event;
@@ -45,6 +45,9 @@ pub(super) enum Command {
     Add(Box<Shipper>),
     /// Stop replicating the database at this (absolute) path.
     Remove(PathBuf),
+    /// Replicate the database at this path with these settings from now
+    /// on (a reloaded config changed them).
+    Retune { key: PathBuf, settings: Settings },
     /// Store a snapshot of the database named so, and answer with its TXID.
     Snapshot {
         name: String,
@@ -189,6 +192,11 @@ impl Poller {
                         self.release(i, Released::Removed(key));
                     }
                 }
+                Command::Retune { key, settings } => {
+                    if let Some(i) = self.find(|s| s.key == key) {
+                        self.retune(i, settings);
+                    }
+                }
                 Command::Snapshot { name, reply } => match self.find(|s| s.name == name) {
                     Some(i) => {
                         if let Some(slot) = &mut self.slots[i] {
@@ -201,6 +209,17 @@ impl Poller {
                     }
                 },
             }
+        }
+    }
+
+    /// New settings for the database in slot `i`: its next poll comes at
+    /// once, and from then on at its new interval.
+    fn retune(&mut self, i: usize, settings: Settings) {
+        if let Some(slot) = &mut self.slots[i] {
+            let db = slot.shipper.name.clone();
+            slot.shipper.settings = settings;
+            slot.next_poll = Instant::now();
+            slot.shipper.events.emit(Event::Retuned { db });
         }
     }
 

@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Per-database settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
@@ -236,7 +236,7 @@ impl Shipper {
         let mut shipper = Shipper {
             name: name.to_string(),
             path: path.to_path_buf(),
-            key: crate::selection::absolute(path),
+            key: crate::selection::absolute(path).into_owned(),
             source: Some(source),
             state_dir,
             pagesums,

