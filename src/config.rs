@@ -304,25 +304,34 @@ fn matches_in<T>(
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    // One allocation an entry (its path): this runs over every tenant's
+    // folder at each rescan that follows a change.
     entries
         .flatten()
         .filter(|entry| {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return false;
-            };
             let Ok(t) = entry.file_type() else {
                 return false;
             };
-            let kind_ok = if last { t.is_file() } else { t.is_dir() };
-            kind_ok && !name.starts_with('.') && wildcard_match(part, name)
+            if last {
+                t.is_file()
+            } else {
+                t.is_dir()
+            }
         })
-        .map(|entry| (entry.path(), None))
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str());
+            name.is_some_and(|n| !n.starts_with('.') && wildcard_match(part, n))
+        })
+        .map(|path| (path, None))
         .collect()
 }
 
 /// Matches one path component against a pattern with `*` and `?`.
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);

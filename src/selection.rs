@@ -432,6 +432,13 @@ fn name_among(found: &[Found], indices: &[usize], replica: &str) -> Result<Vec<S
 /// wins over a path given on the command line (which comes first), a
 /// later entry over an earlier one.
 fn one_per_file(mut found: Vec<Found>) -> Vec<Found> {
+    // Usually so already (one glob, whose matches come sorted): one pass.
+    if found
+        .windows(2)
+        .all(|w| w[0].key().as_os_str() < w[1].key().as_os_str())
+    {
+        return found;
+    }
     // Stable: a file's entries stay in the order they were given.
     found.sort_by(|a, b| a.key().as_os_str().cmp(b.key().as_os_str()));
     // `dedup_by` keeps the first of a run: swapping keeps the last given.
