@@ -208,6 +208,43 @@ fn write_for(conn: &mut rusqlite::Connection, dur: Duration, seed: u64) -> u64 {
     n
 }
 
+/// States of the source database at TXIDs the replica reached, kept as
+/// copies, and finally its latest state: both tools must restore each.
+struct States<'a> {
+    db: &'a Path,
+    dir: &'a Path,
+    at: Vec<(u64, PathBuf)>,
+}
+
+impl<'a> States<'a> {
+    fn new(db: &'a Path, dir: &'a Path) -> Self {
+        States {
+            db,
+            dir,
+            at: Vec::new(),
+        }
+    }
+
+    /// Copies the live database as the state at the replica's TXID.
+    fn record(&mut self, dest: &Dest) {
+        let t = dest.max_txid(NAME);
+        let copy = self.dir.join(format!("state-{t}.db"));
+        capture_live(self.db, &copy);
+        self.at.push((t, copy));
+    }
+
+    /// With the application closed: the latest state and every recorded
+    /// one restore equal with walsync and with Litestream.
+    fn all_restore_equal(&self, dest: &Dest, config: &Path) {
+        let latest = self.dir.join("state-latest.db");
+        capture(self.db, &latest);
+        both_restore_equal(dest, config, self.db, None, &latest, self.dir);
+        for (t, copy) in &self.at {
+            both_restore_equal(dest, config, self.db, Some(*t), copy, self.dir);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // walsync -> Litestream
 
@@ -218,29 +255,19 @@ fn walsync_to_litestream(backend: Backend, dir: &Path) {
     let config = write_config(dir, &db, &backend);
     let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
     dest.wait_for_txid(NAME, 1, Duration::from_secs(30));
-    let mut recorded = Vec::new();
+    let mut states = States::new(&db, dir);
     for round in 0..3u64 {
         for i in 0..4u64 {
             let want = dest.max_txid(NAME) + 1;
             insert(&mut conn, 2, 900, round * 1000 + i * 10);
             dest.wait_for_txid(NAME, want, Duration::from_secs(30));
         }
-        // Record the state at this TXID.
-        let t = dest.max_txid(NAME);
-        let copy = dir.join(format!("state-{t}.db"));
-        capture_live(&db, &copy);
-        recorded.push((t, copy));
+        states.record(&dest);
     }
     insert(&mut conn, 5, 2000, 99);
     w.stop_clean();
     drop(conn);
-    let latest = dir.join("state-latest.db");
-    capture(&db, &latest);
-
-    both_restore_equal(&dest, &config, &db, None, &latest, dir);
-    for (t, copy) in &recorded {
-        both_restore_equal(&dest, &config, &db, Some(*t), copy, dir);
-    }
+    states.all_restore_equal(&dest, &config);
 }
 
 #[test]
@@ -266,26 +293,20 @@ fn walsync_diffs_and_full_copies_to_litestream(backend: Backend, dir: &Path) {
     let mut conn = create_db(&db, 4096);
     let config = write_config(dir, &db, &backend);
     let watch = || dest.watch(&[&db], &["--sync-interval", "50ms"]);
-    let mut recorded = Vec::new();
-    let mut record = |dest: &Dest| {
-        let t = dest.max_txid(NAME);
-        let copy = dir.join(format!("state-{t}.db"));
-        capture_live(&db, &copy);
-        recorded.push((t, copy));
-    };
+    let mut states = States::new(&db, dir);
     let w = watch();
     dest.wait_for_txid(NAME, 1, Duration::from_secs(30));
     write_for(&mut conn, Duration::from_millis(600), 1);
     std::thread::sleep(Duration::from_millis(300));
     w.stop_clean();
-    record(&dest);
+    states.record(&dest);
     // While walsync is down the application writes and restarts the WAL.
     write_for(&mut conn, Duration::from_millis(300), 100);
     checkpoint_truncate(&db);
     let before = dest.max_txid(NAME);
     let w = watch();
     dest.wait_for_txid(NAME, before + 1, Duration::from_secs(30));
-    record(&dest);
+    states.record(&dest);
     // The file is replaced while walsync runs.
     let bak = dir.join("src").join("copy.db");
     conn.execute("VACUUM INTO ?1", [bak.to_str().unwrap()])
@@ -311,12 +332,7 @@ fn walsync_diffs_and_full_copies_to_litestream(backend: Backend, dir: &Path) {
         "the full copy is marked"
     );
     drop(conn);
-    let latest = dir.join("state-latest.db");
-    capture(&db, &latest);
-    both_restore_equal(&dest, &config, &db, None, &latest, dir);
-    for (t, copy) in &recorded {
-        both_restore_equal(&dest, &config, &db, Some(*t), copy, dir);
-    }
+    states.all_restore_equal(&dest, &config);
 }
 
 #[test]
