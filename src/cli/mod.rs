@@ -314,7 +314,7 @@ fn watch(c: WatchCmd) -> Result<()> {
         takeover: c.takeover,
     };
     let mut resolver = Resolver::load(&target, flags, c.databases.clone())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage_for_watch(&target)?;
     let options = resolver.watch_options(&EngineFlags {
         pollers: c.pollers,
         uploaders: c.uploaders,

@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use crate::names::NamedDb;
 use crate::selection::{Selection, SettingFlags};
-use crate::storage::{self, s3::S3Options, Storage};
+use crate::storage::{self, s3, s3::S3Options, Storage};
 use crate::watch::{Settings, WatchOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,14 +53,34 @@ impl Resolver {
         })
     }
 
-    /// Opens the replica storage.
+    /// Opens the replica storage for a one-shot command: each retry of a
+    /// request is said on stderr ("still trying …").
     pub fn storage(&mut self, target: &Target) -> Result<Arc<dyn Storage>> {
-        let storage = self.open_storage(target)?;
+        let progress: s3::RetryProgress = Arc::new(|line: &str| eprintln!("walsync: {line}"));
+        self.open(target, Some(progress))
+    }
+
+    /// Opens the replica storage for `watch`, which reports failed uploads
+    /// itself, per database.
+    pub fn storage_for_watch(&mut self, target: &Target) -> Result<Arc<dyn Storage>> {
+        self.open(target, None)
+    }
+
+    fn open(
+        &mut self,
+        target: &Target,
+        progress: Option<s3::RetryProgress>,
+    ) -> Result<Arc<dyn Storage>> {
+        let storage = self.open_storage(target, progress)?;
         self.replica = storage.describe();
         Ok(storage)
     }
 
-    fn open_storage(&self, target: &Target) -> Result<Arc<dyn Storage>> {
+    fn open_storage(
+        &self,
+        target: &Target,
+        progress: Option<s3::RetryProgress>,
+    ) -> Result<Arc<dyn Storage>> {
         let cfg = self.selection.config();
         let url = target.bucket.clone().or_else(|| cfg.s3.bucket.clone()).ok_or_else(|| {
             Error::Usage(
@@ -72,6 +92,7 @@ impl Resolver {
             region: target.region.clone().or_else(|| cfg.s3.region.clone()),
             force_path_style: target.force_path_style.or(cfg.s3.force_path_style),
             max_retries: cfg.retry.max_retries,
+            progress,
             ..S3Options::default()
         }
         .with_env_defaults();

@@ -90,6 +90,28 @@ pub struct Download {
     pub body: Box<dyn Read + Send>,
 }
 
+/// The transport failed while a body was read, after the retries: the
+/// payload of the `io::Error` a download's reader returns then. Nothing is
+/// known to be wrong with the object, so it is a storage error (exit 4),
+/// never damage.
+#[derive(Debug)]
+pub struct TransferFailed(pub String);
+
+impl std::fmt::Display for TransferFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TransferFailed {}
+
+/// The message of a [`TransferFailed`] carried by `e`, if it is one.
+pub fn transfer_failure(e: &std::io::Error) -> Option<&str> {
+    e.get_ref()?
+        .downcast_ref::<TransferFailed>()
+        .map(|t| t.0.as_str())
+}
+
 /// A request body that can be rewound, so a failed upload can be retried.
 ///
 /// Implemented for everything that is `Read + Seek` (files, `io::Cursor`).

@@ -6,6 +6,7 @@
 mod harness;
 
 mod cli;
+mod faults;
 mod fleet;
 mod interop;
 mod ltx;

@@ -1,7 +1,8 @@
 //! A TCP relay in front of the S3 server that reads each HTTP request's head
 //! and does with the request what the test chose: pass it on, hold it for a
-//! while (a slow store), or refuse it with `503 SlowDown` (a throttling
-//! store). It records every request, so a test can tell what was in flight
+//! while (a slow store), refuse it with `503 SlowDown` (a throttling
+//! store), cut its response's body short (a network that breaks), or never
+//! answer (a hung endpoint). It records every request, so a test can tell what was in flight
 //! when.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,13 @@ pub enum Action {
     Delay(Duration),
     /// Read it whole, answer `503 SlowDown` and close the connection.
     SlowDown,
+    /// Pass it on, then send back the response's head and only this many
+    /// bytes of its body, and close the connection (a network that breaks
+    /// mid-body).
+    Truncate(u64),
+    /// Read it and never answer, holding the connection open (an endpoint
+    /// that accepts connections and hangs).
+    BlackHole,
 }
 
 /// One request as the relay read it.
@@ -46,8 +54,9 @@ impl Request {
 }
 
 /// The caller's choice: (index of the request among all the relay read,
-/// from 0; its method) -> what to do with it.
-type Rule = dyn Fn(usize, &str) -> Action + Send + Sync;
+/// from 0; its method; its target, the path and query) -> what to do with
+/// it.
+type Rule = dyn Fn(usize, &str, &str) -> Action + Send + Sync;
 
 /// A running relay; it stops accepting connections when dropped.
 pub struct Relay {
@@ -64,6 +73,15 @@ impl Relay {
     pub fn start(
         upstream: &str,
         rule: impl Fn(usize, &str) -> Action + Send + Sync + 'static,
+    ) -> Relay {
+        Relay::start_by_target(upstream, move |i, method, _| rule(i, method))
+    }
+
+    /// [`Relay::start`] with a rule that also sees each request's target
+    /// (path and query: a listing has `list-type=2` in it).
+    pub fn start_by_target(
+        upstream: &str,
+        rule: impl Fn(usize, &str, &str) -> Action + Send + Sync + 'static,
     ) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
         let addr = listener.local_addr().expect("relay address");
@@ -122,7 +140,12 @@ fn serve(client: TcpStream, up: SocketAddr, rule: &Rule, log: &Mutex<Vec<Request
         let (index, action) = {
             let mut log = log.lock().unwrap();
             let index = log.len();
-            let action = rule(index, &method);
+            let target = String::from_utf8_lossy(&head)
+                .split(' ')
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let action = rule(index, &method, &target);
             log.push(Request {
                 method,
                 len,
@@ -136,6 +159,20 @@ fn serve(client: TcpStream, up: SocketAddr, rule: &Rule, log: &Mutex<Vec<Request
             Action::SlowDown => {
                 let _ = std::io::copy(&mut (&mut from_client).take(len), &mut std::io::sink());
                 refuse(&client);
+                break;
+            }
+            Action::Truncate(body_bytes) => {
+                let mut body = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                if from_client.read_exact(&mut body).is_ok() {
+                    log.lock().unwrap()[index].passed = Some(Instant::now());
+                    truncated(up, &client, &head, &body, body_bytes);
+                }
+                break;
+            }
+            Action::BlackHole => {
+                // Until the client gives up and closes.
+                let mut sink = [0u8; 4096];
+                while matches!(from_client.read(&mut sink), Ok(n) if n > 0) {}
                 break;
             }
             Action::Delay(d) => std::thread::sleep(d),
@@ -206,6 +243,35 @@ fn connect(up: SocketAddr, client: &TcpStream) -> Option<TcpStream> {
         let _ = to_client.shutdown(Shutdown::Write);
     });
     Some(server)
+}
+
+/// Sends one request to the server on a connection of its own and copies
+/// back the response's head and `body_bytes` of its body, then closes.
+fn truncated(up: SocketAddr, mut client: &TcpStream, head: &[u8], body: &[u8], body_bytes: u64) {
+    let Ok(mut server) = TcpStream::connect(up) else {
+        return;
+    };
+    if server
+        .write_all(head)
+        .and_then(|()| server.write_all(body))
+        .is_err()
+    {
+        return;
+    }
+    let mut from_server = BufReader::new(server);
+    let mut response_head = Vec::new();
+    loop {
+        let start = response_head.len();
+        match from_server.read_until(b'\n', &mut response_head) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if &response_head[start..] == b"\r\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = client.write_all(&response_head);
+    let _ = std::io::copy(&mut from_server.take(body_bytes), &mut client);
+    let _ = client.flush();
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// Answers S3's throttling error and closes the connection.

@@ -137,6 +137,7 @@ impl S3Server {
             connect_timeout: Some(Duration::from_secs(2)),
             read_timeout: Some(Duration::from_secs(30)),
             max_retries: Some(3),
+            progress: None,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! They are always built here from the error kind and the S3 error code: never
 //! from the request URL, which carries the signature and the access key.
 
+mod body;
+
 use super::{Download, Layout, ListedObject, ObjectHead, ObjectMeta, ReadSeek, Storage};
 #[cfg(test)]
 use super::{META_SHA256, META_TIMESTAMP};
@@ -17,18 +19,33 @@ use std::io::{self, Read, SeekFrom};
 use std::time::{Duration, Instant};
 use url::Url;
 
-/// Default time allowed to open a TCP (and TLS) connection.
+/// Default time allowed to resolve the host and open a TCP (and TLS)
+/// connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time allowed for each network read or write.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default number of retries after a first failed attempt.
-pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// Time allowed between sending a request and the first byte of its
+/// response: an endpoint that accepts connections and never answers is
+/// given up on this soon.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a body may go without a byte moving either way. A GET
+/// body that stalls this long is resumed (see [`body`]).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default number of retries after a first failed attempt. At 30 % of
+/// requests failing, eleven attempts all fail once in 560,000 requests.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+/// An upload may take 30 s plus the time to send its body at this rate;
+/// past that it is cut and retried.
+const SLOWEST_UPLOAD_RATE: u64 = 256 * 1024;
+
+/// Told about each retry of a request, for a one-shot command to show
+/// ("still trying …"); `watch` logs failed uploads its own way.
+pub type RetryProgress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 /// Default region when neither the options nor the environment name one.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// No new attempt is started after failing to reach the endpoint for this
-/// long, so an unreachable endpoint fails within about half a minute.
-const UNREACHABLE_WINDOW: Duration = Duration::from_secs(22);
+/// While no response comes back (no connection, no DNS answer, or a
+/// connection that never answers), no attempt is started that could end
+/// after this long: an unreachable or black-hole endpoint fails within it.
+const UNREACHABLE_WINDOW: Duration = Duration::from_secs(25);
 /// Validity of each presigned request (signed again for every attempt).
 const SIGNATURE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Most bytes of an error response read to find the S3 error code.
@@ -50,6 +67,8 @@ pub struct S3Options {
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
+    /// Told about retries (see [`RetryProgress`]); `None`: silent.
+    pub progress: Option<RetryProgress>,
 }
 
 impl fmt::Debug for S3Options {
@@ -66,6 +85,7 @@ impl fmt::Debug for S3Options {
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("max_retries", &self.max_retries)
+            .field("progress", &self.progress.is_some())
             .finish()
     }
 }
@@ -108,7 +128,10 @@ impl S3Options {
     }
 }
 
-/// Objects in one S3 bucket, under an optional key prefix.
+/// Objects in one S3 bucket, under an optional key prefix. Cloning is
+/// cheap (the HTTP agent's pool is shared), so a download can carry its
+/// own handle to resume with.
+#[derive(Clone)]
 pub struct S3Storage {
     bucket: Bucket,
     credentials: Option<Credentials>,
@@ -118,6 +141,7 @@ pub struct S3Storage {
     /// `host[:port]` of the endpoint, for messages.
     host: String,
     max_retries: u32,
+    progress: Option<RetryProgress>,
 }
 
 impl fmt::Debug for S3Storage {
@@ -244,6 +268,7 @@ impl S3Storage {
             .user_agent(concat!("walsync/", env!("CARGO_PKG_VERSION")))
             .timeout_resolve(Some(connect_timeout))
             .timeout_connect(Some(connect_timeout))
+            .timeout_recv_response(Some(FIRST_BYTE_TIMEOUT))
             .timeout_per_read(Some(read_timeout))
             .timeout_per_write(Some(read_timeout))
             .build();
@@ -255,6 +280,7 @@ impl S3Storage {
             agent: ureq::Agent::new_with_config(config),
             host,
             max_retries: options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            progress: options.progress.clone(),
         })
     }
 
@@ -282,7 +308,9 @@ impl S3Storage {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries are
-    /// used up. `attempt` gets the attempt number (0 first).
+    /// used up. `attempt` gets the attempt number (0 first). While no
+    /// response comes back, no attempt starts that could end past
+    /// [`UNREACHABLE_WINDOW`] (judged by the slowest attempt so far).
     fn with_retries<T>(
         &self,
         op: &str,
@@ -291,8 +319,10 @@ impl S3Storage {
     ) -> Result<T> {
         let started = Instant::now();
         let mut backoff = Backoff::request();
+        let mut slowest = Duration::ZERO;
         let mut n = 0u32;
         loop {
+            let this_one = Instant::now();
             let (reason, unreachable) = match attempt(n) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fail(e) => return Err(e),
@@ -301,32 +331,56 @@ impl S3Storage {
                     unreachable,
                 } => (reason, unreachable),
             };
+            slowest = slowest.max(this_one.elapsed());
             let delay = backoff.next_delay();
-            let out_of_time = unreachable && started.elapsed() + delay > UNREACHABLE_WINDOW;
+            let out_of_time =
+                unreachable && started.elapsed() + delay + slowest > UNREACHABLE_WINDOW;
             if n >= self.max_retries || out_of_time {
-                let tries = n + 1;
-                let hint = if unreachable {
-                    " Is the endpoint reachable? (--endpoint / AWS_ENDPOINT_URL_S3)"
-                } else {
-                    ""
-                };
-                return Err(Error::Storage(format!(
-                    "S3 {op} of '{key}' in bucket '{}' at {} failed after {tries} attempt{}: {reason}.{hint}",
-                    self.bucket.name(),
+                return Err(self.gave_up(op, key, n + 1, &reason, unreachable, started));
+            }
+            if let Some(progress) = &self.progress {
+                progress(&format!(
+                    "still trying: S3 {op} of '{key}' at {}: {reason}; attempt {} of {} in {} ms",
                     self.host,
-                    if tries == 1 { "" } else { "s" },
-                )));
+                    n + 2,
+                    self.max_retries + 1,
+                    delay.as_millis()
+                ));
             }
             std::thread::sleep(delay);
             n += 1;
         }
     }
 
+    /// The error once the retries of a request are used up.
+    fn gave_up(
+        &self,
+        op: &str,
+        key: &str,
+        tries: u32,
+        reason: &str,
+        unreachable: bool,
+        started: Instant,
+    ) -> Error {
+        let hint = if unreachable {
+            " Is the endpoint reachable? (--endpoint / AWS_ENDPOINT_URL_S3)"
+        } else {
+            ""
+        };
+        Error::Storage(format!(
+            "S3 {op} of '{key}' in bucket '{}' at {} failed after {tries} attempt{} in {} s: {reason}.{hint}",
+            self.bucket.name(),
+            self.host,
+            if tries == 1 { "" } else { "s" },
+            started.elapsed().as_secs(),
+        ))
+    }
+
     /// Turns a non-success response (or a transport error) into a retry or a
     /// final error.
     fn failure<T>(&self, op: &str, key: &str, failure: Failure) -> Attempt<T> {
         let (status, code, message) = match failure {
-            Failure::Transport(e) => return transport_failure(&e),
+            Failure::Transport(e) => return transport_failure(&e, &self.host),
             Failure::Status {
                 status,
                 code,
@@ -407,6 +461,7 @@ impl S3Storage {
         key: &str,
         full: &str,
         range: Option<(u64, u64)>,
+        if_match: Option<&str>,
     ) -> Attempt<Option<ureq::http::Response<ureq::Body>>> {
         let action = GetObject::new(&self.bucket, self.creds(), full);
         let url = action.sign(SIGNATURE_TTL);
@@ -414,6 +469,9 @@ impl S3Storage {
         if let Some((offset, len)) = range {
             let last = offset.saturating_add(len - 1);
             req = req.header("range", format!("bytes={offset}-{last}"));
+        }
+        if let Some(etag) = if_match {
+            req = req.header("if-match", etag);
         }
         match req.call() {
             Err(e) => self.failure(op, key, Failure::Transport(e)),
@@ -535,16 +593,26 @@ fn safe_message(m: &str) -> Option<String> {
 }
 
 /// Classifies a transport-level error, without its `Display` (which may
-/// contain the presigned URL).
-fn transport_failure<T>(e: &ureq::Error) -> Attempt<T> {
+/// contain the presigned URL). `host` is the endpoint's, for messages.
+fn transport_failure<T>(e: &ureq::Error, host: &str) -> Attempt<T> {
     use ureq::Error as E;
     let (reason, unreachable, retry): (String, bool, bool) = match e {
-        E::Timeout(t) => {
-            let connecting = matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve);
-            (format!("timed out ({t:?})"), connecting, true)
-        }
-        E::HostNotFound => ("host not found (DNS)".into(), true, true),
+        E::Timeout(ureq::Timeout::RecvResponse) => (
+            format!(
+                "the endpoint accepted the connection and never answered (nothing within {} s)",
+                FIRST_BYTE_TIMEOUT.as_secs()
+            ),
+            true,
+            true,
+        ),
+        E::Timeout(ureq::Timeout::Resolve) => (dns_failure(host), true, true),
+        E::Timeout(ureq::Timeout::Connect) => ("could not connect in time".into(), true, true),
+        E::Timeout(t) => (format!("timed out ({t:?})"), false, true),
+        E::HostNotFound => (dns_failure(host), true, false),
         E::ConnectionFailed => ("connection failed".into(), true, true),
+        // A name that does not exist stays so; a resolver that could not
+        // answer may answer next time.
+        E::Io(io) if is_dns_error(io) => (dns_failure(host), true, is_temporary_dns(io)),
         E::Io(io) => {
             let unreachable = matches!(
                 io.kind(),
@@ -569,8 +637,30 @@ fn transport_failure<T>(e: &ureq::Error) -> Attempt<T> {
             unreachable,
         }
     } else {
-        Attempt::Fail(Error::Storage(format!("S3 request failed: {reason}")))
+        Attempt::Fail(Error::Storage(format!(
+            "S3 request to {host} failed: {reason}"
+        )))
     }
+}
+
+/// The name of the host part of `host[:port]` did not resolve.
+fn dns_failure(host: &str) -> String {
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    format!("the host name '{name}' does not resolve (DNS); check the endpoint, and with virtual-hosted addressing that '<bucket>.{name}' exists, or use path-style addressing (force_path_style)")
+}
+
+fn is_temporary_dns(io: &io::Error) -> bool {
+    io.to_string().contains("Temporary failure")
+}
+
+/// Whether an I/O error is the system resolver's (std reports a failed
+/// lookup as an uncategorized error with this text).
+fn is_dns_error(io: &io::Error) -> bool {
+    let text = io.to_string();
+    text.contains("failed to lookup address")
+        || text.contains("Name or service not known")
+        || text.contains("nodename nor servname")
+        || text.contains("Temporary failure in name resolution")
 }
 
 /// Parses an endpoint, adding `https://` when no scheme is given.
@@ -598,29 +688,6 @@ fn parse_endpoint(endpoint: &str) -> Result<Url> {
         ));
     }
     Ok(url)
-}
-
-/// A response body whose errors carry no URL.
-struct BodyReader {
-    inner: ureq::BodyReader<'static>,
-    key: String,
-    host: String,
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "reading S3 object '{}' from {}: {:?}",
-                    self.key,
-                    self.host,
-                    e.kind()
-                ),
-            )
-        })
-    }
 }
 
 fn check_header_value(key: &str, name: &str, value: &str) -> Result<()> {
@@ -657,9 +724,13 @@ impl Storage for S3Storage {
                 action.headers_mut().insert(name, value.to_string());
             }
             let url = action.sign(SIGNATURE_TTL);
+            let deadline = Duration::from_secs(30 + len / SLOWEST_UPLOAD_RATE);
             let mut req = self
                 .agent
                 .put(url.as_str())
+                .config()
+                .timeout_global(Some(deadline))
+                .build()
                 .header("content-length", len.to_string())
                 .header("content-type", "application/octet-stream");
             for (name, value) in meta.headers() {
@@ -687,19 +758,21 @@ impl Storage for S3Storage {
     fn get(&self, key: &str) -> Result<Option<Download>> {
         let full = self.full_key(key)?;
         let Some(resp) =
-            self.with_retries("GET", key, |_| self.get_once("GET", key, &full, None))?
+            self.with_retries("GET", key, |_| self.get_once("GET", key, &full, None, None))?
         else {
             return Ok(None);
         };
         let head = self.head_from(key, &resp)?;
-        let inner = resp.into_body().into_with_config().limit(u64::MAX).reader();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let first = resp.into_body().into_with_config().limit(u64::MAX).reader();
+        let body = body::ResumingBody::new(self.clone(), key, full, etag, head.size, first);
         Ok(Some(Download {
             head,
-            body: Box::new(BodyReader {
-                inner,
-                key: key.to_string(),
-                host: self.host.clone(),
-            }),
+            body: Box::new(body),
         }))
     }
 
@@ -709,7 +782,7 @@ impl Storage for S3Storage {
         }
         let full = self.full_key(key)?;
         self.with_retries("ranged GET", key, |_| {
-            let resp = match self.get_once("ranged GET", key, &full, Some((offset, len))) {
+            let resp = match self.get_once("ranged GET", key, &full, Some((offset, len)), None) {
                 Attempt::Done(Some(r)) => r,
                 Attempt::Done(None) => {
                     return Attempt::Done(None);

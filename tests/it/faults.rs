@@ -1,0 +1,123 @@
+//! Flaky storage, as a user's network makes it: response bodies that break
+//! mid-way, endpoints that hang or do not resolve. Reads resume where they
+//! broke; a transport failure is a storage error (exit 4), never damage
+//! (exit 5); nothing waits minutes. The real binary through a relay in
+//! front of s3s-fs.
+
+use crate::harness::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NAME: &str = "app";
+
+/// A replica of `<dir>/app.db`: a snapshot of about 1.5 MB (so its body
+/// is read in many pieces) and a few commits after it.
+fn replica(server: &S3Server, bucket: &str, dir: &Path) -> (Dest, std::path::PathBuf) {
+    let dest = Dest::s3(server, bucket, "r");
+    let db = dir.join(format!("{NAME}.db"));
+    let mut conn = create_db(&db, 4096);
+    insert(&mut conn, 300, 5000, 1);
+    dest.snapshot(&db);
+    drop(conn);
+    dest.replicate_commits(&db, NAME, 3, 5, 300);
+    (dest, db)
+}
+
+/// The response body of every GET of an object (not a listing) is cut
+/// after `cut` bytes, the first `times` of them (all with `usize::MAX`).
+fn cutting_gets(server: &S3Server, cut: u64, times: usize) -> (Relay, Arc<AtomicUsize>) {
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counted = cuts.clone();
+    let relay = Relay::start_by_target(&server.endpoint, move |_, method, target| {
+        let object = method == "GET" && !target.contains("list-type");
+        if object && counted.fetch_add(1, Ordering::SeqCst) < times {
+            Action::Truncate(cut)
+        } else {
+            Action::Forward
+        }
+    });
+    (relay, cuts)
+}
+
+#[test]
+fn restore_and_verify_resume_bodies_that_break() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (dest, db) = replica(&server, "resume", dir.path());
+    // Every GET breaks after 200 KB, 40 times: the snapshot alone needs
+    // several resumes, every small file breaks once or more.
+    let (relay, cuts) = cutting_gets(&server, 200_000, 40);
+    let flaky = Dest::s3(&server, "resume", "r").via(&relay);
+    let out = dir.path().join("restored.db");
+    let r = flaky.restore(NAME, &out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    checkpoint_truncate(&db);
+    assert_same_bytes(&db, &out);
+    assert!(cuts.load(Ordering::SeqCst) > 3, "the relay cut bodies");
+    let v = flaky.walsync(&["verify", NAME, "-b", &flaky.url]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+    drop(dest);
+}
+
+#[test]
+fn a_transport_that_keeps_breaking_is_a_storage_error_not_damage() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_dest, _db) = replica(&server, "broken", dir.path());
+    // Every GET breaks after 100 bytes, for good.
+    let (relay, _) = cutting_gets(&server, 100, usize::MAX);
+    let flaky = Dest::s3(&server, "broken", "r").via(&relay);
+    let v = flaky.walsync(&["verify", NAME, "-b", &flaky.url]);
+    assert_eq!(code(&v), 4, "transport, not damage: {}", text(&v));
+    let out = dir.path().join("never.db");
+    let r = flaky.restore(NAME, &out, &[]);
+    assert_eq!(code(&r), 4, "{}", text(&r));
+    let msg = text(&r);
+    assert!(
+        msg.contains("ltx") && msg.contains("run the command again"),
+        "{msg}"
+    );
+    assert_nothing_left(&out);
+}
+
+/// An endpoint that accepts connections and never answers.
+#[test]
+fn a_hung_endpoint_fails_within_half_a_minute_and_says_so() {
+    let server = S3Server::start();
+    let relay = Relay::start(&server.endpoint, |_, _| Action::BlackHole);
+    let hung = Dest::s3(&server, "hung", "r").via(&relay);
+    let started = Instant::now();
+    let out = hung.walsync(&["list", "-b", &hung.url]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let msg = text(&out);
+    assert!(msg.contains("never answered"), "{msg}");
+    assert!(
+        msg.contains("still trying"),
+        "progress while retrying: {msg}"
+    );
+}
+
+#[test]
+fn a_host_that_does_not_resolve_is_named() {
+    let out = walsync(
+        &["list", "-b", "s3://bucket/x"],
+        &[
+            (
+                "AWS_ENDPOINT_URL_S3".into(),
+                "http://no-such-host.invalid:9000".into(),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), "k".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+        ],
+    );
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("DNS") && msg.contains("no-such-host.invalid"),
+        "{msg}"
+    );
+}
