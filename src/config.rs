@@ -120,15 +120,67 @@ impl ConfigFile {
         ConfigFile::parse(&text).map_err(|e| e.context(path.display()))
     }
 
-    /// Parses config text.
+    /// Parses config text. An error says where (line and column) and what,
+    /// but never quotes the line or a value: a config file holds secrets,
+    /// and a value in the wrong place may be one.
     pub fn parse(text: &str) -> Result<ConfigFile> {
         toml::from_str(text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default();
+            let yaml = text.lines().any(|l| l.trim_start().starts_with("dbs:"));
+            let hint = if yaml {
+                "this looks like a Litestream YAML config: walsync reads TOML, see README \"Coming from Litestream\" for the translation"
+            } else {
+                "see README \"Config file\" for the keys walsync knows"
+            };
             Error::Usage(format!(
-                "bad config file: {}; see README \"Config file\" for the keys walsync knows",
-                e.to_string().trim()
+                "bad config file{place}: {}; {hint}",
+                without_quoted_values(e.message().trim())
             ))
         })
     }
+}
+
+/// `message` with every quoted value ('…' or "…") blanked out, and every
+/// name in backticks that does not look like a config key (lowercase words
+/// with `_` or `-`): a secret typed where a key goes is not shown either.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '\'', '`']) {
+        out.push_str(&rest[..start]);
+        let quote = &rest[start..start + 1];
+        let after = &rest[start + 1..];
+        let Some(len) = after.find(quote) else {
+            // An unclosed quote (the parser's own text, like expected `"`):
+            // nothing after it is shown.
+            out.push_str(quote);
+            rest = "";
+            break;
+        };
+        let inner = &after[..len];
+        let shown = quote == "`" && looks_like_a_key(inner);
+        out.push_str(quote);
+        out.push_str(if shown { inner } else { "…" });
+        out.push_str(quote);
+        rest = &after[len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn looks_like_a_key(name: &str) -> bool {
+    name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '=' | '.'))
 }
 
 /// Parses a duration as people type one: a bare number of seconds (`2`,

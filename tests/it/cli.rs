@@ -358,3 +358,41 @@ fn snapshot_restore_and_verify_use_the_config_name() {
         text(&out)
     );
 }
+
+/// A config file holds secrets, and a mistake may put one anywhere: as a
+/// value of an unknown key, of the wrong type, as a key, alone on a line,
+/// unquoted, in an unclosed string, or in a Litestream YAML passed by
+/// mistake. The error says where, never what.
+#[test]
+fn config_errors_never_show_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY";
+    let configs = [
+        format!("[s3]\nbucket = \"s3://b/x\"\nsecret_access_key = \"{secret}\"\n"),
+        format!("[retry]\nmax_retries = \"{secret}\"\n"),
+        format!("[sync]\nsync_interval = \"{secret}\"\n"),
+        format!("{secret}\n"),
+        format!("[s3]\nbucket = \"s3://b/x\"\nsecret_access_key = {secret}\n"),
+        format!("[s3]\nbucket = \"{secret}\n"),
+        format!("[s3]\nbucket = '{secret}\n"),
+        format!("[[databases]]\npath = \"/x.db\"\n\"{secret}\" = 1\n"),
+        format!("[s3]\nbucket = \"s3://b/x\"\n[s3.{secret}]\n"),
+        format!(
+            "dbs:\n  - path: /var/lib/app.db\n    replicas:\n      - url: s3://b/app\n        access-key-id: AKIAEXAMPLE\n        secret-access-key: {secret}\n"
+        ),
+    ];
+    let path = dir.path().join("walsync.toml");
+    for config in &configs {
+        std::fs::write(&path, config).unwrap();
+        let out = walsync(&["list", "--config", path.to_str().unwrap()], &[]);
+        assert_eq!(code(&out), 2, "{}", text(&out));
+        let all = text(&out);
+        assert!(all.contains("line "), "says where: {all}");
+        for part in secret.split('/') {
+            assert!(!all.contains(part), "{config}\nshowed a secret: {all}");
+        }
+    }
+    std::fs::write(&path, &configs[9]).unwrap();
+    let out = walsync(&["list", "--config", path.to_str().unwrap()], &[]);
+    assert!(text(&out).contains("Litestream YAML"), "{}", text(&out));
+}
