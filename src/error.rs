@@ -24,6 +24,10 @@ pub enum Error {
     Integrity(String),
     /// Nothing to restore, nothing at that point in time, output exists. Exit 6.
     Restore(String),
+    /// A local file walsync writes cannot be written: a restore's output,
+    /// its local state, its temporary files (permission denied, read-only
+    /// folder, full disk). Exit 7.
+    Local(String),
     /// The caller cancelled the work (a signal, or `stop()` of an embedder).
     /// Exit 1: the work did not complete.
     Cancelled,
@@ -41,6 +45,7 @@ impl Error {
             Error::Storage(_) => 4,
             Error::Integrity(_) => 5,
             Error::Restore(_) => 6,
+            Error::Local(_) => 7,
             Error::Cancelled => 1,
         }
     }
@@ -53,7 +58,8 @@ impl Error {
             | Error::Database(m)
             | Error::Storage(m)
             | Error::Integrity(m)
-            | Error::Restore(m) => m,
+            | Error::Restore(m)
+            | Error::Local(m) => m,
             Error::Cancelled => "interrupted before it completed; nothing was left half-written",
         }
     }
@@ -66,6 +72,7 @@ impl Error {
             Error::Storage(_) => "storage error",
             Error::Integrity(_) => "integrity error",
             Error::Restore(_) => "restore error",
+            Error::Local(_) => "local file error",
             Error::Cancelled => "stopped",
         }
     }
@@ -80,6 +87,7 @@ impl Error {
             Error::Storage(m) => Error::Storage(wrap(m)),
             Error::Integrity(m) => Error::Integrity(wrap(m)),
             Error::Restore(m) => Error::Restore(wrap(m)),
+            Error::Local(m) => Error::Local(wrap(m)),
             Error::Cancelled => Error::Cancelled,
         }
     }
@@ -103,7 +111,7 @@ impl From<rusqlite::Error> for Error {
 pub trait IoContext<T> {
     /// An I/O failure on a local database file or its WAL (exit 3).
     fn db_io(self, what: impl FnOnce() -> String) -> Result<T>;
-    /// An I/O failure on walsync's own files, spool or output (exit 1).
+    /// An I/O failure on walsync's own files, spool or output (exit 7).
     fn local_io(self, what: impl FnOnce() -> String) -> Result<T>;
 }
 
@@ -112,6 +120,6 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::Database(format!("{}: {e}", what())))
     }
     fn local_io(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::Other(format!("{}: {e}", what())))
+        self.map_err(|e| Error::Local(format!("{}: {e}", what())))
     }
 }

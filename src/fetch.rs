@@ -168,7 +168,7 @@ fn download(
             .local_io(|| format!("writing {}", dest.display()))
     })?;
     w.into_inner().map_err(|e| {
-        ObjectError::classify(Error::Other(format!(
+        ObjectError::classify(Error::Local(format!(
             "writing {}: {}",
             dest.display(),
             e.error()

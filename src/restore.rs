@@ -79,7 +79,7 @@ fn remove_file_if_exists(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Other(format!("cannot remove {}: {e}", p.display()))),
+        Err(e) => Err(Error::Local(format!("cannot remove {}: {e}", p.display()))),
     }
 }
 
@@ -100,8 +100,26 @@ impl Drop for Cleanup {
 }
 
 /// Restores `opts.name` from `storage` into `opts.output`; progress and
-/// the result are also reported to `events`.
+/// the result are also reported to `events`. A local file that cannot be
+/// written (the output folder read-only, the disk full) is a local file
+/// error naming the database, the output and the fix; nothing is left
+/// behind.
 pub fn run(
+    storage: &dyn Storage,
+    opts: &RestoreOptions,
+    events: &dyn EventSink,
+) -> Result<RestoreOutcome> {
+    restore(storage, opts, events).map_err(|e| match e {
+        Error::Local(m) => Error::Local(format!(
+            "restoring '{}' to {}: {m}; make sure its folder is writable and has room for the database, then run the restore again (nothing was left behind)",
+            opts.name,
+            opts.output.display()
+        )),
+        e => e,
+    })
+}
+
+fn restore(
     storage: &dyn Storage,
     opts: &RestoreOptions,
     events: &dyn EventSink,

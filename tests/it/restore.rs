@@ -336,6 +336,9 @@ fn a_missing_middle_file_is_a_named_gap() {
         "names the missing TXID: {err}"
     );
     assert_nothing_left(&out);
+    // One code per condition: verify says the same of the same gap.
+    let v = dest.walsync(&["verify", NAME, "-b", &dest.url]);
+    assert_eq!(code(&v), 5, "{}", text(&v));
 
     // The state before the gap still restores.
     let before = points.iter().rev().find(|p| p.txid < min).unwrap();
@@ -763,5 +766,48 @@ fn an_interrupted_restore_leaves_nothing() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted"), "{err}");
+    assert_nothing_left(&out);
+}
+
+/// An output that cannot be written is a local file error (exit 7) that
+/// names the database, the output and the fix, and leaves nothing behind:
+/// a folder where a file is, and a disk that fills up (a file size limit,
+/// which fails writes as a full disk does, without needing root).
+#[test]
+fn an_output_that_cannot_be_written_is_a_local_error() {
+    let (mut src, dest) = source();
+    insert(&mut src.conn, 200, 4000, 7);
+    dest.snapshot(&src.db);
+
+    let blocker = src.out("a-file");
+    fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    fs::write(&blocker, b"not a folder").unwrap();
+    let out = blocker.join("app.db");
+    let o = dest.restore(NAME, &out, &[]);
+    assert_eq!(code(&o), 7, "{}", text(&o));
+    assert!(stderr(&o).contains("restoring 'app' to"), "{}", text(&o));
+
+    let out = src.out("full.db");
+    let (mut cmd, _runtime) = walsync_command();
+    cmd.args(["restore", NAME, "-o", out.to_str().unwrap(), "-b", &dest.url]);
+    // SAFETY: between fork and exec, only async-signal-safe calls.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.stdin(Stdio::null()).output().unwrap();
+    assert_eq!(code(&o), 7, "{}", text(&o));
+    let msg = stderr(&o);
+    assert!(
+        msg.contains("restoring 'app' to") && msg.contains("has room"),
+        "{msg}"
+    );
     assert_nothing_left(&out);
 }

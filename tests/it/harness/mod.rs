@@ -23,4 +23,4 @@ pub use alloc::{max_alloc, reset_max_alloc};
 pub use db::*;
 pub use dest::*;
 pub use relay::{Action, Relay, Request};
-pub use server::{free_port, litestream_bin, walsync_bin, S3Server};
+pub use server::{free_port, litestream_bin, walsync_bin, walsync_command, S3Server};
