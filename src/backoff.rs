@@ -30,15 +30,16 @@ impl Backoff {
         }
     }
 
-    /// Between attempts of one storage request: 100 ms, doubling to 5 s.
+    /// Between attempts of one storage request: 100 ms, doubling to 2 s,
+    /// so that a request waiting out an outage notices its end within 2 s.
     pub fn request() -> Backoff {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
     }
 
     /// Between uploads of one batch (each already retried as requests):
-    /// 500 ms, doubling to 60 s.
+    /// 500 ms, doubling to 30 s (`watch` takes `[retry]` over this).
     pub fn upload() -> Backoff {
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(60))
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
     }
 
     /// The delay before the next attempt.

@@ -64,11 +64,21 @@ pub struct ControlSection {
     pub socket: Option<PathBuf>,
 }
 
-/// `[retry]`: how storage requests are retried.
+/// `[retry]`: how storage requests and failed uploads are retried.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
+    /// Retries of one request after its first attempt.
     pub max_retries: Option<u32>,
+    /// The first delay before a failed upload is retried, doubling…
+    pub base_delay_ms: Option<u64>,
+    /// …up to this.
+    pub max_delay_ms: Option<u64>,
+    pub circuit_breaker_enabled: Option<bool>,
+    /// Failed uploads in a row (over all databases) that open the circuit.
+    pub circuit_breaker_threshold: Option<u32>,
+    /// How long the circuit stays open before one probe.
+    pub circuit_breaker_cooldown_ms: Option<u64>,
 }
 
 /// One `[[databases]]` entry: a path or glob, an optional name and overrides.
@@ -178,9 +188,9 @@ fn without_quoted_values(message: &str) -> String {
 
 fn looks_like_a_key(name: &str) -> bool {
     name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '=' | '.'))
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '=' | '.')
+        })
 }
 
 /// Parses a duration as people type one: a bare number of seconds (`2`,

@@ -49,6 +49,12 @@ pub enum Event {
     Retuned { db: String },
     /// Looking for databases failed (e.g. a reloaded config is wrong).
     DiscoveryFailed { error: String },
+    /// Uploads failed `failures` times in a row over all databases: the
+    /// circuit opened, and only one probe a cooldown goes out.
+    StorageDown { failures: u32 },
+    /// Storage stored an upload again after failing for `after`: every
+    /// waiting database retries now.
+    StorageBack { after: Duration },
     /// A rescan looked at `databases` files and found `new` ones. Looking
     /// took `scan_cpu` of the thread's CPU time, and opening the new ones
     /// (the same work as at start) `open_cpu`.
@@ -130,6 +136,7 @@ impl Event {
             | Event::Discovered { .. }
             | Event::Released { .. }
             | Event::Retuned { .. }
+            | Event::StorageBack { .. }
             | Event::NothingToShip { .. }
             | Event::Restored { .. } => Level::Info,
             Event::Shipping { .. }
@@ -141,6 +148,7 @@ impl Event {
             | Event::StateNotSaved { .. }
             | Event::CloseFailed { .. }
             | Event::SnapshotRebased { .. }
+            | Event::StorageDown { .. }
             | Event::DiscoveryFailed { .. } => Level::Warn,
             Event::Stopped { clean: false } => Level::Error,
         }
@@ -152,6 +160,8 @@ impl Event {
             Event::Watching { .. }
             | Event::Stopped { .. }
             | Event::DiscoveryFailed { .. }
+            | Event::StorageDown { .. }
+            | Event::StorageBack { .. }
             | Event::Rescanned { .. } => None,
             Event::Stored { db, .. }
             | Event::Shipping { db, .. }
@@ -199,6 +209,15 @@ impl fmt::Display for Event {
             Event::Released { reason, .. } => write!(f, "no longer replicated: {reason}"),
             Event::Retuned { .. } => write!(f, "settings changed by the reloaded config"),
             Event::DiscoveryFailed { error } => write!(f, "{error}"),
+            Event::StorageDown { failures } => write!(
+                f,
+                "storage is failing ({failures} uploads in a row): retries wait, one probe at a time, until it answers"
+            ),
+            Event::StorageBack { after } => write!(
+                f,
+                "storage is back after {:.1} s: every waiting database retries now",
+                after.as_secs_f64()
+            ),
             Event::Rescanned {
                 databases,
                 new,

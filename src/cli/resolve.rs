@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::names::NamedDb;
 use crate::selection::{Selection, SettingFlags};
 use crate::storage::{self, s3, s3::S3Options, Storage};
-use crate::watch::{Settings, WatchOptions};
+use crate::watch::{CircuitSettings, Settings, WatchOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +119,31 @@ impl Resolver {
                 .discover_interval
                 .map_or(defaults.discover_interval, |d| d.0),
             control_socket: Some(self.socket(flags.socket.as_deref())),
+            upload_retry: self.upload_retry(defaults.upload_retry),
+            circuit: self.circuit(defaults.circuit),
+        }
+    }
+
+    /// `[retry] base_delay_ms` and `max_delay_ms` over the defaults.
+    fn upload_retry(&self, (base, max): (Duration, Duration)) -> (Duration, Duration) {
+        let retry = &self.selection.config().retry;
+        let base = retry.base_delay_ms.map_or(base, Duration::from_millis);
+        let max = retry.max_delay_ms.map_or(max, Duration::from_millis);
+        (base.max(Duration::from_millis(1)), max.max(base))
+    }
+
+    /// `[retry] circuit_breaker_*` over the defaults.
+    fn circuit(&self, defaults: CircuitSettings) -> CircuitSettings {
+        let retry = &self.selection.config().retry;
+        CircuitSettings {
+            enabled: retry.circuit_breaker_enabled.unwrap_or(defaults.enabled),
+            threshold: retry
+                .circuit_breaker_threshold
+                .unwrap_or(defaults.threshold)
+                .max(1),
+            cooldown: retry
+                .circuit_breaker_cooldown_ms
+                .map_or(defaults.cooldown, Duration::from_millis),
         }
     }
 

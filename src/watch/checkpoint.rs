@@ -170,7 +170,9 @@ impl Shipper {
                         Ok(true)
                     }
                     Err(e) => {
-                        let retry_in = self.upload_failed(Instant::now());
+                        // Outside the pollers' view of the circuit: this
+                        // retry keeps its own backoff.
+                        let retry_in = self.upload_failed(Instant::now(), u64::MAX);
                         self.emit(Event::UploadFailed {
                             db: self.name.clone(),
                             error: format!("upload before a checkpoint: {e}"),

@@ -14,6 +14,7 @@
 mod build;
 mod changes;
 mod checkpoint;
+pub mod circuit;
 pub mod control;
 mod fleet;
 pub mod identity;
@@ -25,10 +26,12 @@ mod state;
 pub mod status;
 
 pub use build::{Batch, BatchKind, UploadRequest};
+pub use circuit::CircuitSettings;
 pub use shipper::{Cause, Settings, Shipper};
 pub use state::kept_name;
 pub use status::{Board, DbStatus};
 
+use crate::backoff::Backoff;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
@@ -43,6 +46,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The first and the longest delay before a failed upload is retried, by
+/// default: half a second, doubling to 30 s (the circuit retries sooner
+/// when storage comes back).
+pub const UPLOAD_RETRY: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(30));
+
 /// How `watch` runs.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -54,6 +63,11 @@ pub struct WatchOptions {
     pub discover_interval: Duration,
     /// Where the control channel listens (`walsync status`, `snapshot`).
     pub control_socket: Option<PathBuf>,
+    /// The first and the longest delay before a failed upload is retried
+    /// (`[retry] base_delay_ms`, `max_delay_ms`).
+    pub upload_retry: (Duration, Duration),
+    /// The storage circuit breaker (see [`circuit`]).
+    pub circuit: CircuitSettings,
 }
 
 impl Default for WatchOptions {
@@ -67,6 +81,8 @@ impl Default for WatchOptions {
             shutdown_timeout: Duration::from_secs(30),
             discover_interval: Duration::from_secs(10),
             control_socket: None,
+            upload_retry: UPLOAD_RETRY,
+            circuit: CircuitSettings::default(),
         }
     }
 }
@@ -109,6 +125,7 @@ pub fn watch(
         uploaders,
     });
     let board = Arc::new(Board::default());
+    let circuit = Arc::new(circuit::Circuit::new(options.circuit));
     let (job_tx, job_rx) = bounded::<Job>(uploaders * 2);
     let (ack_txs, ack_rxs): (Vec<_>, Vec<_>) = (0..pollers).map(|_| unbounded::<Ack>()).unzip();
     let uploader_threads: Vec<_> = (0..uploaders)
@@ -133,6 +150,8 @@ pub fn watch(
                 commands: command_rx,
                 released: released_tx.clone(),
                 board: Arc::clone(&board),
+                circuit: Arc::clone(&circuit),
+                upload_backoff: Backoff::new(options.upload_retry.0, options.upload_retry.1),
             };
             let (stop, timeout) = (controls.stop.clone(), options.shutdown_timeout);
             thread::spawn(move || Poller::new(i, shard, links).run(&stop, timeout))

@@ -9,8 +9,10 @@
 
 use super::build::{Batch, UploadRequest};
 use super::changes::{Changes, FULL_CHECK};
+use super::circuit::{Circuit, Transition};
 use super::shipper::{Settings, Shipper};
 use super::status::Board;
+use crate::backoff::Backoff;
 use crate::cancel::CancelToken;
 use crate::event::Event;
 use crate::fsutil;
@@ -97,6 +99,10 @@ pub(super) struct Links {
     pub commands: Receiver<Command>,
     pub released: Sender<Released>,
     pub board: Arc<Board>,
+    /// The storage's health, shared by all pollers.
+    pub circuit: Arc<Circuit>,
+    /// The retry schedule every database starts with.
+    pub upload_backoff: Backoff,
 }
 
 pub(super) struct Poller {
@@ -160,7 +166,8 @@ impl Poller {
         self.slots.iter_mut().flatten()
     }
 
-    fn add(&mut self, shipper: Shipper) {
+    fn add(&mut self, mut shipper: Shipper) {
+        shipper.set_upload_backoff(self.links.upload_backoff.clone());
         self.generations += 1;
         let i = self
             .slots
@@ -277,7 +284,12 @@ impl Poller {
         match ack.result {
             // The next poll keeps its schedule: one file per interval at
             // most, whatever landed during the upload goes in it.
-            Ok(()) => s.uploaded_and_report(),
+            Ok(()) => {
+                s.uploaded_and_report();
+                if let Transition::Recovered(after) = self.links.circuit.succeeded(Instant::now()) {
+                    s.emit(Event::StorageBack { after });
+                }
+            }
             Err(e) if s.check_gone() => {
                 // Its files are gone (a deleted tenant): nothing to retry.
                 let key = s.key.clone();
@@ -285,18 +297,30 @@ impl Poller {
                 self.release(i, Released::Gone(key));
                 return;
             }
-            Err(e) => s.upload_failed_and_report(e, Instant::now()),
+            Err(e) => {
+                let now = Instant::now();
+                let recoveries = self.links.circuit.recoveries();
+                s.upload_failed_and_report(e, now, recoveries);
+                if let Transition::Opened(failures) = self.links.circuit.failed(now) {
+                    s.emit(Event::StorageDown { failures });
+                }
+            }
         }
         slot.shipper.publish(&self.links.board);
     }
 
-    /// Sends the pending batches whose retry is due.
+    /// Sends the pending batches whose retry is due: by their backoff, or
+    /// at once when storage recovered since they failed. While the circuit
+    /// is open only its one probe goes out.
     fn resend_due(&mut self, now: Instant) {
+        let recoveries = self.links.circuit.recoveries();
         for i in 0..self.slots.len() {
             let Some(slot) = &mut self.slots[i] else {
                 continue;
             };
-            if slot.shipper.retry_due(now) {
+            let s = &mut slot.shipper;
+            let due = s.retry_after_recovery(recoveries) || s.retry_due(now);
+            if due && self.links.circuit.allow(now) {
                 if let Some(req) = slot.shipper.take_retry().map(Batch::request) {
                     let id = SlotId {
                         index: i,

@@ -202,6 +202,10 @@ pub struct Shipper {
 struct Retry {
     at: Option<Instant>,
     backoff: Backoff,
+    /// The storage's recovery count (see [`super::circuit`]) when the
+    /// upload last failed: once storage recovers past it, the retry is due
+    /// at once.
+    failed_before_recovery: u64,
 }
 
 /// A database walsync let go of (deleted, or replaced and not reopened yet).
@@ -249,6 +253,7 @@ impl Shipper {
             retry: Retry {
                 at: None,
                 backoff: Backoff::upload(),
+                failed_before_recovery: 0,
             },
             read_epoch: FIRST_EPOCH,
             last_checkpoint: None,
@@ -351,6 +356,23 @@ impl Shipper {
     /// Whether the batch waiting for retry may be sent again now.
     pub fn retry_due(&self, now: Instant) -> bool {
         self.pending.is_some() && self.retry.at.is_some_and(|t| now >= t)
+    }
+
+    /// Whether a retry is waiting although storage recovered since its
+    /// upload failed: it is due now, on a fresh backoff.
+    pub fn retry_after_recovery(&mut self, recoveries: u64) -> bool {
+        let waiting = self.pending.is_some() && self.retry.at.is_some();
+        if waiting && self.retry.failed_before_recovery < recoveries {
+            self.retry.backoff.reset();
+            return true;
+        }
+        false
+    }
+
+    /// The schedule of failed uploads' retries (`[retry]` base and maximum
+    /// delays).
+    pub fn set_upload_backoff(&mut self, backoff: Backoff) {
+        self.retry.backoff = backoff;
     }
 
     /// Hands out the pending batch for another upload attempt.
@@ -514,8 +536,8 @@ impl Shipper {
     }
 
     /// [`Shipper::upload_failed`], said as an event.
-    pub fn upload_failed_and_report(&mut self, e: Error, now: Instant) {
-        let retry_in = self.upload_failed(now);
+    pub fn upload_failed_and_report(&mut self, e: Error, now: Instant, recoveries: u64) {
+        let retry_in = self.upload_failed(now, recoveries);
         self.health.failed(e.to_string(), crate::fsutil::now_ms());
         self.emit(Event::UploadFailed {
             db: self.name.clone(),
@@ -596,9 +618,10 @@ impl Shipper {
     }
 
     /// Records a failed upload; the same batch is retried after a backoff.
-    pub fn upload_failed(&mut self, now: Instant) -> Duration {
+    pub fn upload_failed(&mut self, now: Instant, recoveries: u64) -> Duration {
         let delay = self.retry.backoff.next_delay();
         self.retry.at = Some(now + delay);
+        self.retry.failed_before_recovery = recoveries;
         delay
     }
 

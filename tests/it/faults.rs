@@ -121,3 +121,64 @@ fn a_host_that_does_not_resolve_is_named() {
         "{msg}"
     );
 }
+
+/// After an outage, storage's first answer lets every waiting database
+/// retry at once: the replicas catch up within about two seconds plus a
+/// sync interval, not after the longest per-database backoff.
+#[test]
+fn after_an_outage_every_database_catches_up_at_once() {
+    use std::sync::atomic::AtomicBool;
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let outage = Arc::new(AtomicBool::new(false));
+    let down = outage.clone();
+    let relay = Relay::start(&server.endpoint, move |_, method| {
+        if method == "PUT" && down.load(Ordering::SeqCst) {
+            Action::SlowDown
+        } else {
+            Action::Forward
+        }
+    });
+    let dest = Dest::s3(&server, "outage", "r").via(&relay);
+    let names = ["a", "b", "c"];
+    let dbs: Vec<_> = names
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.db")))
+        .collect();
+    let mut conns: Vec<_> = dbs.iter().map(|db| create_db(db, 4096)).collect();
+    let paths: Vec<&Path> = dbs.iter().map(|p| p.as_path()).collect();
+    // One attempt a request: each upload fails at once, and the
+    // per-database backoff grows as fast as it can.
+    let cfg = dir.path().join("walsync.toml");
+    std::fs::write(&cfg, "[retry]\nmax_retries = 0\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let w = dest.watch(&paths, &["--sync-interval", "100ms", "--config", cfg]);
+    for n in names {
+        dest.wait_for_txid(n, 1, Duration::from_secs(20));
+    }
+    outage.store(true, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(25);
+    let mut seed = 0;
+    while Instant::now() < until {
+        for conn in &mut conns {
+            insert(conn, 1, 200, seed);
+            seed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let wanted: Vec<u64> = names.iter().map(|n| dest.max_txid(n) + 1).collect();
+    outage.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    for (n, want) in names.iter().zip(&wanted) {
+        dest.wait_for_txid(n, *want, Duration::from_secs(60));
+    }
+    let caught_up = back.elapsed();
+    eprintln!("caught up {caught_up:?} after storage came back");
+    let (code, log) = w.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("storage is back"), "{log}");
+    assert!(
+        caught_up < Duration::from_secs(4),
+        "caught up {caught_up:?} after storage came back:\n{log}"
+    );
+}

@@ -789,7 +789,14 @@ fn an_output_that_cannot_be_written_is_a_local_error() {
 
     let out = src.out("full.db");
     let (mut cmd, _runtime) = walsync_command();
-    cmd.args(["restore", NAME, "-o", out.to_str().unwrap(), "-b", &dest.url]);
+    cmd.args([
+        "restore",
+        NAME,
+        "-o",
+        out.to_str().unwrap(),
+        "-b",
+        &dest.url,
+    ]);
     // SAFETY: between fork and exec, only async-signal-safe calls.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

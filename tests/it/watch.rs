@@ -1005,3 +1005,38 @@ fn a_restart_finds_its_place_without_listing_the_replica() {
     );
     shipper.close().unwrap();
 }
+
+/// The WAL deleted under a running application and `watch` (an operator's
+/// `rm app.db-wal`): walsync says so once, lets go of the files, and
+/// follows the database again; every commit the application makes after
+/// its close is in the replica, and a stop that claims so is true.
+#[test]
+fn a_wal_deleted_under_watch_is_said_once_and_followed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    let mut conn = create_db(&db, 4096);
+    insert_ids(&mut conn, 1..=5, ROW);
+    let w = dest.watch(&[&db], &["--sync-interval", "100ms"]);
+    let first = dest.wait_for_txid("app", 1, Duration::from_secs(20));
+    insert_ids(&mut conn, 6..=40, ROW);
+    dest.wait_for_txid("app", first + 1, Duration::from_secs(20));
+    std::fs::remove_file(dir.path().join("app.db-wal")).unwrap();
+    for id in 41..=200 {
+        insert_ids(&mut conn, id..=id, ROW);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(conn);
+    let rows = rows_consistent(&db, ROW);
+    let shipped = dest.max_txid("app");
+    dest.wait_for_txid("app", shipped + 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, log) = w.stop();
+    assert_eq!(code, 0, "{log}");
+    let said = log.matches("the WAL of").count();
+    assert_eq!(said, 1, "said once: {log}");
+    let out = dir.path().join("restored.db");
+    let r = dest.restore("app", &out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(rows_consistent(&out, ROW), rows, "{log}");
+}
