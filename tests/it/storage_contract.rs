@@ -408,7 +408,7 @@ fn s3_unreachable_endpoint_fails_within_30s() {
     assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
     assert!(msg.contains("reachable"), "{msg}");
     assert!(msg.contains("db/k"), "{msg}");
-    assert!(msg.contains("6 attempts"), "{msg}");
+    assert!(msg.contains("11 attempts"), "{msg}");
 }
 
 #[test]
