@@ -141,6 +141,7 @@ pub fn read_checked(
                 ))
             }
         };
+        crate::storage::mark_progress();
         // Writing to a sink cannot fail.
         let _ = hashed.write_all(&buf[..n]);
         sink(&buf[..n]).map_err(ObjectError::classify)?;
@@ -327,6 +328,7 @@ fn replay_in_order<'s, 'e>(
     ahead.dispatch(1)?;
     let streamed = replay_streamed(storage, first, stop, scope, replay);
     replay.done(first, streamed)?;
+    crate::storage::mark_progress();
     let mut ready: BTreeMap<usize, Fetched> = BTreeMap::new();
     for (i, f) in chain.iter().enumerate().skip(1) {
         let downloaded = loop {
@@ -355,6 +357,7 @@ fn replay_in_order<'s, 'e>(
             r
         });
         replay.done(f, result)?;
+        crate::storage::mark_progress();
         ahead.replayed(f, i)?;
     }
     stop.token.check()

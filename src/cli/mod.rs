@@ -36,6 +36,10 @@ use std::time::Duration;
     error_code(
         6,
         "restore error (no snapshot, nothing at that point in time, output exists)"
+    ),
+    error_code(
+        7,
+        "local file error (an output or walsync's own files cannot be written)"
     )
 )]
 pub struct Cli {
@@ -123,6 +127,9 @@ replica_command! {
 /// Store a level-9 snapshot of a database now (after shipping its WAL).
 #[argh(subcommand, name = "snapshot")]
 pub struct SnapshotCmd {
+    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    #[argh(option, from_str_fn(duration))]
+    pub timeout: Option<Duration>,
     /// database file
     #[argh(positional)]
     pub database: PathBuf,
@@ -141,6 +148,9 @@ replica_command! {
 /// Restore a database from its replica, latest or at a point in time.
 #[argh(subcommand, name = "restore")]
 pub struct RestoreCmd {
+    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    #[argh(option, from_str_fn(duration))]
+    pub timeout: Option<Duration>,
     /// replica name of the database (see `walsync list`)
     #[argh(positional)]
     pub name: String,
@@ -171,6 +181,9 @@ replica_command! {
 /// List the databases in a replica.
 #[argh(subcommand, name = "list")]
 pub struct ListCmd {
+    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    #[argh(option, from_str_fn(duration))]
+    pub timeout: Option<Duration>,
     /// print JSON for scripts
     #[argh(switch)]
     pub json: bool,
@@ -180,6 +193,9 @@ replica_command! {
 /// Check that a replica restores, without writing a database.
 #[argh(subcommand, name = "verify")]
 pub struct VerifyCmd {
+    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    #[argh(option, from_str_fn(duration))]
+    pub timeout: Option<Duration>,
     /// replica name of the database (omit with --all)
     #[argh(positional)]
     pub name: Option<String>,
@@ -270,14 +286,64 @@ macro_rules! target {
     };
 }
 
+/// How long a one-shot command may go without progress from storage.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Runs a one-shot command under a watchdog: after `timeout` (default
+/// [`DEFAULT_TIMEOUT`]) without progress from storage, the command is
+/// given up with a storage error (exit 4). One with a `cancel` token is
+/// cancelled, so that it cleans up (a restore leaves nothing behind); it
+/// notices between reads, and a read blocks for 20 s at most (the read
+/// timeout), so it is given 30 s. One without a token exits at once: it
+/// writes nothing that an exit could leave half-written.
+fn within(
+    timeout: Option<Duration>,
+    cancel: Option<CancelToken>,
+    command: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static GAVE_UP: AtomicBool = AtomicBool::new(false);
+    let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let given_up = move || {
+        format!(
+            "no progress from storage for {} s: gave up (--timeout); nothing was left half-written",
+            timeout.as_secs()
+        )
+    };
+    crate::storage::mark_progress();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250).min(timeout));
+        if crate::storage::since_progress() < timeout {
+            continue;
+        }
+        GAVE_UP.store(true, Ordering::SeqCst);
+        if let Some(c) = &cancel {
+            c.cancel();
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        eprintln!("walsync: storage error: {}", given_up());
+        std::process::exit(Error::Storage(String::new()).exit_code());
+    });
+    match command() {
+        Err(Error::Cancelled) if GAVE_UP.load(Ordering::SeqCst) => Err(Error::Storage(given_up())),
+        result => result,
+    }
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Watch(c) => watch(c),
-        Command::Snapshot(c) => snapshot(c),
-        Command::Restore(c) => restore(c),
-        Command::List(c) => list(c),
-        Command::Verify(c) => verify(c),
+        Command::Snapshot(c) => within(c.timeout, None, || snapshot(c)),
+        Command::Restore(c) => {
+            let cancel = CancelToken::new();
+            within(c.timeout, Some(cancel.clone()), || restore(c, cancel))
+        }
+        Command::List(c) => within(c.timeout, None, || list(c)),
+        Command::Verify(c) => {
+            let cancel = CancelToken::new();
+            within(c.timeout, Some(cancel.clone()), || verify(c, cancel))
+        }
         Command::Status(c) => status(c),
         Command::Pragma(_) => {
             print!("{}", PRAGMAS);
@@ -414,7 +480,7 @@ fn status(c: StatusCmd) -> Result<()> {
     }
 }
 
-fn restore(c: RestoreCmd) -> Result<()> {
+fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
     let storage = resolver.storage(&target)?;
@@ -428,7 +494,6 @@ fn restore(c: RestoreCmd) -> Result<()> {
             "use --txid or --point-in-time, not both".into(),
         ));
     }
-    let cancel = CancelToken::new();
     on_signals(cancel.clone(), None)?;
     let opts = RestoreOptions {
         name: resolver.replica_name(&c.name)?,
@@ -462,7 +527,7 @@ fn list(c: ListCmd) -> Result<()> {
     output::list(resolver.storage(&target)?.as_ref(), c.json)
 }
 
-fn verify(c: VerifyCmd) -> Result<()> {
+fn verify(c: VerifyCmd, cancel: CancelToken) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
     let storage = resolver.storage(&target)?;
@@ -475,7 +540,6 @@ fn verify(c: VerifyCmd) -> Result<()> {
             ))
         }
     };
-    let cancel = CancelToken::new();
     on_signals(cancel.clone(), None)?;
     output::verify(
         storage.as_ref(),

@@ -112,6 +112,30 @@ pub fn transfer_failure(e: &std::io::Error) -> Option<&str> {
         .map(|t| t.0.as_str())
 }
 
+/// When storage last made progress (a request answered, body bytes
+/// arrived), for a one-shot command's `--timeout`, which gives up only
+/// after that long without any.
+static PROGRESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn process_clock() -> std::time::Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
+/// Notes that storage made progress now.
+pub fn mark_progress() {
+    let now = u64::try_from(process_clock().as_millis()).unwrap_or(u64::MAX);
+    PROGRESS_MS.store(now, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How long since storage last made progress (since the first call, when
+/// it never has).
+pub fn since_progress() -> std::time::Duration {
+    let now = process_clock();
+    let last = PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed);
+    now.saturating_sub(std::time::Duration::from_millis(last))
+}
+
 /// A request body that can be rewound, so a failed upload can be retried.
 ///
 /// Implemented for everything that is `Read + Seek` (files, `io::Cursor`).

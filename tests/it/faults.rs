@@ -182,3 +182,18 @@ fn after_an_outage_every_database_catches_up_at_once() {
         "caught up {caught_up:?} after storage came back:\n{log}"
     );
 }
+
+/// `--timeout`: a one-shot command gives up after that long without
+/// progress from storage, whatever the retries would still try.
+#[test]
+fn timeout_gives_up_without_progress() {
+    let server = S3Server::start();
+    let relay = Relay::start(&server.endpoint, |_, _| Action::BlackHole);
+    let hung = Dest::s3(&server, "slow", "r").via(&relay);
+    let started = Instant::now();
+    let out = hung.walsync(&["list", "-b", &hung.url, "--timeout", "2s"]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(text(&out).contains("--timeout"), "{}", text(&out));
+}

@@ -324,7 +324,10 @@ impl S3Storage {
         loop {
             let this_one = Instant::now();
             let (reason, unreachable) = match attempt(n) {
-                Attempt::Done(v) => return Ok(v),
+                Attempt::Done(v) => {
+                    super::mark_progress();
+                    return Ok(v);
+                }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
                     reason,
