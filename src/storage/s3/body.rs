@@ -103,7 +103,19 @@ impl ResumingBody {
             return Err(self.failed("the object is gone".to_string()));
         };
         self.skip = match resp.status().as_u16() {
-            206 => 0,
+            206 => {
+                let range = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range);
+                if range != Some((self.received, self.size)) {
+                    return Err(self.failed(format!(
+                        "the server answered the resumed read with another range ({range:?})"
+                    )));
+                }
+                0
+            }
             // The whole object again: drop what was handed out already.
             _ => self.received,
         };
@@ -161,5 +173,26 @@ impl Read for ResumingBody {
                 }
             }
         }
+    }
+}
+
+/// The first byte and the object's total size of a `Content-Range:
+/// bytes FIRST-LAST/TOTAL` header.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, _) = range.split_once('-')?;
+    Some((first.trim().parse().ok()?, total.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_range() {
+        assert_eq!(
+            super::parse_content_range("bytes 200-999/1000"),
+            Some((200, 1000))
+        );
+        assert_eq!(super::parse_content_range("bytes */1000"), None);
+        assert_eq!(super::parse_content_range("items 0-1/2"), None);
     }
 }
