@@ -2,7 +2,7 @@
 """Crash tests for walsync: replicate real SQLite databases while things go
 wrong, then restore and compare row by row.
 
-usage: chaos.py [--short] [--s3] [--part NAME]... [--seed N] [--keep] [-v]
+usage: chaos.py [--short] [--s3] [--part NAME]... [--faults] [--seed N] [--keep] [-v]
        (scripts/chaos.sh is the entry point: it finds or builds the binary)
 
 The binary is $WALSYNC_BIN (default target/release/walsync). Each part runs
@@ -22,6 +22,42 @@ prefix of a bucket served by a local s3s-fs):
            deleting (a) or keeping (b) the -wal and -shm files, then writes on.
   vacuum   `VACUUM` in place every few seconds while writing (and a few
            kills of walsync).
+
+Fault parts (only with --part NAME or --faults; about 30 s each with
+--short, a few minutes each in full). faults-* always replicate to their own
+s3s-fs, with scripts/faultproxy.py in front of it (faults: reset, 5xx,
+slowdown, truncate, delay; see that file):
+
+  faults-write  two writers commit while `watch` replicates through the
+           proxy at 30 % faults of every kind on every method (delays
+           0.5-2 s, 2-10 s in full; a PUT's answer has no body to truncate,
+           so truncate becomes another kind there) for 12 s (150 s in full),
+           then a total outage (connections refused) of 5 s (20 s), then no
+           faults; SIGINT must exit 0 and restores (straight from s3s-fs)
+           must equal the source. The summary gives how
+           long after the outage each replica caught up: the first time
+           `walsync list --json` (polled every ~0.3 s, directly) showed a
+           TXID holding the commit the source had when the outage ended
+           (that TXID is found afterwards by bisecting restores). Measured,
+           not asserted.
+  faults-read   a replica of about 300 files (small commits, 20 ms sync),
+           then restores (3, 10 in full) and `verify` runs (2, 5) through the
+           proxy at 30 % faults of every kind on GET, truncated bodies
+           included (delays 0.5-2 s, 2-10 s in full). Every restore must
+           succeed with the bytes of a direct restore and leave nothing else
+           in its folder; verify must exit 0 or 4, never 5 (the replica is
+           healthy). Then restores at 100 % failing faults (every GET; LTX
+           GETs only) must exit 4 and leave no output and no temp file.
+  disk-full     (a) walsync's local state folder (.DB-walsync) on an 8 MB
+           tmpfs, (a') the database, its WAL and the state on one 6 MB tmpfs
+           (the writer counts commits SQLite refuses as full and carries
+           on): each filled up by a filler file for 5 s (30 s in full, with a
+           kill -9 and restart of watch while full) under writes, then freed;
+           everything committed must ship (SIGINT exits 0, restores equal).
+           (b) a restore into a tmpfs a quarter of the database's size must
+           fail naming the database and leave nothing behind (its exit code
+           and message are printed). Needs root (mount -t tmpfs); without it
+           the part fails saying so.
 
 Every commit is identifiable. The application's transactions all update
 `meta(n, digest)`: the commit number and a digest of every data row after the
@@ -69,6 +105,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faultproxy import FaultProxy  # noqa: E402  (scripts/faultproxy.py)
+
 # --------------------------------------------------------------------------
 # Settings per mode
 
@@ -77,14 +116,26 @@ SHORT = {
     "appkill": dict(kills=12, random_restores=6, timeout=180),
     "replace": dict(rounds_per_variant=3, rows=40, timeout=180),
     "vacuum": dict(seconds=20, kills=3, random_restores=6, timeout=180),
+    "faults-write": dict(fault_seconds=12, outage_seconds=5, clean_seconds=8, delay=(0.5, 2.0), blob_mb=(0.2, 0.6),
+                         blob_budget_mb=2, random_restores=3, timeout=240),
+    "faults-read": dict(files=300, restores=3, verifies=2, delay=(0.5, 2.0), timeout=300),
+    "disk-full": dict(warm=1.5, full_seconds=5, after_seconds=3, kill_while_full=False,
+                      random_restores=3, timeout=240),
 }
 FULL = {
     "kill9": dict(kills=300, random_restores=12, blob_mb=(2, 8), blob_budget_mb=16, timeout=1800),
     "appkill": dict(kills=30, random_restores=15, timeout=900),
     "replace": dict(rounds_per_variant=6, rows=40, timeout=900),
     "vacuum": dict(seconds=120, kills=12, random_restores=15, timeout=900),
+    "faults-write": dict(fault_seconds=150, outage_seconds=20, clean_seconds=40, delay=(2.0, 10.0), blob_mb=(0.5, 2),
+                         blob_budget_mb=6, random_restores=8, timeout=1200),
+    "faults-read": dict(files=300, restores=10, verifies=5, delay=(2.0, 10.0), timeout=1800),
+    "disk-full": dict(warm=3, full_seconds=30, after_seconds=5, kill_while_full=True,
+                      random_restores=8, timeout=900),
 }
 PART_NAMES = ["kill9", "appkill", "replace", "vacuum"]
+# Run with --part NAME or --faults; not (yet) part of the default runs.
+FAULT_PART_NAMES = ["faults-write", "faults-read", "disk-full"]
 
 SYNC_INTERVAL = "100ms"
 MIN_CHECKPOINT_PAGES = "200"
@@ -105,6 +156,10 @@ WRITER_PROFILES = {
     "vacuum": dict(max_items=6000, passive_every=(0.3, 0.8), blob_every=(0.8, 2.0),
                    blob_mb=(0.1, 1.0), blob_budget_mb=4, vacuum_every=(2.0, 5.0),
                    pause=(0.001, 0.004)),
+    # On a disk that fills up: a commit or checkpoint SQLite refuses as full is
+    # counted (never logged as committed) and tried again.
+    "diskfull": dict(max_items=3000, passive_every=(0.3, 0.8), hard_every=(0.8, 2.0),
+                     pause=(0.002, 0.006), tolerate_full=True),
 }
 
 # --------------------------------------------------------------------------
@@ -176,6 +231,10 @@ def is_busy(e):
     return "locked" in text or "busy" in text
 
 
+def is_full(e):
+    return "full" in str(e).lower()  # SQLITE_FULL: "database or disk is full"
+
+
 class AppDb:
     """The application's connection. Each `commit` runs one transaction that
     also updates meta(n, digest), then logs "n digest" once COMMIT returned."""
@@ -232,7 +291,10 @@ class AppDb:
                 self.conn.execute("COMMIT")
             except sqlite3.OperationalError as e:
                 if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.OperationalError:
+                        pass  # SQLite rolled back already (SQLITE_FULL may)
                 if not is_busy(e):
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -393,13 +455,22 @@ def run_writer(db, log, profile_name, seed, blob_mb, blob_budget_mb):
     vacuum = Every(rng, profile.get("vacuum_every"))
     doomed = Every(rng, profile.get("doomed_after"))
     counts = {"vacuums": 0, "checkpoints": 0, "checkpoints busy": 0}
+    if profile.get("tolerate_full"):
+        counts.update({"refused as full": 0, "checkpoints refused as full": 0})
     while not stop:
         if doomed.fire():
             doomed_transaction(app, rng, profile["doomed_kb"])
         if blob.fire():
             size = int(rng.uniform(*blob_mb) * 1e6)
             app.commit(lambda conn: insert_blob(conn, rng, size, budget))
-        app.commit(small_change(rng, profile["max_items"]))
+        try:
+            app.commit(small_change(rng, profile["max_items"]))
+        except sqlite3.OperationalError as e:
+            if not (profile.get("tolerate_full") and is_full(e)):
+                raise
+            counts["refused as full"] += 1
+            time.sleep(0.05)
+            continue
         if vacuum.fire():
             app.vacuum()
             counts["vacuums"] += 1
@@ -408,7 +479,12 @@ def run_writer(db, log, profile_name, seed, blob_mb, blob_budget_mb):
             modes.append(rng.choice(["RESTART", "TRUNCATE"]))
         for mode in modes:
             counts["checkpoints"] += 1
-            counts["checkpoints busy"] += not app.checkpoint(mode)
+            try:
+                counts["checkpoints busy"] += not app.checkpoint(mode)
+            except sqlite3.OperationalError as e:
+                if not (profile.get("tolerate_full") and is_full(e)):
+                    raise
+                counts["checkpoints refused as full"] += 1
         time.sleep(rng.uniform(*profile["pause"]))
     app.close()
     print("writer: " + json.dumps(counts), file=sys.stderr, flush=True)
@@ -508,10 +584,10 @@ class Walsync:
         return subprocess.run([self.binary, *map(str, args), "-b", self.url], env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
-    def watch(self, dbs, log_path, extra=()):
+    def watch(self, dbs, log_path, extra=(), sync_interval=SYNC_INTERVAL):
         log = open(log_path, "w")
         try:
-            return spawn([self.binary, "watch", *dbs, "-b", self.url, "--sync-interval", SYNC_INTERVAL,
+            return spawn([self.binary, "watch", *dbs, "-b", self.url, "--sync-interval", sync_interval,
                           *extra], env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         finally:
             log.close()
@@ -753,10 +829,10 @@ class Part:
 
     # -- walsync watch
 
-    def start_watch(self, apps, extra=()):
+    def start_watch(self, apps, extra=(), walsync=None, sync_interval=SYNC_INTERVAL):
         log = self.dir / f"watch-{len(self.watch_logs) + 1:04d}.log"
         self.watch_logs.append(log)
-        return self.walsync.watch([a.path for a in apps], log, extra)
+        return (walsync or self.walsync).watch([a.path for a in apps], log, extra, sync_interval)
 
     def watch_log(self):
         return self.watch_logs[-1]
@@ -1165,7 +1241,473 @@ def writer_counts(log):
     return counts
 
 
-PARTS = {"kill9": part_kill9, "appkill": part_appkill, "replace": part_replace, "vacuum": part_vacuum}
+# -- the fault parts: a fault-injecting proxy in front of s3s-fs, full disks
+
+class FaultRig:
+    """The part's own s3s-fs (in its folder) and a FaultProxy in front of it.
+    part.walsync goes to s3s-fs directly (the checks); rig.via goes through
+    the proxy."""
+
+    def __init__(self, part):
+        try:
+            env, base = start_s3_server(part.dir)
+        except SystemExit as e:  # no s3s-fs: a failure of this part, not of the run
+            raise RuntimeError(str(e))
+        s3_port = int(env["AWS_ENDPOINT_URL_S3"].rsplit(":", 1)[1])
+        self.log = open(part.dir / "faultproxy.log", "w")
+        self.proxy = FaultProxy(("127.0.0.1", 0), ("127.0.0.1", s3_port), rate=0.0,
+                                seed=part.rng.randrange(2**32), log=self.log).start()
+        url = f"{base}/{part.name}"
+        part.walsync = Walsync(part.walsync.binary, url, env)
+        self.direct = part.walsync
+        self.via = Walsync(part.walsync.binary, url,
+                           dict(env, AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{self.proxy.port}"))
+
+    def close(self):
+        self.proxy.stop()
+        self.log.close()
+
+
+def fault_counts(stats):
+    f = stats["faults"]
+    return (f"{stats['requests']:,} requests, {stats['faults_total']:,} faults "
+            f"(reset {f['reset']}, 5xx {f['5xx']}, slowdown {f['slowdown']}, truncate {f['truncate']}, "
+            f"delay {f['delay']})")
+
+
+def run_cmd(walsync, args, timeout):
+    """(exit code or None on timeout, stderr+stdout, seconds)."""
+    started = time.monotonic()
+    try:
+        out = subprocess.run([walsync.binary, *map(str, args), "-b", walsync.url], env=walsync.env,
+                             capture_output=True, text=True, timeout=timeout)
+        return out.returncode, (out.stderr + out.stdout).strip(), time.monotonic() - started
+    except subprocess.TimeoutExpired as e:
+        text = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return None, text.strip(), time.monotonic() - started
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def leftovers(folder, expected=()):
+    """Names in folder other than the expected ones (temp files, partial output)."""
+    try:
+        return sorted(n for n in os.listdir(folder) if n not in expected)
+    except FileNotFoundError:
+        return []
+
+
+def count_lines(logs, needle):
+    n = 0
+    first = None
+    for log in logs:
+        for line in Path(log).read_text(errors="replace").splitlines():
+            if needle in line:
+                n += 1
+                first = first or line.strip()
+    return n, first
+
+
+def restored_commit(part, app, txid):
+    """The commit number a restore at TXID holds (None and a problem if it fails)."""
+    out = part.restore_path(f"{app.name}-probe-{txid}")
+    result = part.walsync.restore(app.name, out, txid)
+    if not result.ok:
+        part.problem(f"restore of {app.name} at TXID {txid} failed (exit {result.rc}): {last_line(result.stderr)}")
+        return None
+    try:
+        return source_commit(out)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def first_txid_holding(part, app, commit, lo, hi):
+    """The smallest TXID in [lo, hi] whose restore holds `commit` or a later
+    one (bisection by restores); None when hi does not hold it either."""
+    lo = max(lo, 1)
+    top = restored_commit(part, app, hi)
+    if top is None or top < commit:
+        return None
+    low = restored_commit(part, app, lo)
+    if low is None:
+        return None
+    if low >= commit:
+        return lo
+    while hi - lo > 1:  # lo holds less than commit, hi at least commit
+        mid = (lo + hi) // 2
+        n = restored_commit(part, app, mid)
+        if n is None:
+            return None
+        if n >= commit:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# -- faults-write
+
+def part_faults_write(part):
+    s = part.settings
+    rig = FaultRig(part)
+    try:
+        return faults_write(part, rig, s)
+    finally:
+        rig.close()
+
+
+def faults_write(part, rig, s):
+    proxy = rig.proxy
+    apps = [part.new_app("app"), part.new_app("ledger")]
+    proxy.configure(mode="faults", rate=0.3, kinds="all", methods="", paths="", delay=s["delay"])
+    part.start_writer(apps[0], "heavy", s["blob_mb"], s["blob_budget_mb"])
+    part.start_writer(apps[1], "light")
+    watch = part.start_watch(apps, ["--min-checkpoint-pages", MIN_CHECKPOINT_PAGES], walsync=rig.via)
+    if not part.wait_until_watching(watch):
+        return part.summary("watch did not start through the proxy")
+    end = time.monotonic() + s["fault_seconds"]
+    while time.monotonic() < end and part.writers_alive() and part.check_watch_alive(watch):
+        time.sleep(0.5)
+    during = proxy.stats()
+    part.say(f"faults: {fault_counts(during)}")
+    proxy.configure(mode="outage")
+    end = time.monotonic() + s["outage_seconds"]
+    while time.monotonic() < end and part.writers_alive() and part.check_watch_alive(watch):
+        time.sleep(0.25)
+    # Outage over, faults off: how long until the replica holds what was committed then?
+    target = {app.name: max(app.commits) for app in apps}
+    try:
+        before = part.walsync.max_txids()
+    except RuntimeError as e:
+        part.problem(str(e))
+        before = {}
+    proxy.configure(mode="faults", rate=0.0)
+    outage_end = time.monotonic()
+    samples = []  # (seconds after the outage, {name: max TXID})
+    while time.monotonic() < outage_end + s["clean_seconds"]:
+        if not (part.writers_alive() and part.check_watch_alive(watch)):
+            break
+        try:
+            txids = part.walsync.max_txids()
+        except RuntimeError:
+            txids = {}
+        samples.append((time.monotonic() - outage_end, txids))
+        time.sleep(0.25)
+    stats = proxy.stats()
+    part.stop_writers()
+    time.sleep(0.5)
+    part.stop_watch(watch)
+    part.check_replicas(apps, random_count=s["random_restores"])
+    catch_up = []
+    for app in apps:
+        last = samples[-1][1].get(app.name, 0) if samples else 0
+        txid = first_txid_holding(part, app, target[app.name], before.get(app.name, 1), last) if last else None
+        if txid is None:
+            catch_up.append(f"{app.name} not within {s['clean_seconds']} s")
+            continue
+        at = next((t for t, txids in samples if txids.get(app.name, 0) >= txid), None)
+        catch_up.append(f"{app.name} {at:.1f} s" if at is not None else f"{app.name} not within {s['clean_seconds']} s")
+        part.say(f"{app.name}: commit {target[app.name]} is in TXID {txid} (TXID {before.get(app.name)} at the outage's end)")
+    retries, _ = count_lines(part.watch_logs, "error")
+    return part.summary(
+        f"{s['fault_seconds']} s at 30 % faults of every kind on every method (delays {s['delay'][0]:g}-{s['delay'][1]:g} s) "
+        f"+ {s['outage_seconds']} s outage, "
+        f"{part.total_commits(apps):,} commits; proxy {fault_counts(during)} in the fault phase, "
+        f"{stats['requests']:,} requests in all; watch logged {retries} errors; "
+        f"caught up after the outage: {', '.join(catch_up)} (list polled every ~0.3 s); {part.restores()}")
+
+
+# -- faults-read
+
+def part_faults_read(part):
+    s = part.settings
+    rig = FaultRig(part)
+    try:
+        return faults_read(part, rig, s)
+    finally:
+        rig.close()
+
+
+def faults_read(part, rig, s):
+    proxy = rig.proxy
+    app = part.new_app("app")
+    # A replica of ~300 files: a snapshot of a few MB (blobs, half random),
+    # then small commits synced every 20 ms, straight to s3s-fs.
+    db = AppDb(app.path, app.log)
+    try:
+        for _ in range(s.get("blobs", 3)):
+            size = int(part.rng.uniform(0.8, 1.2) * 1e6)
+            db.commit(lambda conn: insert_blob(conn, part.rng, size, 8e6))
+        for _ in range(100):
+            db.commit(small_change(part.rng, 8000))
+    finally:
+        db.close()
+    part.start_writer(app, "light")
+    watch = part.start_watch([app], sync_interval="20ms")
+    if not part.wait_until_watching(watch):
+        return part.summary("watch did not start")
+    files = 0
+    deadline = time.monotonic() + 180
+    while files < s["files"] and time.monotonic() < deadline:
+        if not (part.writers_alive() and part.check_watch_alive(watch)):
+            break
+        time.sleep(0.5)
+        out = part.walsync.run("list", "--json")
+        if out.returncode == 0:
+            files = sum(e["files"] for e in json.loads(out.stdout) if e["name"] == app.name)
+    part.stop_writers()
+    time.sleep(0.3)
+    part.stop_watch(watch)
+    out = part.walsync.run("list", "--json")
+    listed = [e for e in json.loads(out.stdout) if e["name"] == app.name] if out.returncode == 0 else []
+    files = listed[0]["files"] if listed else 0
+    if files < s["files"]:
+        part.problem(f"the replica holds {files} files, {s['files']} wanted")
+    # The right bytes: a direct restore, equal to the source row by row.
+    ref = part.restore_path("reference")
+    direct = part.walsync.restore(app.name, ref)
+    if not direct.ok:
+        part.problem(f"direct restore failed (exit {direct.rc}): {last_line(direct.stderr)}")
+        return part.summary("no reference restore")
+    diffs = compare_databases(app.path, ref)
+    if diffs:
+        part.problem(f"direct restore differs from the source: {'; '.join(diffs[:3])}")
+    ref_sha = file_sha256(ref)
+
+    # 30 % faults of every kind on GET.
+    proxy.reset_stats()
+    proxy.configure(mode="faults", rate=0.3, kinds="all", methods="GET", paths="", delay=s["delay"])
+    good, failed, seconds = 0, {}, []
+    for i in range(s["restores"]):
+        out = part.restore_path(f"proxied-{i + 1}")
+        rc, text, took = run_cmd(rig.via, ["restore", app.name, "-o", out], timeout=600)
+        seconds.append(took)
+        if rc == 0:
+            if not out.exists():
+                part.problem(f"restore {i + 1} through the proxy exited 0 without writing {out}")
+            elif file_sha256(out) != ref_sha:
+                part.problem(f"restore {i + 1} through the proxy exited 0 with the wrong bytes "
+                             f"(differs from the direct restore: {'; '.join(compare_databases(ref, out)[:2]) or 'same rows'})")
+            else:
+                good += 1
+            extra = leftovers(out.parent, [out.name])
+        else:
+            failed[rc] = failed.get(rc, 0) + 1
+            part.problem(f"restore {i + 1} of {s['restores']} through the proxy at 30 % GET faults "
+                         f"exited {rc} after {took:.1f} s: {last_line(text)}")
+            extra = leftovers(out.parent)
+        if extra:
+            part.problem(f"restore {i + 1} through the proxy (exit {rc}) left {', '.join(extra)} in {out.parent}")
+        part.say(f"restore {i + 1}: exit {rc} in {took:.1f} s")
+    verify_codes = {}
+    for i in range(s["verifies"]):
+        rc, text, took = run_cmd(rig.via, ["verify", app.name], timeout=600)
+        verify_codes[rc] = verify_codes.get(rc, 0) + 1
+        if rc not in (0, 4):
+            part.problem(f"verify {i + 1} of {s['verifies']} of the healthy replica through the proxy "
+                         f"exited {rc} (0 or 4 expected): {last_line(text)}")
+        part.say(f"verify {i + 1}: exit {rc} in {took:.1f} s")
+    stats = proxy.stats()
+
+    # 100 % faults (every kind that fails a request): exit 4, nothing left behind.
+    hundred = []
+    for label, paths in (("every GET", ""), ("LTX GETs only", r"\.ltx")):
+        proxy.configure(rate=1.0, kinds="reset,5xx,slowdown,truncate", methods="GET", paths=paths)
+        out = part.restore_path(f"hundred-{len(hundred) + 1}")
+        rc, text, took = run_cmd(rig.via, ["restore", app.name, "-o", out], timeout=900)
+        extra = leftovers(out.parent)
+        if rc != 4:
+            part.problem(f"restore at 100 % faults on {label} exited {rc} after {took:.1f} s (4 expected): "
+                         f"{last_line(text)}")
+        if extra:
+            part.problem(f"restore at 100 % faults on {label} (exit {rc}) left {', '.join(extra)} in {out.parent}")
+        hundred.append(f"{label}: exit {rc} in {took:.0f} s{', leftovers' if extra else ''}")
+        print(f"chaos {part.name}: restore at 100 % faults on {label}: exit {rc}: {last_line(text)}", flush=True)
+    proxy.configure(rate=0.0)
+    part.check_replicas([app], random_count=2)
+    fails = ", ".join(f"exit {rc} x{n}" for rc, n in sorted(failed.items(), key=lambda x: str(x[0])))
+    verifies = ", ".join(f"exit {rc} x{n}" for rc, n in sorted(verify_codes.items(), key=lambda x: str(x[0])))
+    return part.summary(
+        f"replica of {files} files; at 30 % GET faults of every kind: {good}/{s['restores']} restores "
+        f"with the right bytes{f' (failed: {fails})' if fails else ''}, "
+        f"{min(seconds):.1f}-{max(seconds):.1f} s each; verify {verifies}; proxy {fault_counts(stats)}; "
+        f"at 100 %: {'; '.join(hundred)}; {part.restores()} (direct)")
+
+
+# -- disk-full
+
+MOUNTS = []
+
+
+class MountError(Exception):
+    pass
+
+
+def mount_tmpfs(path, size_kb):
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MountError(f"needs root to mount tmpfs: {' '.join(cmd)} failed: {e} (uid {os.getuid()})")
+    if out.returncode != 0:
+        raise MountError(f"needs root to mount tmpfs: {' '.join(cmd)} exited {out.returncode}: "
+                         f"{out.stderr.strip()} (uid {os.getuid()})")
+    MOUNTS.append(path)
+
+
+def unmount(path):
+    if path not in MOUNTS:
+        return
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    MOUNTS.remove(path)
+
+
+def unmount_all():
+    for path in list(MOUNTS):
+        unmount(path)
+
+
+def fill(folder):
+    """A filler file that takes every free byte of folder's file system."""
+    path = Path(folder) / "filler"
+    written = 0
+    block = b"\0" * 4096
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        while True:
+            try:
+                written += os.write(fd, block)
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return path, written
+
+
+def record_usage(folder, path, label):
+    """Appends the files under folder (with the disk's free space) to path."""
+    st = os.statvfs(folder)
+    lines = [f"== {label}: {folder}"]
+    for root, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            f = Path(root) / name
+            try:
+                lines.append(f"{f.stat().st_size:>12,} {f.relative_to(folder)}")
+            except FileNotFoundError:
+                pass
+    lines.append(f"free {mb(st.f_bavail * st.f_frsize)} of {mb(st.f_blocks * st.f_frsize)}; files: "
+                 + ", ".join(l.split()[-1] + " " + mb(number(l.split()[0])) for l in lines[1:]))
+    with open(path, "a") as out:
+        out.write("\n".join(lines) + "\n")
+    return lines[-1]
+
+
+def part_disk_full(part):
+    s = part.settings
+    texts = []
+    try:
+        # (a) walsync's local state folder on an 8 MB tmpfs, the database beside it on disk.
+        app = part.new_app("statedisk")
+        state = part.dir / f".{app.path.name}-walsync"
+        mount_tmpfs(state, 8 * 1024)
+        texts.append("(a) state folder on an 8 MB tmpfs: " + fill_under_watch(part, app, state, s))
+        unmount(state)
+        # (a') the database, its WAL and walsync's state on one 6 MB tmpfs.
+        folder = part.dir / "fulldisk"
+        mount_tmpfs(folder, 6 * 1024)
+        app2 = AppFiles("fulldisk", folder / "fulldisk.db", part.dir / "fulldisk.commits")
+        AppDb.create(app2.path, app2.log)
+        texts.append("(a') database and state on a 6 MB tmpfs: " + fill_under_watch(part, app2, folder, s))
+        part.check_replicas([app, app2], random_count=s["random_restores"])
+        unmount(folder)
+        # (b) a restore into a folder too small for the database.
+        out_dir = part.dir / "restore-out"
+        small_kb = max(16, db_size(app.path) // 4096)  # a quarter of the database
+        mount_tmpfs(out_dir, small_kb)
+        out = out_dir / "restored.db"
+        rc, text, took = run_cmd(part.walsync, ["restore", "statedisk", "-o", out], timeout=300)
+        extra = leftovers(out_dir)
+        message = last_line(text)
+        if rc == 0:
+            part.problem(f"restore into a {small_kb} KB tmpfs exited 0 for a {mb(db_size(app.path))} database")
+        if extra:
+            part.problem(f"restore into a full folder (exit {rc}) left {', '.join(extra)} in {out_dir}")
+        if not re.search(r"\bstatedisk\b", text):
+            part.problem(f"restore into a full folder (exit {rc}) does not name the database 'statedisk': {message}")
+        print(f"chaos {part.name}: restore into a full folder: exit {rc}: {message}", flush=True)
+        texts.append(f"(b) restore of {mb(db_size(app.path))} into a {small_kb} KB tmpfs: exit {rc}"
+                     f"{', leftovers' if extra else ', nothing left'}")
+        unmount(out_dir)
+    except MountError as e:
+        part.problem(str(e))
+    finally:
+        kill_children_of_part()  # nothing may hold files on a mount
+        unmount_all()
+    return part.summary(f"{'; '.join(texts)}; {part.restores()}")
+
+
+def fill_under_watch(part, app, folder, s):
+    """Writers and watch; the folder filled for a while, then freed; watch
+    stopped with SIGINT. Returns the sub-part's text."""
+    profile = "diskfull" if app.path.parent == folder else "light"
+    part.start_writer(app, profile)
+    first_log = len(part.watch_logs)
+    watch = part.start_watch([app], ["--min-checkpoint-pages", MIN_CHECKPOINT_PAGES])
+    if not part.wait_until_watching(watch):
+        part.stop_writers()
+        return "watch did not start"
+    time.sleep(s["warm"])
+    before = max(app.commits)
+    filler, filled = fill(folder)
+    end = time.monotonic() + s["full_seconds"]
+    restarts, restart_exit = 0, []
+    while time.monotonic() < end and part.writers_alive():
+        if s["kill_while_full"] and restarts == 0 and time.monotonic() > end - s["full_seconds"] / 2:
+            part.kill9(watch)  # a restart with the disk full
+            restarts += 1
+            watch = part.start_watch([app], ["--min-checkpoint-pages", MIN_CHECKPOINT_PAGES])
+            time.sleep(1.0)
+        if watch.poll() is not None:
+            restart_exit.append(f"watch exited {watch.returncode} while the disk was full: {tail(part.watch_log(), 1)}")
+            print(f"chaos {part.name}: {app.name}: {restart_exit[-1]}", flush=True)
+            break
+        time.sleep(0.25)
+    during = max(app.commits) - before
+    filler.unlink()
+    if watch.poll() is not None:
+        watch = part.start_watch([app], ["--min-checkpoint-pages", MIN_CHECKPOINT_PAGES])
+        part.wait_until_watching(watch)
+    time.sleep(s["after_seconds"])
+    part.stop_writers()
+    time.sleep(0.5)
+    usage = record_usage(folder, part.dir / f"usage-{app.name}.txt", "before SIGINT")
+    problems = len(part.problems)
+    part.stop_watch(watch)
+    if len(part.problems) > problems:
+        record_usage(folder, part.dir / f"usage-{app.name}.txt", "after SIGINT")
+        print(f"chaos {part.name}: {app.name}: before SIGINT, {usage}", flush=True)
+    full_lines, example = count_lines(part.watch_logs[first_log:], "No space left")
+    counts = writer_counts(part.dir / f"writer-{app.name}.log")
+    refused = counts.get("refused as full", 0) + counts.get("checkpoints refused as full", 0)
+    if example:
+        print(f"chaos {part.name}: {app.name}: watch said, with the disk full: {example}", flush=True)
+    return (f"{mb(filled)} filler for {s['full_seconds']} s, {during:,} commits while full"
+            f"{f' ({refused} commits/checkpoints refused as full)' if profile == 'diskfull' else ''}, "
+            f"{max(app.commits):,} in all, 'No space left' logged {full_lines} times"
+            f"{f', watch killed and restarted while full' if restarts else ''}"
+            f"{'; ' + '; '.join(restart_exit) if restart_exit else ''}")
+
+
+PARTS = {"kill9": part_kill9, "appkill": part_appkill, "replace": part_replace, "vacuum": part_vacuum,
+         "faults-write": part_faults_write, "faults-read": part_faults_read, "disk-full": part_disk_full}
 
 # --------------------------------------------------------------------------
 # Replicas: file:// or a local s3s-fs
@@ -1249,7 +1791,10 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="chaos.sh", description="Crash tests for walsync (see scripts/chaos.py).")
     p.add_argument("--short", action="store_true", help="about 2 minutes in all (the test script's run)")
     p.add_argument("--s3", action="store_true", help="replicate to a local s3s-fs instead of file://")
-    p.add_argument("--part", action="append", choices=PART_NAMES, help="run only this part (repeatable)")
+    p.add_argument("--part", action="append", choices=PART_NAMES + FAULT_PART_NAMES,
+                   help="run only this part (repeatable)")
+    p.add_argument("--faults", action="store_true",
+                   help=f"run the fault parts ({', '.join(FAULT_PART_NAMES)}; with --part: as well)")
     p.add_argument("--seed", type=int, help="random seed (printed at the start)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders even when all passed")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
@@ -1267,7 +1812,8 @@ def main(argv):
         return 2
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     settings = SHORT if args.short else FULL
-    names = args.part or PART_NAMES
+    names = (args.part or ([] if args.faults else PART_NAMES)) + (FAULT_PART_NAMES if args.faults else [])
+    names = list(dict.fromkeys(names))
     root = Path(tempfile.mkdtemp(prefix="walsync-chaos-"))
     print(f"chaos: {'short' if args.short else 'full'} run of {', '.join(names)} with {binary}, "
           f"seed {seed}, {'s3' if args.s3 else 'file://'} replicas, in {root}", flush=True)
@@ -1314,6 +1860,7 @@ def writer_main(argv):
 
 def on_signal(signum, _frame):
     kill_children()
+    unmount_all()
     print(f"chaos: interrupted by signal {signum}; child processes killed", file=sys.stderr, flush=True)
     os._exit(128 + signum)
 
@@ -1328,3 +1875,4 @@ if __name__ == "__main__":
     finally:
         if sys.argv[1:2] != ["_writer"]:
             kill_children()
+            unmount_all()

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Crash tests for walsync: kill -9 of walsync, of the application mid-transaction,
 # database files replaced under it, VACUUM; then restores compared row by row.
+# Fault parts, on request: storage behind a fault-injecting proxy
+# (scripts/faultproxy.py) on the write and the read path, full disks.
 # See scripts/chaos.py for what each part does and checks.
 #
-#   scripts/chaos.sh [--short] [--s3] [--part NAME]... [--seed N] [--keep] [-v]
+#   scripts/chaos.sh [--short] [--s3] [--part NAME]... [--faults] [--seed N] [--keep] [-v]
 #
 # --short takes about 2 minutes (the test script's run); the full run about
-# 15-20 minutes. The binary is $WALSYNC_BIN, default target/release/walsync
+# 15-20 minutes. --faults adds faults-write, faults-read and disk-full (about
+# 30 s each with --short, a few minutes each in full; disk-full needs root). The binary is $WALSYNC_BIN, default target/release/walsync
 # (built with `cargo build --release` when that default is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."

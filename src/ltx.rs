@@ -50,9 +50,9 @@
 //!
 //! Every problem with the bytes being decoded is an [`Error::Integrity`].
 //! The encoder reports misuse by its caller (pages out of order, wrong
-//! checksums for the header flags, ...) and write failures as
-//! [`Error::Other`]. A read failure of the decoder's source other than an
-//! early end of file is also [`Error::Other`].
+//! checksums for the header flags, ...) as [`Error::Other`], and write
+//! failures (a full disk) as [`Error::Local`]. A read failure of the
+//! decoder's source other than an early end of file is [`Error::Other`].
 
 use std::io::{self, BufReader, Read, Write};
 
@@ -606,7 +606,7 @@ impl<W: Write> Encoder<W> {
         // The compressed bytes go to the file; the uncompressed page to the hash.
         if let Err(e) = self.w.write_all(&self.cbuf[..n]) {
             self.state = EncState::Failed;
-            return Err(Error::Other(format!("writing LTX page {pgno}: {e}")));
+            return Err(Error::Local(format!("writing LTX page {pgno}: {e}")));
         }
         self.pos += n as u64;
         self.hash.update(page);
@@ -660,7 +660,7 @@ impl<W: Write> Encoder<W> {
         self.write_raw(&tb)?;
         self.w
             .flush()
-            .map_err(|e| Error::Other(format!("flushing LTX file: {e}")))?;
+            .map_err(|e| Error::Local(format!("flushing LTX file: {e}")))?;
         Ok((trailer, self.w))
     }
 
@@ -712,7 +712,7 @@ impl<W: Write> Encoder<W> {
     fn write_raw(&mut self, b: &[u8]) -> Result<()> {
         if let Err(e) = self.w.write_all(b) {
             self.state = EncState::Failed;
-            return Err(Error::Other(format!("writing LTX file: {e}")));
+            return Err(Error::Local(format!("writing LTX file: {e}")));
         }
         self.pos += b.len() as u64;
         Ok(())

@@ -110,11 +110,18 @@ pub fn run(
     events: &dyn EventSink,
 ) -> Result<RestoreOutcome> {
     restore(storage, opts, events).map_err(|e| match e {
-        Error::Local(m) => Error::Local(format!(
-            "restoring '{}' to {}: {m}; make sure its folder is writable and has room for the database, then run the restore again (nothing was left behind)",
-            opts.name,
-            opts.output.display()
-        )),
+        Error::Local(m) => {
+            let named = format!("'{}'", opts.name);
+            let what = if m.contains(&named) {
+                m
+            } else {
+                format!("restoring {named} to {}: {m}", opts.output.display())
+            };
+            Error::Local(format!(
+                "{what}; make sure the folder of {} is writable and has room for the database, then run the restore again (nothing was left behind)",
+                opts.output.display()
+            ))
+        }
         e => e,
     })
 }

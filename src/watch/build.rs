@@ -168,8 +168,11 @@ impl Shipper {
         let mut enc = Encoder::new(
             Hashing::new(BufWriter::new(create(&spool)?)),
             news.header(self.page_size, id, now_ms),
-        )?;
-        let post = self.encode_frames(&news, &wal, &state, txid, &mut enc)?;
+        )
+        .map_err(|e| spool_failed(&spool, e))?;
+        let post = self
+            .encode_frames(&news, &wal, &state, txid, &mut enc)
+            .map_err(|e| spool_failed(&spool, e))?;
         // The frames must still be the ones validated: a restart would change the salts.
         if WalHeader::read(&wal)?.map(|h| (h.salt1, h.salt2)) != Some(news.salts) {
             let _ = std::fs::remove_file(&spool);
@@ -281,13 +284,16 @@ impl Shipper {
         let mut enc = Encoder::new(
             Hashing::new(BufWriter::new(create(&spool)?)),
             header_for(self.page_size, plan.id, db_pages, now_ms),
-        )?;
+        )
+        .map_err(|e| spool_failed(&spool, e))?;
         let image = ImageSource {
             wal: &wal,
             overlay: &overlay,
             db_pages,
         };
-        let written = self.encode_image(kind, periodic, &plan, &image, &mut enc)?;
+        let written = self
+            .encode_image(kind, periodic, &plan, &image, &mut enc)
+            .map_err(|e| spool_failed(&spool, e))?;
         let mut new_state = match &self.shipped {
             Shipped::Known(s) => s.clone(),
             _ => state::new_state(&self.storage.describe(), &self.name, self.page_size),
@@ -493,11 +499,12 @@ impl Shipper {
 
     /// Closes the spool file and describes the batch.
     fn finish(&self, enc: Encoder<Hashing<BufWriter<File>>>, built: Built) -> Result<Batch> {
-        let (_, hashing) = enc.finish(0)?;
+        let (_, hashing) = enc.finish(0).map_err(|e| spool_failed(&built.spool, e))?;
         let (buffered, sha256, len) = hashing.finish();
-        buffered
-            .into_inner()
-            .map_err(|e| Error::Other(format!("writing spool {}: {e}", built.spool.display())))?;
+        buffered.into_inner().map_err(|e| {
+            let e = Error::Local(format!("flushing: {}", e.error()));
+            spool_failed(&built.spool, e)
+        })?;
         let layout = self.storage.layout();
         let mut new_state = built.new_state;
         new_state.checkpointing = false;
@@ -547,6 +554,19 @@ struct Written {
     checksum: u64,
     /// Pages that differ from the record (a diff), or 0.
     changed: u32,
+}
+
+/// A spool file that could not be written: removed (no partial file stays
+/// behind to fill the disk further), and the error names it and the fix.
+fn spool_failed(spool: &Path, e: Error) -> Error {
+    let _ = std::fs::remove_file(spool);
+    match e {
+        Error::Local(m) => Error::Local(format!(
+            "writing spool file {}: {m}; walsync writes each batch there before it ships it: free space on that file system",
+            spool.display()
+        )),
+        e => e,
+    }
 }
 
 /// A batch written to its spool file, before it is described.

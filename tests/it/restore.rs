@@ -785,7 +785,7 @@ fn an_output_that_cannot_be_written_is_a_local_error() {
     let out = blocker.join("app.db");
     let o = dest.restore(NAME, &out, &[]);
     assert_eq!(code(&o), 7, "{}", text(&o));
-    assert!(stderr(&o).contains("restoring 'app' to"), "{}", text(&o));
+    assert!(stderr(&o).contains("restoring 'app'"), "{}", text(&o));
 
     let out = src.out("full.db");
     let (mut cmd, _runtime) = walsync_command();
@@ -813,7 +813,7 @@ fn an_output_that_cannot_be_written_is_a_local_error() {
     assert_eq!(code(&o), 7, "{}", text(&o));
     let msg = stderr(&o);
     assert!(
-        msg.contains("restoring 'app' to") && msg.contains("has room"),
+        msg.contains("restoring 'app'") && msg.contains("has room"),
         "{msg}"
     );
     assert_nothing_left(&out);

@@ -376,6 +376,7 @@ impl S3Storage {
             self.host,
             if tries == 1 { "" } else { "s" },
             started.elapsed().as_secs(),
+            reason = reason.trim_end_matches('.'),
         ))
     }
 
