@@ -209,8 +209,12 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
                 format!("'{text}' is not a duration (try 500ms, 90s, 5m, 1h30m, 7d or 2w)")
             })?,
     };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e10 {
-        return Err(format!("'{text}' must be a positive duration"));
+    // Below a millisecond is zero to every timer walsync runs (found by
+    // fuzzing: ".0000000002" parsed as a zero duration).
+    if !seconds.is_finite() || seconds < 0.001 || seconds > 1e10 {
+        return Err(format!(
+            "'{text}' must be a duration of at least 1 ms (and at most 300 years)"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -449,6 +453,10 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        // Found by fuzzing (fuzz/regressions/config_parse): positive, but
+        // zero once a Duration.
+        assert!(parse_duration(".0000000002").is_err());
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
     }
 
     #[test]

@@ -292,14 +292,15 @@ impl Prefetch<'_> {
         while self.next < self.chain.len() {
             let ahead = self.next - applied;
             let size = self.chain[self.next].size;
-            let fits = ahead < PREFETCH_FILES && self.waiting_bytes + size <= PREFETCH_BYTES;
+            let fits =
+                ahead < PREFETCH_FILES && self.waiting_bytes.saturating_add(size) <= PREFETCH_BYTES;
             if ahead >= self.parallelism && !fits {
                 break;
             }
             self.jobs
                 .send(self.next)
                 .map_err(|_| Error::Other("download workers stopped".into()))?;
-            self.waiting_bytes += size;
+            self.waiting_bytes = self.waiting_bytes.saturating_add(size);
             self.next += 1;
         }
         Ok(())

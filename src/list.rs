@@ -62,7 +62,7 @@ pub fn summaries(storage: &dyn Storage) -> Result<Vec<DbSummary>> {
                 .filter(|f| f.id.level == SNAPSHOT_LEVEL)
                 .count(),
             files: files.len(),
-            bytes: files.iter().map(|f| f.size).sum(),
+            bytes: files.iter().fold(0u64, |sum, f| sum.saturating_add(f.size)),
         })
         .collect())
 }

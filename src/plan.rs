@@ -113,7 +113,8 @@ fn chain_from(image: &RemoteLtx, links: &[&RemoteLtx], target: u64) -> Option<Ve
         let Some(&(n, bytes, _)) = best.get(&(f.id.min_txid - 1)) else {
             continue;
         };
-        let cand = (n + 1, bytes + f.size, Some(i));
+        // Sizes come from a listing: a lying server must not overflow them.
+        let cand = (n + 1, bytes.saturating_add(f.size), Some(i));
         let better = match best.get(&f.id.max_txid) {
             Some(&(bn, bb, _)) => (cand.0, cand.1) < (bn, bb),
             None => true,
@@ -368,6 +369,24 @@ mod tests {
             .iter()
             .map(|f| (f.id.level, f.id.min_txid, f.id.max_txid))
             .collect()
+    }
+
+    /// Found by fuzzing (fuzz/regressions/s3_list_xml): sizes a listing
+    /// gives are summed, and a server may send any.
+    #[test]
+    fn listed_sizes_that_would_overflow_do_not_panic() {
+        let files = vec![
+            RemoteLtx {
+                size: u64::MAX,
+                ..f(9, 1, 1)
+            },
+            RemoteLtx {
+                size: 1,
+                ..f(0, 2, 2)
+            },
+        ];
+        let p = plan(&files, 2, "db", "file:///r").unwrap();
+        assert_eq!(ids(&p), vec![(9, 1, 1), (0, 2, 2)]);
     }
 
     #[test]
