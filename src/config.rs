@@ -211,7 +211,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     };
     // Below a millisecond is zero to every timer walsync runs (found by
     // fuzzing: ".0000000002" parsed as a zero duration).
-    if !seconds.is_finite() || seconds < 0.001 || seconds > 1e10 {
+    if !seconds.is_finite() || !(0.001..=1e10).contains(&seconds) {
         return Err(format!(
             "'{text}' must be a duration of at least 1 ms (and at most 300 years)"
         ));
