@@ -919,7 +919,8 @@ fn encoder_rejects_misuse() {
         "invalid page size",
     );
 
-    // Writer failures are Error::Other, and the encoder is then unusable.
+    // Writer failures are local file errors (exit 7), and the encoder is
+    // then unusable (misuse, an Error::Other).
     struct Full(usize);
     impl Write for Full {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -934,7 +935,10 @@ fn encoder_rejects_misuse() {
         }
     }
     let mut enc = Encoder::new(Full(120), snap).unwrap();
-    other(enc.write_page(1, &pages[0].1), "disk full");
+    match enc.write_page(1, &pages[0].1) {
+        Err(Error::Local(m)) => assert!(m.contains("disk full"), "{m}"),
+        r => panic!("expected Error::Local(disk full), got {r:?}"),
+    }
     other(enc.write_page(1, &pages[0].1), "after a write failure");
 }
 
