@@ -98,7 +98,7 @@ impl ResumingBody {
             .with_retries("GET (resumed)", key, |_| {
                 storage.get_once("GET (resumed)", key, full, range, etag)
             })
-            .map_err(|e| self.failed(e.message().to_string()))?;
+            .map_err(|e| self.failed(e.message().trim_end_matches('.').to_string()))?;
         let Some(resp) = resp else {
             return Err(self.failed("the object is gone".to_string()));
         };
