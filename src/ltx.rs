@@ -680,7 +680,9 @@ impl<W: Write> Encoder<W> {
             file_checksum: CHECKSUM_FLAG,
         };
         t.check(h)?;
-        if h.commit == 0 && post != EMPTY_DB_CHECKSUM {
+        // As the decoder: a NoChecksum file records no checksum (Litestream
+        // writes 0), even for an empty database.
+        if h.commit == 0 && !h.no_checksum() && post != EMPTY_DB_CHECKSUM {
             return Err(format!(
                 "post-apply checksum {post:016x} must be {EMPTY_DB_CHECKSUM:016x} for an empty database"
             ));

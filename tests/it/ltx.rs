@@ -958,6 +958,20 @@ fn empty_database_file() {
     assert_eq!(t, t2);
     let bad = raw_file(&h, &[], None, ltx::checksum_flag(5));
     assert_integrity(decode(&bad), "empty database");
+
+    // A NoChecksum file (as Litestream writes them) records no checksum,
+    // even for an empty database: the encoder writes what the decoder
+    // reads (found by fuzzing: the encoder refused it).
+    let no_checksum = Header {
+        flags: ltx::HEADER_FLAG_NO_CHECKSUM,
+        pre_apply_checksum: 0,
+        ..h
+    };
+    let (bytes, t) = encode(no_checksum, &Vec::new(), 0);
+    let (h2, pages, t2) = decode(&bytes).unwrap();
+    assert_eq!(h2, no_checksum);
+    assert!(pages.is_empty());
+    assert_eq!(t, t2);
 }
 
 // ---------------------------------------------------------------------------
