@@ -177,8 +177,11 @@ fn after_an_outage_every_database_catches_up_at_once() {
     let (code, log) = w.stop();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("storage is back"), "{log}");
+    // Measured 0.2-0.8 s here; the previous code took 26.9 s. The bound
+    // leaves room for a loaded machine (a CPU-bound build beside the
+    // suite once made it exceed 4 s).
     assert!(
-        caught_up < Duration::from_secs(4),
+        caught_up < Duration::from_secs(10),
         "caught up {caught_up:?} after storage came back:\n{log}"
     );
 }
