@@ -89,6 +89,16 @@ impl Circuit {
         }
     }
 
+    /// Whether the circuit is open and its probe may go now: any database
+    /// with a retry waiting may send it, whatever its own backoff says.
+    pub fn wants_probe(&self, now: Instant) -> bool {
+        if !self.settings.enabled {
+            return false;
+        }
+        let s = self.lock();
+        s.open_until.is_some_and(|until| now >= until) && !s.probe_out
+    }
+
     /// An upload was stored.
     pub fn succeeded(&self, now: Instant) -> Transition {
         let mut s = self.lock();
@@ -148,7 +158,9 @@ mod tests {
         assert_eq!(c.failed(t0), Transition::Opened(3));
         assert!(!c.allow(t0), "open: no retries");
         let later = t0 + Duration::from_millis(150);
+        assert!(c.wants_probe(later), "the cooldown is over");
         assert!(c.allow(later), "one probe after the cooldown");
+        assert!(!c.wants_probe(later), "the probe is out");
         assert!(!c.allow(later), "only one");
         assert_eq!(c.failed(later), Transition::None, "the probe failed");
         assert!(!c.allow(later + Duration::from_millis(50)));

@@ -273,6 +273,14 @@ impl Poller {
     }
 
     fn handle_ack(&mut self, ack: Ack) {
+        let now = Instant::now();
+        // Every outcome counts for the circuit, a released database's too:
+        // the outcome of its probe must always come back to it.
+        let recoveries = self.links.circuit.recoveries();
+        let transition = match &ack.result {
+            Ok(()) => self.links.circuit.succeeded(now),
+            Err(_) => self.links.circuit.failed(now),
+        };
         let i = ack.slot.index;
         let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             return;
@@ -281,15 +289,15 @@ impl Poller {
             return; // for a database released since
         }
         let s = &mut slot.shipper;
+        match transition {
+            Transition::Recovered(after) => s.emit(Event::StorageBack { after }),
+            Transition::Opened(failures) => s.emit(Event::StorageDown { failures }),
+            Transition::None => {}
+        }
         match ack.result {
             // The next poll keeps its schedule: one file per interval at
             // most, whatever landed during the upload goes in it.
-            Ok(()) => {
-                s.uploaded_and_report();
-                if let Transition::Recovered(after) = self.links.circuit.succeeded(Instant::now()) {
-                    s.emit(Event::StorageBack { after });
-                }
-            }
+            Ok(()) => s.uploaded_and_report(),
             Err(e) if s.check_gone() => {
                 // Its files are gone (a deleted tenant): nothing to retry.
                 let key = s.key.clone();
@@ -297,21 +305,15 @@ impl Poller {
                 self.release(i, Released::Gone(key));
                 return;
             }
-            Err(e) => {
-                let now = Instant::now();
-                let recoveries = self.links.circuit.recoveries();
-                s.upload_failed_and_report(e, now, recoveries);
-                if let Transition::Opened(failures) = self.links.circuit.failed(now) {
-                    s.emit(Event::StorageDown { failures });
-                }
-            }
+            Err(e) => s.upload_failed_and_report(e, now, recoveries),
         }
         slot.shipper.publish(&self.links.board);
     }
 
     /// Sends the pending batches whose retry is due: by their backoff, or
     /// at once when storage recovered since they failed. While the circuit
-    /// is open only its one probe goes out.
+    /// is open only its one probe goes out, taken by the first database
+    /// with a retry waiting once the cooldown is over.
     fn resend_due(&mut self, now: Instant) {
         let recoveries = self.links.circuit.recoveries();
         for i in 0..self.slots.len() {
@@ -319,7 +321,10 @@ impl Poller {
                 continue;
             };
             let s = &mut slot.shipper;
-            let due = s.retry_after_recovery(recoveries) || s.retry_due(now);
+            // The circuit's probe is any waiting retry, due or not: storage
+            // that came back is seen within a cooldown, not a backoff.
+            let probe = s.retry_waiting() && self.links.circuit.wants_probe(now);
+            let due = s.retry_after_recovery(recoveries) || s.retry_due(now) || probe;
             if due && self.links.circuit.allow(now) {
                 if let Some(req) = slot.shipper.take_retry().map(Batch::request) {
                     let id = SlotId {

@@ -358,6 +358,11 @@ impl Shipper {
         self.pending.is_some() && self.retry.at.is_some_and(|t| now >= t)
     }
 
+    /// Whether a failed upload waits for its retry.
+    pub fn retry_waiting(&self) -> bool {
+        self.pending.is_some() && self.retry.at.is_some()
+    }
+
     /// Whether a retry is waiting although storage recovered since its
     /// upload failed: it is due now, on a fresh backoff.
     pub fn retry_after_recovery(&mut self, recoveries: u64) -> bool {
