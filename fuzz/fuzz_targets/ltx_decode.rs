@@ -50,7 +50,10 @@ fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
 /// The hex number in `msg` right after `marker`.
 fn hex_after(msg: &str, marker: &str) -> Option<u64> {
     let at = msg.find(marker)? + marker.len();
-    let hex: String = msg[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+    let hex: String = msg[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
     u64::from_str_radix(&hex, 16).ok()
 }
 

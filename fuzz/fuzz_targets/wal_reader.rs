@@ -38,7 +38,10 @@ fn drain(reader: &mut WalReader<'_>) -> Vec<Transaction> {
     // Each transaction holds at least one frame, so this ends; the bound is
     // only a guard against a reader that stops advancing.
     for _ in 0..100_000 {
-        match reader.next_transaction().expect("reading a WAL in /dev/shm") {
+        match reader
+            .next_transaction()
+            .expect("reading a WAL in /dev/shm")
+        {
             Some(t) => out.push(t),
             None => return out,
         }
@@ -63,7 +66,10 @@ fn repair(data: &[u8]) -> Option<Vec<u8>> {
         1 => 65536,
         p => p,
     };
-    if be32(h, 4) != wal::VERSION || !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+    if be32(h, 4) != wal::VERSION
+        || !(512..=65536).contains(&page_size)
+        || !page_size.is_power_of_two()
+    {
         return None;
     }
     let mut out = data.to_vec();
@@ -157,7 +163,11 @@ fn check(data: &[u8]) {
         match WalReader::resume(&file, pos).expect("WalReader::resume") {
             Resume::Continue(mut r) => {
                 assert_eq!(r.position(), pos);
-                assert_eq!(drain(&mut r), txs[done..], "resumed reader reads differently");
+                assert_eq!(
+                    drain(&mut r),
+                    txs[done..],
+                    "resumed reader reads differently"
+                );
             }
             Resume::Reset => panic!("resume from a position the reader returned says Reset"),
         }
@@ -177,12 +187,30 @@ fn check(data: &[u8]) {
             .unwrap(),
     );
     let odd = [
-        WalPosition { offset: prev_end.offset + 1, ..prev_end },
-        WalPosition { offset: 0, ..prev_end },
-        WalPosition { offset: noise, ..prev_end },
-        WalPosition { offset: prev_end.offset + frame_size, ..prev_end },
-        WalPosition { salt1: prev_end.salt1 ^ 1, ..prev_end },
-        WalPosition { checksum: (noise as u32, (noise >> 32) as u32), ..prev_end },
+        WalPosition {
+            offset: prev_end.offset + 1,
+            ..prev_end
+        },
+        WalPosition {
+            offset: 0,
+            ..prev_end
+        },
+        WalPosition {
+            offset: noise,
+            ..prev_end
+        },
+        WalPosition {
+            offset: prev_end.offset + frame_size,
+            ..prev_end
+        },
+        WalPosition {
+            salt1: prev_end.salt1 ^ 1,
+            ..prev_end
+        },
+        WalPosition {
+            checksum: (noise as u32, (noise >> 32) as u32),
+            ..prev_end
+        },
     ];
     for pos in odd {
         if let Resume::Continue(mut r) = WalReader::resume(&file, pos).expect("resume") {
