@@ -127,7 +127,7 @@ replica_command! {
 /// Store a level-9 snapshot of a database now (after shipping its WAL).
 #[argh(subcommand, name = "snapshot")]
 pub struct SnapshotCmd {
-    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    /// give up after this long without progress from storage, e.g. 90s (default: none, since writing a large database's snapshot locally makes no storage progress; each request is still bounded)
     #[argh(option, from_str_fn(duration))]
     pub timeout: Option<Duration>,
     /// database file
@@ -334,7 +334,12 @@ fn within(
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Watch(c) => watch(c),
-        Command::Snapshot(c) => within(c.timeout, None, || snapshot(c)),
+        // A snapshot first writes its file locally, which may take long
+        // for a large database: no watchdog unless asked for.
+        Command::Snapshot(c) => match c.timeout {
+            Some(timeout) => within(Some(timeout), None, || snapshot(c)),
+            None => snapshot(c),
+        },
         Command::Restore(c) => {
             let cancel = CancelToken::new();
             within(c.timeout, Some(cancel.clone()), || restore(c, cancel))
