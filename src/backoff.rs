@@ -9,6 +9,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The first and the longest delay before a failed upload is retried, by
+/// default: half a second, doubling to 30 s.
+pub const UPLOAD_DELAYS: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(30));
+
 /// A retry schedule; [`Backoff::next_delay`] moves it on, [`Backoff::reset`]
 /// starts it over after a success.
 #[derive(Debug, Clone)]
@@ -37,9 +42,9 @@ impl Backoff {
     }
 
     /// Between uploads of one batch (each already retried as requests):
-    /// 500 ms, doubling to 30 s (`watch` takes `[retry]` over this).
+    /// [`UPLOAD_DELAYS`] (`watch` takes `[retry]` over this).
     pub fn upload() -> Backoff {
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+        Backoff::new(UPLOAD_DELAYS.0, UPLOAD_DELAYS.1)
     }
 
     /// The delay before the next attempt.

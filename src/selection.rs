@@ -157,7 +157,7 @@ impl Selection {
     /// a config path that does not exist, contributes nothing (discovery
     /// looks again later). Two databases with one name: a usage error.
     pub fn resolve(&self, replica: &str) -> Result<Vec<(NamedDb, Settings)>> {
-        self.resolve_with(replica, &[], &|_| None, &mut Vec::new())
+        self.resolve_with(replica, &[])
     }
 
     /// What a rescan while `watch` runs finds, `known` saying which
@@ -183,14 +183,10 @@ impl Selection {
         Ok(Rescan { databases, changed })
     }
 
-    fn resolve_with<'k>(
-        &self,
-        replica: &str,
-        extra: &[PathBuf],
-        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
-        trace: &mut Vec<PathBuf>,
-    ) -> Result<Vec<(NamedDb, Settings)>> {
-        let resolution = self.resolution(replica, extra, known, trace)?;
+    /// Every database named now (and `extra` paths), resolved from
+    /// scratch: nothing is known to be replicated.
+    fn resolve_with(&self, replica: &str, extra: &[PathBuf]) -> Result<Vec<(NamedDb, Settings)>> {
+        let resolution = self.resolution(replica, extra, &|_| None, &mut Vec::new())?;
         Ok(resolution
             .found
             .into_iter()
@@ -310,7 +306,7 @@ impl Selection {
         }
         let key = absolute(path);
         let (mut db, settings) = self
-            .resolve_with(replica, &[path.to_path_buf()], &|_| None, &mut Vec::new())?
+            .resolve_with(replica, &[path.to_path_buf()])?
             .into_iter()
             .find(|(db, _)| absolute(&db.path) == key)
             .ok_or_else(|| Error::Other(format!("{} was not resolved", path.display())))?;

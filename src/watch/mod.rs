@@ -46,12 +46,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The first and the longest delay before a failed upload is retried, by
-/// default: half a second, doubling to 30 s (the circuit retries sooner
-/// when storage comes back).
-pub const UPLOAD_RETRY: (Duration, Duration) =
-    (Duration::from_millis(500), Duration::from_secs(30));
-
 /// How `watch` runs.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -81,7 +75,7 @@ impl Default for WatchOptions {
             shutdown_timeout: Duration::from_secs(30),
             discover_interval: Duration::from_secs(10),
             control_socket: None,
-            upload_retry: UPLOAD_RETRY,
+            upload_retry: crate::backoff::UPLOAD_DELAYS,
             circuit: CircuitSettings::default(),
         }
     }

@@ -164,7 +164,6 @@ impl Read for ResumingBody {
             match self.read_inner(buf) {
                 Ok(n) => {
                     self.received += n as u64;
-                    crate::storage::mark_progress();
                     return Ok(n);
                 }
                 Err(reason) => {
