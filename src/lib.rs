@@ -81,8 +81,8 @@ pub mod config;
 pub mod error;
 mod fetch;
 pub mod fsutil;
+pub mod glob;
 mod memory;
-
 mod pool;
 
 // The `walsync` binary's command line (the only code that owns the process).

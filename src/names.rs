@@ -24,8 +24,8 @@
 //! Two databases that end up with one name are an error naming both
 //! (exit 2), never a silent rename.
 
-use crate::config::Captures;
 use crate::error::{Error, Result};
+use crate::glob::Captures;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -229,7 +229,7 @@ pub fn validate(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Glob;
+    use crate::glob::Glob;
 
     fn path(p: &str) -> Candidate {
         Candidate {

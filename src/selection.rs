@@ -7,8 +7,9 @@
 //! entry, which wins over `[sync]` of the config file, which wins over the
 //! built-in defaults ([`Settings::default`]). Names follow [`crate::names`].
 
-use crate::config::{ConfigFile, DatabaseEntry, Glob};
+use crate::config::{ConfigFile, DatabaseEntry};
 use crate::error::{Error, Result};
+use crate::glob::Glob;
 use crate::names::{self, Candidate, NamedDb, Naming};
 use crate::watch::Settings;
 use std::borrow::Cow;
