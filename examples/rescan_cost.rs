@@ -1,12 +1,15 @@
-//! What one rescan of the selection costs while every database it names is
-//! already replicated (as in a `watch` whose folders changed), without the
-//! rest of `watch` around it: `scripts/fleet-scale.sh` measures it in the
-//! running process.
+//! What one rescan of the selection costs while every database it names
+//! but one is already replicated, without the rest of `watch` around it:
+//! a full one (what `watch` does after a reload, every 5 minutes, or when
+//! the kernel could not say what changed) and one that looks only at the
+//! folder that appeared (what `watch` does when a tenant is added).
+//! `scripts/fleet-scale.sh` measures the same in the running process.
 //!
 //!   cargo run --release --example rescan_cost -- CONFIG [ROUNDS]
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use walsync::selection::{absolute, Replicated, Selection};
+use walsync::glob::Scope;
+use walsync::selection::{absolute, Replicated, Running, Selection};
 use walsync::Settings;
 
 fn main() {
@@ -34,20 +37,47 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
-    let known = |p: &Path| {
-        placed
-            .get(p)
-            .map(|(name, settings)| Replicated { name, settings })
+    // The last database is the one that appeared: the scope is its folder.
+    let Some(newest) = placed.keys().max().cloned() else {
+        eprintln!("the configuration names no database");
+        std::process::exit(2);
     };
-    let started = std::time::Instant::now();
-    for _ in 0..rounds {
-        if let Ok(rescan) = selection.rescan(replica, &known, &mut Vec::new()) {
-            std::hint::black_box(rescan.changed);
+    let appeared = vec![newest.parent().unwrap_or(&newest).to_path_buf()];
+    let mut running = Known(placed);
+    running.0.remove(&newest);
+    for (label, scope) in [
+        ("full", Scope::Everywhere),
+        ("one new folder", Scope::Under(&appeared)),
+    ] {
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            if let Ok(rescan) = selection.rescan(replica, &&running, scope, &mut |_| {}) {
+                assert_eq!(rescan.changed.len(), 1, "the new database is found");
+                std::hint::black_box(rescan.changed);
+            }
         }
+        println!(
+            "{} databases, {label}: {:.3} ms a rescan",
+            running.0.len() + 1,
+            started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
+        );
     }
-    println!(
-        "{} databases: {:.2} ms a rescan",
-        placed.len(),
-        started.elapsed().as_secs_f64() * 1e3 / f64::from(rounds)
-    );
+}
+
+/// The databases replicated, by absolute path.
+struct Known(HashMap<PathBuf, (String, Settings)>);
+
+impl<'k> Running<'k> for &'k Known {
+    fn replicated(&self, key: &Path) -> Option<Replicated<'k>> {
+        self.0
+            .get(key)
+            .map(|(name, settings)| Replicated { name, settings })
+    }
+
+    fn names(&self) -> HashMap<&'k str, &'k Path> {
+        self.0
+            .iter()
+            .map(|(key, (name, _))| (name.as_str(), key.as_path()))
+            .collect()
+    }
 }

@@ -55,10 +55,12 @@ pub enum Event {
     /// Storage stored an upload again after failing for `after`: every
     /// waiting database retries now.
     StorageBack { after: Duration },
-    /// A rescan looked at `databases` files and found `new` ones. Looking
-    /// took `scan_cpu` of the thread's CPU time, and opening the new ones
-    /// (the same work as at start) `open_cpu`.
+    /// A rescan looked at `looked_at` (everything, or only the paths that
+    /// appeared since the last), found `new` databases, and `databases` are
+    /// replicated now. Looking took `scan_cpu` of the thread's CPU time,
+    /// and opening the new ones (the same work as at start) `open_cpu`.
     Rescanned {
+        looked_at: Option<usize>,
         databases: usize,
         new: usize,
         scan_cpu: Duration,
@@ -219,13 +221,18 @@ impl fmt::Display for Event {
                 after.as_secs_f64()
             ),
             Event::Rescanned {
+                looked_at,
                 databases,
                 new,
                 scan_cpu,
                 open_cpu,
             } => write!(
                 f,
-                "rescanned: {databases} database(s), {new} new; {:.2} ms of CPU to look, {:.2} ms to open the new",
+                "rescanned {}: {databases} database(s), {new} new; {:.2} ms of CPU to look, {:.2} ms to open the new",
+                match looked_at {
+                    None => "everything".to_string(),
+                    Some(n) => format!("{n} new path(s)"),
+                },
                 scan_cpu.as_secs_f64() * 1e3,
                 open_cpu.as_secs_f64() * 1e3
             ),

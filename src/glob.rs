@@ -50,7 +50,7 @@ impl Glob {
     /// missing file). One directory read per wildcard component and one
     /// `stat` per candidate file.
     pub fn expand(&self) -> Vec<PathBuf> {
-        self.expand_known(&|_| None::<()>, &mut Vec::new())
+        self.expand_known(&|_| None::<()>, Scope::Everywhere, &mut |_| {})
             .into_iter()
             .map(|(path, _)| path)
             .collect()
@@ -61,14 +61,18 @@ impl Glob {
     /// databases walsync already replicates; it notices a deleted one by
     /// itself). Each file comes with `known`'s answer where it was asked
     /// (for a last component without wildcards), so that no caller asks
-    /// twice. Adds to `trace` every folder whose entries decided the
-    /// result (a folder listed for a wildcard, or one a fixed name was
-    /// missing from): while none of them changes, neither does the result,
-    /// known files aside.
+    /// twice. Only the paths `scope` reaches are looked at.
+    ///
+    /// `trace` is told of every folder whose entries decide the result (a
+    /// folder listed for a wildcard, or one a fixed name is missing from)
+    /// before they are read: while none of them changes, neither does the
+    /// result, known files aside, and a change after `trace` heard of the
+    /// folder is a change the caller can see.
     pub fn expand_known<T>(
         &self,
         known: &dyn Fn(&Path) -> Option<T>,
-        trace: &mut Vec<PathBuf>,
+        scope: Scope,
+        trace: &mut dyn FnMut(&Path),
     ) -> Vec<(PathBuf, Option<T>)> {
         if !self.has_wildcards() {
             return vec![(PathBuf::from(&self.pattern), None)];
@@ -78,7 +82,7 @@ impl Glob {
             let last = i + 1 == self.parts.len();
             let mut next = Vec::new();
             for (dir, _) in &current {
-                next.extend(matches_in(dir, part, last, known, trace));
+                next.extend(matches_in(dir, part, last, known, &scope, trace));
             }
             current = next;
         }
@@ -127,56 +131,140 @@ impl Glob {
     }
 }
 
-/// The entries of `dir` matching `part`: files when `last`, else folders.
+/// Which paths an expansion looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// All it matches.
+    Everywhere,
+    /// Only those at or below these absolute paths, without `.` components
+    /// (the entries that appeared in a folder since the last look).
+    Under(&'a [PathBuf]),
+}
+
+impl Scope<'_> {
+    /// Whether `p` is in scope or leads to a path in scope.
+    pub fn reaches(&self, p: &Path) -> bool {
+        match self {
+            Scope::Everywhere => true,
+            Scope::Under(roots) => {
+                let p = lexically_absolute(p);
+                roots.iter().any(|r| p.starts_with(r) || r.starts_with(&p))
+            }
+        }
+    }
+
+    /// The entries of `dir` in scope, when not all of them are: those
+    /// leading to a path in scope (`None`: all of them).
+    fn entries_of(&self, dir: &Path) -> Option<Vec<PathBuf>> {
+        let Scope::Under(roots) = self else {
+            return None;
+        };
+        let absolute_dir = lexically_absolute(dir);
+        if roots.iter().any(|r| absolute_dir.starts_with(r)) {
+            return None;
+        }
+        let mut entries: Vec<PathBuf> = roots
+            .iter()
+            .filter_map(|r| r.strip_prefix(&absolute_dir).ok()?.components().next())
+            .map(|c| dir.join(c))
+            .collect();
+        entries.sort();
+        entries.dedup();
+        Some(entries)
+    }
+}
+
+/// `p` from the root, without `.` components, by its text alone (no
+/// symbolic link resolved): how a [`Scope`] compares paths.
+pub fn lexically_absolute(p: &Path) -> PathBuf {
+    let base = if p.is_absolute() {
+        PathBuf::new()
+    } else {
+        std::env::current_dir().unwrap_or_default()
+    };
+    base.join(p)
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// The entries of `dir` matching `part` in `scope`: files when `last`,
+/// else folders.
 fn matches_in<T>(
     dir: &Path,
     part: &str,
     last: bool,
     known: &dyn Fn(&Path) -> Option<T>,
-    trace: &mut Vec<PathBuf>,
+    scope: &Scope,
+    trace: &mut dyn FnMut(&Path),
 ) -> Vec<(PathBuf, Option<T>)> {
     if !part.contains(['*', '?']) {
-        let p = dir.join(part);
-        if last {
-            if let Some(answer) = known(&p) {
-                return vec![(p, Some(answer))];
-            }
-        }
-        let kind = std::fs::metadata(&p).map(|m| (m.is_file(), m.is_dir()));
-        return match kind {
-            Ok((true, _)) if last => vec![(p, None)],
-            Ok((_, true)) if !last => vec![(p, None)],
-            _ => {
-                trace.push(dir.to_path_buf());
-                Vec::new()
-            }
-        };
+        return fixed_entry(dir.join(part), last, known, scope, trace);
     }
-    trace.push(dir.to_path_buf());
+    let kind_wanted = |t: std::fs::FileType| if last { t.is_file() } else { t.is_dir() };
+    let name_wanted = |path: &Path| {
+        let name = path.file_name().and_then(|n| n.to_str());
+        name.is_some_and(|n| !n.starts_with('.') && wildcard_match(part, n))
+    };
+    if let Some(entries) = scope.entries_of(dir) {
+        // A few entries that appeared: no need to list the folder.
+        return entries
+            .into_iter()
+            .filter(|path| name_wanted(path))
+            .filter(|path| {
+                std::fs::symlink_metadata(path).is_ok_and(|m| kind_wanted(m.file_type()))
+            })
+            .map(|path| (path, None))
+            .collect();
+    }
+    trace(dir);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     // One allocation an entry (its path): this runs over every tenant's
-    // folder at each rescan that follows a change.
+    // folder at each full rescan.
     entries
         .flatten()
-        .filter(|entry| {
-            let Ok(t) = entry.file_type() else {
-                return false;
-            };
-            if last {
-                t.is_file()
-            } else {
-                t.is_dir()
-            }
-        })
+        .filter(|entry| entry.file_type().is_ok_and(kind_wanted))
         .map(|entry| entry.path())
-        .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str());
-            name.is_some_and(|n| !n.starts_with('.') && wildcard_match(part, n))
-        })
+        .filter(|path| name_wanted(path))
         .map(|path| (path, None))
         .collect()
+}
+
+/// The entry `p` of a component without wildcards, if it exists (a file
+/// when `last`, else a folder) and is in scope.
+fn fixed_entry<T>(
+    p: PathBuf,
+    last: bool,
+    known: &dyn Fn(&Path) -> Option<T>,
+    scope: &Scope,
+    trace: &mut dyn FnMut(&Path),
+) -> Vec<(PathBuf, Option<T>)> {
+    if !scope.reaches(&p) {
+        return Vec::new();
+    }
+    if last {
+        if let Some(answer) = known(&p) {
+            return vec![(p, Some(answer))];
+        }
+    }
+    let exists =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| if last { m.is_file() } else { m.is_dir() });
+    if exists(&p) {
+        return vec![(p, None)];
+    }
+    // Missing: the result depends on its folder. Looked at once more
+    // after `trace` heard of it, so that one created in between is not
+    // missed.
+    if let Some(dir) = p.parent() {
+        trace(dir);
+    }
+    if exists(&p) {
+        vec![(p, None)]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Matches one path component against a pattern with `*` and `?`.
@@ -244,5 +332,45 @@ mod tests {
         assert!(Glob::new("/x/*.db")
             .captures(Path::new("/y/t.db"))
             .is_none());
+    }
+
+    #[test]
+    fn a_scope_looks_only_at_what_appeared() {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["a", "b", "c"] {
+            std::fs::create_dir(dir.path().join(t)).unwrap();
+            std::fs::write(dir.path().join(t).join("app.db"), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let glob = Glob::new(&format!("{}/*/app.db", dir.path().display()));
+        let expand = |scope: Scope| {
+            let mut traced = Vec::new();
+            let found: Vec<PathBuf> = glob
+                .expand_known(&|_| None::<()>, scope, &mut |d| {
+                    traced.push(d.to_path_buf())
+                })
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            (found, traced)
+        };
+        let (all, traced) = expand(Scope::Everywhere);
+        assert_eq!(all.len(), 3);
+        // The folder listed, and `d`, where app.db is missing.
+        assert_eq!(traced, [dir.path().to_path_buf(), dir.path().join("d")]);
+
+        let appeared = [dir.path().join("b")];
+        let (found, traced) = expand(Scope::Under(&appeared));
+        assert_eq!(found, [dir.path().join("b/app.db")]);
+        assert!(traced.is_empty(), "nothing listed: {traced:?}");
+
+        let appeared = [dir.path().join("d/app.db"), dir.path().join("zzz")];
+        let (found, traced) = expand(Scope::Under(&appeared));
+        assert!(found.is_empty());
+        assert_eq!(traced, [dir.path().join("d")]);
+
+        let relative = Scope::Under(&appeared);
+        assert!(relative.reaches(&dir.path().join("./d")));
+        assert!(!relative.reaches(&dir.path().join("c/app.db")));
     }
 }

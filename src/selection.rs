@@ -9,7 +9,7 @@
 
 use crate::config::{ConfigFile, DatabaseEntry};
 use crate::error::{Error, Result};
-use crate::glob::Glob;
+use crate::glob::{Glob, Scope};
 use crate::names::{self, Candidate, NamedDb, Naming};
 use crate::watch::Settings;
 use std::borrow::Cow;
@@ -42,6 +42,27 @@ pub struct Selection {
 pub struct Replicated<'k> {
     pub name: &'k str,
     pub settings: &'k Settings,
+}
+
+/// What a running `watch` replicates, as a rescan asks it.
+pub trait Running<'k> {
+    /// How the database at the absolute path `key` is replicated now, if
+    /// it is.
+    fn replicated(&self, key: &Path) -> Option<Replicated<'k>>;
+    /// Every name replicated under now, with its database's absolute path.
+    fn names(&self) -> HashMap<&'k str, &'k Path>;
+}
+
+/// Nothing running: every database is resolved from scratch.
+struct Nothing;
+
+impl<'k> Running<'k> for Nothing {
+    fn replicated(&self, _: &Path) -> Option<Replicated<'k>> {
+        None
+    }
+    fn names(&self) -> HashMap<&'k str, &'k Path> {
+        HashMap::new()
+    }
 }
 
 /// What [`Selection::rescan`] found.
@@ -161,19 +182,20 @@ impl Selection {
         self.resolve_with(replica, &[])
     }
 
-    /// What a rescan while `watch` runs finds, `known` saying which
-    /// databases (by absolute path) are replicated now, under which name
-    /// and settings. Their names are kept without reading their local state
-    /// again or naming them again, so a rescan costs little per known
-    /// database and reads no file of its own. `trace` gets the folders
-    /// whose entries decided the result (see [`Glob::expand_known`]).
+    /// What a rescan while `watch` runs finds among the paths `scope`
+    /// reaches, `running` saying which databases are replicated now, under
+    /// which name and settings. Their names are kept without reading their
+    /// local state again or naming them again, so a rescan costs little per
+    /// known database and reads no file of its own. `trace` hears of the
+    /// folders whose entries decide the result (see [`Glob::expand_known`]).
     pub fn rescan<'k>(
         &self,
         replica: &str,
-        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
-        trace: &mut Vec<PathBuf>,
+        running: &dyn Running<'k>,
+        scope: Scope,
+        trace: &mut dyn FnMut(&Path),
     ) -> Result<Rescan> {
-        let resolution = self.resolution(replica, &[], known, trace)?;
+        let resolution = self.resolution(replica, &[], running, scope, trace)?;
         let databases = resolution.found.len();
         let changed = resolution
             .found
@@ -187,7 +209,8 @@ impl Selection {
     /// Every database named now (and `extra` paths), resolved from
     /// scratch: nothing is known to be replicated.
     fn resolve_with(&self, replica: &str, extra: &[PathBuf]) -> Result<Vec<(NamedDb, Settings)>> {
-        let resolution = self.resolution(replica, extra, &|_| None, &mut Vec::new())?;
+        let resolution =
+            self.resolution(replica, extra, &Nothing, Scope::Everywhere, &mut |_| {})?;
         Ok(resolution
             .found
             .into_iter()
@@ -195,22 +218,26 @@ impl Selection {
             .collect())
     }
 
-    /// The databases named now, each once, with their names.
+    /// The databases named now in `scope`, each once, with their names.
     fn resolution<'k>(
         &self,
         replica: &str,
         extra: &[PathBuf],
-        known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
-        trace: &mut Vec<PathBuf>,
+        running: &dyn Running<'k>,
+        scope: Scope,
+        trace: &mut dyn FnMut(&Path),
     ) -> Result<Resolution<'k>> {
+        let known = |key: &Path| running.replicated(key);
         let mut settings = vec![self.settings(None)];
         let mut found: Vec<Found> = Vec::new();
         for path in self.paths.iter().chain(extra) {
-            found.push(Found::new(path.clone(), None, 0, known));
+            if scope.reaches(path) {
+                found.push(Found::new(path.clone(), None, 0, &known));
+            }
         }
         for entry in &self.config.databases {
             settings.push(self.settings(Some(entry)));
-            self.expand(entry, settings.len() - 1, known, trace, &mut found)?;
+            self.expand(entry, settings.len() - 1, &known, scope, trace, &mut found)?;
         }
         let mut found = one_per_file(found);
         // Rule 2 for the databases replicated now: nothing to work out.
@@ -218,7 +245,13 @@ impl Selection {
             .filter(|&i| !found[i].keeps_its_name())
             .collect();
         if !to_name.is_empty() {
-            let names = name_among(&found, &to_name, replica)?;
+            // Names are unique across all databases, not only those in
+            // scope: the others replicated now keep theirs.
+            let elsewhere = match scope {
+                Scope::Everywhere => HashMap::new(),
+                Scope::Under(_) => running.names(),
+            };
+            let names = name_among(&found, &to_name, elsewhere, replica)?;
             for (i, name) in to_name.into_iter().zip(names) {
                 found[i].name = Some(name);
             }
@@ -233,17 +266,25 @@ impl Selection {
         entry: &DatabaseEntry,
         source: usize,
         known: &dyn Fn(&Path) -> Option<Replicated<'k>>,
-        trace: &mut Vec<PathBuf>,
+        scope: Scope,
+        trace: &mut dyn FnMut(&Path),
         found: &mut Vec<Found<'k>>,
     ) -> Result<()> {
         let glob = Glob::new(&entry.path);
         if !glob.has_wildcards() {
             let path = PathBuf::from(&entry.path);
-            if !path.exists() {
-                if let Some(dir) = path.parent() {
-                    trace.push(dir.to_path_buf());
-                }
+            if !scope.reaches(&path) {
                 return Ok(());
+            }
+            if !path.exists() {
+                // Looked at again once its folder is traced, so that a
+                // file created in between is not missed.
+                if let Some(dir) = path.parent() {
+                    trace(dir);
+                }
+                if !path.exists() {
+                    return Ok(());
+                }
             }
             let naming = entry.name.as_ref().map(|n| {
                 Box::new(Naming::Given {
@@ -255,7 +296,7 @@ impl Selection {
             return Ok(());
         }
         let known_at = |p: &Path| known(&absolute(p));
-        let matched = glob.expand_known(&known_at, trace);
+        let matched = glob.expand_known(&known_at, scope, trace);
         let fixed_name = entry
             .name
             .as_deref()
@@ -402,12 +443,25 @@ impl<'k> Found<'k> {
 
 /// Names the databases at `indices` of `found` by the rule, beside the
 /// others (which keep the names they are replicated under).
-fn name_among(found: &[Found], indices: &[usize], replica: &str) -> Result<Vec<String>> {
-    let in_use: HashMap<&str, &Path> = found
-        .iter()
-        .filter(|f| f.keeps_its_name())
-        .filter_map(|f| Some((f.replicated?.name, f.key())))
-        .collect();
+fn name_among<'a>(
+    found: &'a [Found<'_>],
+    indices: &[usize],
+    mut in_use: HashMap<&'a str, &'a Path>,
+    replica: &str,
+) -> Result<Vec<String>> {
+    // A database named again (its entry gives it a name) frees the one it
+    // is replicated under.
+    for &i in indices {
+        if let Some(r) = found[i].replicated {
+            in_use.remove(r.name);
+        }
+    }
+    in_use.extend(
+        found
+            .iter()
+            .filter(|f| f.keeps_its_name())
+            .filter_map(|f| Some((f.replicated?.name, f.key()))),
+    );
     let candidates: Vec<Candidate> = indices
         .iter()
         .map(|&i| {

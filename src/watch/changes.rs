@@ -8,10 +8,9 @@
 //! past its limits), and every [`FULL_CHECK`] regardless, databases are
 //! polled as before: two `stat` calls each.
 
+use super::inotify::Inotify;
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,30 +28,26 @@ struct Folder {
 
 /// One inotify instance and what its watches stand for.
 pub struct Changes {
-    fd: Option<OwnedFd>,
+    inotify: Option<Inotify>,
     folders: HashMap<i32, Folder>,
     by_path: HashMap<PathBuf, i32>,
-    buf: Vec<u8>,
 }
 
 impl Changes {
     /// A new instance; without inotify, every database counts as changed.
     pub fn new() -> Changes {
-        // SAFETY: inotify_init1 takes flags and returns a new descriptor.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         Changes {
-            // SAFETY: a descriptor we own, just created.
-            fd: (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }),
+            inotify: Inotify::new(),
             folders: HashMap::new(),
             by_path: HashMap::new(),
-            buf: Vec::new(),
         }
     }
 
     /// Watches the database at `db` for `slot`; `false` when it cannot be
     /// watched (the slot is then polled in full every time).
     pub fn watch(&mut self, slot: usize, db: &Path) -> bool {
-        let (Some(fd), Some(dir), Some(file)) = (&self.fd, db.parent(), db.file_name()) else {
+        let (Some(inotify), Some(dir), Some(file)) = (&self.inotify, db.parent(), db.file_name())
+        else {
             return false;
         };
         let dir = if dir.as_os_str().is_empty() {
@@ -63,9 +58,6 @@ impl Changes {
         let wd = match self.by_path.get(dir) {
             Some(&wd) => wd,
             None => {
-                let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-                    return false;
-                };
                 let mask = libc::IN_MODIFY
                     | libc::IN_CREATE
                     | libc::IN_DELETE
@@ -74,11 +66,9 @@ impl Changes {
                     | libc::IN_ATTRIB
                     | libc::IN_DELETE_SELF
                     | libc::IN_MOVE_SELF;
-                // SAFETY: a valid descriptor and NUL-terminated path.
-                let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) };
-                if wd < 0 {
+                let Some(wd) = inotify.add(dir, mask) else {
                     return false;
-                }
+                };
                 self.by_path.insert(dir.to_path_buf(), wd);
                 wd
             }
@@ -114,9 +104,8 @@ impl Changes {
         if folder.slots.is_empty() {
             self.folders.remove(&wd);
             self.by_path.remove(dir);
-            if let Some(fd) = &self.fd {
-                // SAFETY: removing a watch of our own descriptor.
-                unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
+            if let Some(inotify) = &self.inotify {
+                inotify.remove(wd);
             }
         }
     }
@@ -124,54 +113,28 @@ impl Changes {
     /// Reads the events that arrived and calls `changed` for each slot they
     /// concern (every slot when the kernel's queue overflowed).
     pub fn drain(&mut self, mut changed: impl FnMut(usize)) {
-        let Some(fd) = &self.fd else { return };
-        self.buf.resize(64 * 1024, 0);
-        loop {
-            // SAFETY: reading into a buffer we own, of its length.
-            let n = unsafe {
-                libc::read(
-                    fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast::<libc::c_void>(),
-                    self.buf.len(),
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-            let mut at = 0usize;
-            let n = n as usize;
-            while at + 16 <= n {
-                let field = |o: usize| {
-                    let mut b = [0u8; 4];
-                    b.copy_from_slice(&self.buf[at + o..at + o + 4]);
-                    b
+        let Some(inotify) = &mut self.inotify else {
+            return;
+        };
+        let folders = &self.folders;
+        inotify.drain(|event| {
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                folders
+                    .values()
+                    .flat_map(|f| &f.slots)
+                    .for_each(|&s| changed(s));
+            } else if let Some(folder) = folders.get(&event.wd) {
+                let whole = event.mask
+                    & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED)
+                    != 0;
+                let slots = if whole {
+                    Some(&folder.slots)
+                } else {
+                    folder.names.get(event.name)
                 };
-                let wd = i32::from_ne_bytes(field(0));
-                let mask = u32::from_ne_bytes(field(4));
-                let len = u32::from_ne_bytes(field(12)) as usize;
-                let end = (at + 16 + len).min(n);
-                let raw = &self.buf[at + 16..end];
-                let name = OsStr::from_bytes(
-                    &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())],
-                );
-                if mask & libc::IN_Q_OVERFLOW != 0 {
-                    self.folders
-                        .values()
-                        .flat_map(|f| &f.slots)
-                        .for_each(|&s| changed(s));
-                } else if let Some(folder) = self.folders.get(&wd) {
-                    let whole =
-                        mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0;
-                    let slots = if whole {
-                        Some(&folder.slots)
-                    } else {
-                        folder.names.get(name)
-                    };
-                    slots.into_iter().flatten().for_each(|&s| changed(s));
-                }
-                at = end;
+                slots.into_iter().flatten().for_each(|&s| changed(s));
             }
-        }
+        });
     }
 }
 

@@ -9,16 +9,18 @@
 //! in WAL mode) is said once and looked at again at the next discovery;
 //! the others replicate meanwhile.
 
+use super::folders::{Changed, Folders};
 use super::poller::{Command, Released};
 use super::{Settings, Shipper};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
+use crate::glob::{lexically_absolute, Scope};
 use crate::names::NamedDb;
-use crate::selection::{absolute, Replicated, Selection};
+use crate::selection::{absolute, Replicated, Running, Selection};
 use crate::storage::Storage;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -56,12 +58,54 @@ pub(super) struct Fleet {
     /// What was last said about a path that could not be opened.
     refused: HashMap<PathBuf, String>,
     commands: Vec<Sender<Command>>,
-    /// The folders whose entries decided the last full rescan, with their
-    /// modification times then; `None` when the next one must be full
-    /// (after a reload, or a database released).
-    stamp: Option<Vec<(PathBuf, Option<std::time::SystemTime>)>>,
-    /// How many rescans resolved the selection.
+    /// The folders whose entries decide what a rescan finds.
+    folders: Folders,
+    /// Whether the next rescan must look at everything (at start, after a
+    /// reload, or a database released), and when one last did.
+    full_due: bool,
+    last_full: std::time::Instant,
+    /// How many full rescans resolved the selection.
     generation: u64,
+}
+
+/// How often a rescan looks at everything, whatever the folders say: a
+/// safety net under [`Folders`].
+const FULL_RESCAN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What a rescan looks at.
+enum Look {
+    /// Nothing can have appeared.
+    Nothing,
+    /// Only these paths (absolute): entries that appeared, and databases
+    /// refused before.
+    Under(Vec<PathBuf>),
+    Everything,
+}
+
+/// The databases placed, as a rescan asks about them; marks each one asked
+/// about as seen by rescan `generation`.
+struct Placed<'p> {
+    placed: &'p HashMap<PathBuf, Placement>,
+    generation: u64,
+}
+
+impl<'p> Running<'p> for Placed<'p> {
+    fn replicated(&self, key: &Path) -> Option<Replicated<'p>> {
+        self.placed.get(key).map(|p| {
+            p.seen.store(self.generation, Ordering::Relaxed);
+            Replicated {
+                name: &p.name,
+                settings: &p.settings,
+            }
+        })
+    }
+
+    fn names(&self) -> HashMap<&'p str, &'p Path> {
+        self.placed
+            .iter()
+            .map(|(key, p)| (p.name.as_str(), key.as_path()))
+            .collect()
+    }
 }
 
 impl Fleet {
@@ -79,7 +123,9 @@ impl Fleet {
             loads: Vec::new(),
             refused: HashMap::new(),
             commands: Vec::new(),
-            stamp: None,
+            folders: Folders::new(),
+            full_due: true,
+            last_full: std::time::Instant::now(),
             generation: 0,
         }
     }
@@ -131,67 +177,88 @@ impl Fleet {
     pub fn rediscover(&mut self) {
         let started = thread_cpu();
         let before = self.placed.len();
-        let (found, appeared) = if self.unchanged_since_last_scan() {
-            (self.placed.len(), Vec::new())
-        } else {
-            self.rescan()
+        let look = self.what_to_look_at();
+        let looked_at = match &look {
+            Look::Nothing => Some(0),
+            Look::Under(paths) => Some(paths.len()),
+            Look::Everything => None,
+        };
+        let appeared = match look {
+            Look::Nothing => Vec::new(),
+            Look::Under(paths) => self.rescan(Scope::Under(&paths)),
+            Look::Everything => {
+                self.folders.begin_full();
+                let appeared = self.rescan(Scope::Everywhere);
+                self.folders.end_full();
+                self.full_due = false;
+                self.last_full = std::time::Instant::now();
+                appeared
+            }
         };
         let scanned = thread_cpu();
         for (db, settings) in appeared {
             self.open_discovered(db, settings);
         }
         self.events.emit(Event::Rescanned {
-            databases: found,
+            looked_at,
+            databases: self.placed.len(),
             new: self.placed.len().saturating_sub(before),
             scan_cpu: scanned.saturating_sub(started),
             open_cpu: thread_cpu().saturating_sub(scanned),
         });
     }
 
-    /// Whether a rescan would find what the last one found: no folder it
-    /// depended on changed, nothing was released since, and nothing waits
-    /// to be looked at again. One `stat` per such folder (one for a glob
-    /// like `/var/lib/app/*/app.db`), whatever the number of databases.
-    fn unchanged_since_last_scan(&self) -> bool {
-        let Some(stamp) = &self.stamp else {
-            return false;
+    /// What the next rescan must look at: what appeared in the folders the
+    /// selection depends on, and what was refused before (it may be usable
+    /// now). Everything when a full rescan is due.
+    fn what_to_look_at(&mut self) -> Look {
+        let changed = self.folders.changes();
+        if self.full_due || self.last_full.elapsed() >= FULL_RESCAN {
+            return Look::Everything;
+        }
+        let mut paths = match changed {
+            Changed::Unknown => return Look::Everything,
+            Changed::Nothing => Vec::new(),
+            Changed::Entries(entries) => entries,
         };
-        self.refused.is_empty()
-            && stamp
-                .iter()
-                .all(|(dir, then)| std::fs::metadata(dir).and_then(|m| m.modified()).ok() == *then)
+        paths.extend(self.refused.keys().map(|k| lexically_absolute(k)));
+        if paths.is_empty() {
+            Look::Nothing
+        } else {
+            Look::Under(paths)
+        }
     }
 
     /// A reload or a release: the next rescan is a full one.
     pub fn rescan_fully(&mut self) {
-        self.stamp = None;
+        self.full_due = true;
     }
 
-    /// Resolves the selection again, asks the pollers to let go of what
-    /// left it, and returns how many databases it has and those not
-    /// replicated yet.
-    fn rescan(&mut self) -> (usize, Vec<(NamedDb, Settings)>) {
-        self.generation += 1;
-        let generation = self.generation;
-        let placed = &self.placed;
-        let known = |key: &std::path::Path| {
-            placed.get(key).map(|p| {
-                p.seen.store(generation, Ordering::Relaxed);
-                Replicated {
-                    name: &p.name,
-                    settings: &p.settings,
-                }
-            })
+    /// Resolves the selection in `scope` again and returns the databases
+    /// found there not replicated yet. A full rescan also asks the pollers
+    /// to let go of what left the selection (what left a folder is noticed
+    /// by its poller).
+    fn rescan(&mut self, scope: Scope) -> Vec<(NamedDb, Settings)> {
+        let full = matches!(scope, Scope::Everywhere);
+        if full {
+            self.generation += 1;
+        }
+        let running = Placed {
+            placed: &self.placed,
+            generation: self.generation,
         };
-        let mut trace = Vec::new();
-        let rescan = match self.selection.rescan(&self.replica, &known, &mut trace) {
+        let folders = &mut self.folders;
+        let mut trace = |dir: &Path| folders.depends_on(dir);
+        let rescan = match self
+            .selection
+            .rescan(&self.replica, &running, scope, &mut trace)
+        {
             Ok(rescan) => rescan,
             Err(e) => {
                 self.report(format!("discovery: {e}; keeping the databases in use"));
-                return (0, Vec::new());
+                return Vec::new();
             }
         };
-        self.stamp = Some(stamp_of(trace));
         let mut appeared = Vec::new();
         let mut renamed = 0;
         for (db, settings) in rescan.changed {
@@ -217,10 +284,10 @@ impl Fleet {
         // Every database placed was found under its name, unless some
         // left or were renamed.
         let found_under_their_names = rescan.databases - appeared.len() - renamed;
-        if found_under_their_names < self.placed.len() {
+        if full && found_under_their_names < self.placed.len() {
             self.release_unseen();
         }
-        (rescan.databases, appeared)
+        appeared
     }
 
     /// Asks the pollers to let go of the databases the last rescan did not
@@ -333,17 +400,4 @@ impl Fleet {
             self.refused.insert(key, message);
         }
     }
-}
-
-/// The modification times now of the folders a rescan depended on.
-fn stamp_of(mut folders: Vec<PathBuf>) -> Vec<(PathBuf, Option<std::time::SystemTime>)> {
-    folders.sort();
-    folders.dedup();
-    folders
-        .into_iter()
-        .map(|dir| {
-            let mtime = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
-            (dir, mtime)
-        })
-        .collect()
 }

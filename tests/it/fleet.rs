@@ -251,6 +251,54 @@ fn tenants_come_and_go_while_watch_runs() {
 }
 
 #[test]
+fn tenants_that_appear_are_found_without_looking_at_every_tenant_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tenants");
+    let dest = Dest::file(&dir.path().join("replica")).with_env("WALSYNC_LOG", "debug");
+    for t in ["a", "b", "c"] {
+        tenant(&root, t, 2);
+    }
+    let cfg = config(
+        dir.path(),
+        &dest.url,
+        &format!("[[databases]]\npath = \"{}/*/app.db\"\n", root.display()),
+    );
+    let w = dest.watch(&[], &["--config", cfg.to_str().unwrap()]);
+    dest.wait_for_txid("c/app", 1, Duration::from_secs(20));
+    // Past the first discovery, which looks at everything.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Created in place.
+    tenant(&root, "made", 3);
+    // A folder first, its database later.
+    std::fs::create_dir_all(root.join("later")).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    tenant(&root, "later", 4);
+    // Prepared elsewhere and moved in.
+    let outside = dir.path().join("staging");
+    tenant(&outside, "moved", 5);
+    std::fs::rename(outside.join("moved"), root.join("moved")).unwrap();
+    for t in ["made", "later", "moved"] {
+        dest.wait_for_txid(&format!("{t}/app"), 1, Duration::from_secs(10));
+    }
+    let (exit, err) = w.stop();
+    assert_eq!(exit, 0, "{err}");
+    for (t, rows) in [("made", 3), ("later", 4), ("moved", 5)] {
+        assert_eq!(restored_rows(&dest, &format!("{t}/app"), dir.path()), rows);
+    }
+    // Found by looking at what appeared: one full rescan (the first).
+    let full = err
+        .lines()
+        .filter(|l| l.contains("rescanned everything"))
+        .count();
+    let scoped_finds = err
+        .lines()
+        .filter(|l| l.contains("new path(s)") && !l.contains(", 0 new;"))
+        .count();
+    assert_eq!(full, 1, "{err}");
+    assert!(scoped_finds >= 2, "{err}");
+}
+
+#[test]
 fn files_that_cannot_be_replicated_are_skipped_and_looked_at_again() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tenants");

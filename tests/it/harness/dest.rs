@@ -50,6 +50,12 @@ impl Dest {
         self
     }
 
+    /// The same replica, with `key=value` added to walsync's environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> Dest {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn storage(&self) -> Box<dyn Storage> {
         storage::open(&self.url, &self.options).expect("open test storage")
     }
