@@ -43,8 +43,13 @@ fn main() {
         std::process::exit(2);
     };
     let appeared = vec![newest.parent().unwrap_or(&newest).to_path_buf()];
-    let mut running = Known(placed);
+    let mut running = Known(placed, HashMap::new());
     running.0.remove(&newest);
+    running.1 = running
+        .0
+        .iter()
+        .map(|(key, (name, _))| (name.clone(), key.clone()))
+        .collect();
     for (label, scope) in [
         ("full", Scope::Everywhere),
         ("one new folder", Scope::Under(&appeared)),
@@ -64,8 +69,11 @@ fn main() {
     }
 }
 
-/// The databases replicated, by absolute path.
-struct Known(HashMap<PathBuf, (String, Settings)>);
+/// The databases replicated, by absolute path, and their paths by name.
+struct Known(
+    HashMap<PathBuf, (String, Settings)>,
+    HashMap<String, PathBuf>,
+);
 
 impl<'k> Running<'k> for &'k Known {
     fn replicated(&self, key: &Path) -> Option<Replicated<'k>> {
@@ -74,10 +82,7 @@ impl<'k> Running<'k> for &'k Known {
             .map(|(name, settings)| Replicated { name, settings })
     }
 
-    fn names(&self) -> HashMap<&'k str, &'k Path> {
-        self.0
-            .iter()
-            .map(|(key, (name, _))| (name.as_str(), key.as_path()))
-            .collect()
+    fn taken_by(&self, name: &str) -> Option<&'k Path> {
+        self.1.get(name).map(PathBuf::as_path)
     }
 }

@@ -55,6 +55,9 @@ pub enum Event {
     /// Storage stored an upload again after failing for `after`: every
     /// waiting database retries now.
     StorageBack { after: Duration },
+    /// A batch could not be written to its spool file (a full disk): it
+    /// and the next ones are built in memory for a while.
+    SpoolInMemory { db: String, error: String },
     /// A rescan looked at `looked_at` (everything, or only the paths that
     /// appeared since the last), found `new` databases, and `databases` are
     /// replicated now. Looking took `scan_cpu` of the thread's CPU time,
@@ -146,6 +149,7 @@ impl Event {
             | Event::Unavailable { .. }
             | Event::UploadFailed { .. }
             | Event::PollFailed { .. }
+            | Event::SpoolInMemory { .. }
             | Event::CheckpointFailed { .. }
             | Event::StateNotSaved { .. }
             | Event::CloseFailed { .. }
@@ -172,6 +176,7 @@ impl Event {
             | Event::Unavailable { db, .. }
             | Event::UploadFailed { db, .. }
             | Event::PollFailed { db, .. }
+            | Event::SpoolInMemory { db, .. }
             | Event::CheckpointFailed { db, .. }
             | Event::StateNotSaved { db, .. }
             | Event::CloseFailed { db, .. }
@@ -265,6 +270,12 @@ impl fmt::Display for Event {
                 f,
                 "{error}; will try again in {:.1}s",
                 retry_in.as_secs_f64()
+            ),
+            Event::SpoolInMemory { error, .. } => write!(
+                f,
+                "{error}; building batches in memory (at most {} MiB over all databases) for the next {} s",
+                crate::watch::SPOOL_MEMORY_BUDGET >> 20,
+                crate::watch::SPOOL_MEMORY_SPELL.as_secs()
             ),
             Event::CheckpointFailed { error, .. } => write!(f, "checkpoint: {error}"),
             Event::StateNotSaved { error, .. } => write!(

@@ -61,15 +61,15 @@ pub struct Candidate {
 
 /// Names every candidate by the rule (see the module doc), in order.
 pub fn assign(candidates: &[Candidate]) -> Result<Vec<String>> {
-    assign_among(candidates, &HashMap::new())
+    assign_among(candidates, &|_| None)
 }
 
-/// [`assign`] beside databases already named (`in_use`: name → path), as
-/// in a rescan while thousands replicate: the candidates' names must not
-/// take theirs.
+/// [`assign`] beside databases already named (`in_use` gives the path of
+/// the database a name is taken by), as in a rescan while thousands
+/// replicate: the candidates' names must not take theirs.
 pub fn assign_among(
     candidates: &[Candidate],
-    in_use: &HashMap<&str, &Path>,
+    in_use: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> Result<Vec<String>> {
     let mut names: Vec<Option<String>> =
         candidates.iter().map(settled_name).collect::<Result<_>>()?;
@@ -84,7 +84,7 @@ pub fn assign_among(
             .collect();
         let stems: Vec<String> = {
             let taken =
-                |name: &str| in_use.contains_key(name) || names.iter().flatten().any(|n| n == name);
+                |name: &str| in_use(name).is_some() || names.iter().flatten().any(|n| n == name);
             (0..by_stem.len())
                 .map(|k| shortest_unique(k, &trails, &taken))
                 .collect()
@@ -143,13 +143,13 @@ fn below_fixed_name(c: &Captures) -> String {
 fn check_unique(
     candidates: &[Candidate],
     names: &[String],
-    in_use: &HashMap<&str, &Path>,
+    in_use: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> Result<()> {
-    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    let mut seen: HashMap<&str, PathBuf> = HashMap::new();
     for (c, name) in candidates.iter().zip(names) {
-        let other = match in_use.get(name.as_str()) {
-            Some(&other) => Some(other),
-            None => seen.insert(name, &c.path),
+        let other = match in_use(name) {
+            Some(other) => Some(other),
+            None => seen.insert(name, c.path.clone()),
         };
         if let Some(other) = other {
             return Err(Error::Usage(format!(

@@ -49,8 +49,8 @@ pub trait Running<'k> {
     /// How the database at the absolute path `key` is replicated now, if
     /// it is.
     fn replicated(&self, key: &Path) -> Option<Replicated<'k>>;
-    /// Every name replicated under now, with its database's absolute path.
-    fn names(&self) -> HashMap<&'k str, &'k Path>;
+    /// The absolute path of the database replicated under `name` now.
+    fn taken_by(&self, name: &str) -> Option<&'k Path>;
 }
 
 /// Nothing running: every database is resolved from scratch.
@@ -60,8 +60,8 @@ impl<'k> Running<'k> for Nothing {
     fn replicated(&self, _: &Path) -> Option<Replicated<'k>> {
         None
     }
-    fn names(&self) -> HashMap<&'k str, &'k Path> {
-        HashMap::new()
+    fn taken_by(&self, _: &str) -> Option<&'k Path> {
+        None
     }
 }
 
@@ -248,8 +248,8 @@ impl Selection {
             // Names are unique across all databases, not only those in
             // scope: the others replicated now keep theirs.
             let elsewhere = match scope {
-                Scope::Everywhere => HashMap::new(),
-                Scope::Under(_) => running.names(),
+                Scope::Everywhere => None,
+                Scope::Under(_) => Some(running),
             };
             let names = name_among(&found, &to_name, elsewhere, replica)?;
             for (i, name) in to_name.into_iter().zip(names) {
@@ -443,25 +443,27 @@ impl<'k> Found<'k> {
 
 /// Names the databases at `indices` of `found` by the rule, beside the
 /// others (which keep the names they are replicated under).
-fn name_among<'a>(
-    found: &'a [Found<'_>],
+fn name_among<'k>(
+    found: &[Found<'k>],
     indices: &[usize],
-    mut in_use: HashMap<&'a str, &'a Path>,
+    elsewhere: Option<&dyn Running<'k>>,
     replica: &str,
 ) -> Result<Vec<String>> {
+    let keepers: HashMap<&str, &Path> = found
+        .iter()
+        .filter(|f| f.keeps_its_name())
+        .filter_map(|f| Some((f.replicated?.name, f.key())))
+        .collect();
     // A database named again (its entry gives it a name) frees the one it
     // is replicated under.
-    for &i in indices {
-        if let Some(r) = found[i].replicated {
-            in_use.remove(r.name);
-        }
-    }
-    in_use.extend(
-        found
-            .iter()
-            .filter(|f| f.keeps_its_name())
-            .filter_map(|f| Some((f.replicated?.name, f.key()))),
-    );
+    let renamed: Vec<&Path> = indices.iter().map(|&i| found[i].key()).collect();
+    let in_use = |name: &str| -> Option<PathBuf> {
+        let owner = keepers
+            .get(name)
+            .copied()
+            .or_else(|| elsewhere?.taken_by(name).filter(|p| !renamed.contains(p)))?;
+        Some(owner.to_path_buf())
+    };
     let candidates: Vec<Candidate> = indices
         .iter()
         .map(|&i| {

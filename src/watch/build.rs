@@ -1,7 +1,8 @@
 //! Building the LTX files a shipper stores: one level-0 file of new WAL
 //! transactions, a level-0 diff or full copy when the WAL cannot be
 //! followed, or a level-9 snapshot. Each is written to a spool file beside
-//! the database (never held whole in memory) with the database checksums
+//! the database (in memory only while that disk is full, see
+//! [`super::spool`]) with the database checksums
 //! before and after it, and its page records are updated in
 //! [`super::pagesums`] under the new TXID (visible once it is committed).
 //!
@@ -10,6 +11,7 @@
 //! laid over it.
 
 use super::shipper::{Cause, Continuity, Shipped, Shipper};
+use super::spool::{Body, SpoolWriter};
 use super::state::{self, LocalState};
 use crate::error::{Error, IoContext, Result};
 use crate::event::{Event, ImageContent};
@@ -19,9 +21,8 @@ use crate::storage::{LtxId, ObjectMeta, Storage, SNAPSHOT_LEVEL};
 use crate::wal::{self, Resume, WalHeader, WalPosition, WalReader};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What kind of file a batch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub struct Batch {
     pub kind: BatchKind,
     pub key: String,
     pub id: LtxId,
-    pub spool: PathBuf,
+    pub body: Body,
     pub len: u64,
     pub meta: ObjectMeta,
     /// The key of the marker saying this file is a full image, stored
@@ -62,7 +63,7 @@ impl Batch {
         UploadRequest {
             key: self.key.clone(),
             txid: self.id.max_txid,
-            spool: self.spool.clone(),
+            body: self.body.clone(),
             len: self.len,
             meta: self.meta.clone(),
             marker: self.marker.clone(),
@@ -164,18 +165,12 @@ impl Shipper {
             min_txid: txid,
             max_txid: txid,
         };
-        let spool = self.spool_path(id);
-        let mut enc = Encoder::new(
-            Hashing::new(BufWriter::new(create(&spool)?)),
-            news.header(self.page_size, id, now_ms),
-        )
-        .map_err(|e| spool_failed(&spool, e))?;
+        let (mut enc, spool) = self.spool_encoder(id, news.header(self.page_size, id, now_ms))?;
         let post = self
             .encode_frames(&news, &wal, &state, txid, &mut enc)
-            .map_err(|e| spool_failed(&spool, e))?;
+            .map_err(|e| self.spool_failed(&spool, e))?;
         // The frames must still be the ones validated: a restart would change the salts.
         if WalHeader::read(&wal)?.map(|h| (h.salt1, h.salt2)) != Some(news.salts) {
-            let _ = std::fs::remove_file(&spool);
             return Ok(Incremental::Reset);
         }
         let pre = state.db_checksum;
@@ -204,7 +199,7 @@ impl Shipper {
         wal_file: &File,
         state: &LocalState,
         txid: u64,
-        enc: &mut Encoder<Hashing<BufWriter<File>>>,
+        enc: &mut Encoder<Hashing<SpoolWriter>>,
     ) -> Result<u64> {
         let lock = ltx::lock_pgno(self.page_size);
         let mut xor = state.db_checksum;
@@ -280,12 +275,8 @@ impl Shipper {
             (_, _, Some(n)) => n,
             _ => db_pages_from_file(source.db_file(), self.page_size, &mut self.page)?,
         };
-        let spool = self.spool_path(plan.id);
-        let mut enc = Encoder::new(
-            Hashing::new(BufWriter::new(create(&spool)?)),
-            header_for(self.page_size, plan.id, db_pages, now_ms),
-        )
-        .map_err(|e| spool_failed(&spool, e))?;
+        let header = header_for(self.page_size, plan.id, db_pages, now_ms);
+        let (mut enc, spool) = self.spool_encoder(plan.id, header)?;
         let image = ImageSource {
             wal: &wal,
             overlay: &overlay,
@@ -293,13 +284,14 @@ impl Shipper {
         };
         let written = self
             .encode_image(kind, periodic, &plan, &image, &mut enc)
-            .map_err(|e| spool_failed(&spool, e))?;
+            .map_err(|e| self.spool_failed(&spool, e))?;
         let mut new_state = match &self.shipped {
             Shipped::Known(s) => s.clone(),
             _ => state::new_state(&self.storage.describe(), &self.name, self.page_size),
         };
         if kind == BatchKind::Diff && written.changed == 0 && db_pages == new_state.db_pages {
-            return self.nothing_changed(enc, spool, new_state, overlay.end, cause);
+            drop(enc);
+            return self.nothing_changed(new_state, overlay.end, cause);
         }
         if periodic && written.checksum != new_state.db_checksum {
             self.emit(Event::SnapshotRebased {
@@ -346,7 +338,7 @@ impl Shipper {
         periodic: bool,
         plan: &ImagePlan,
         image: &ImageSource,
-        enc: &mut Encoder<Hashing<BufWriter<File>>>,
+        enc: &mut Encoder<Hashing<SpoolWriter>>,
     ) -> Result<Written> {
         let source = self.source.as_ref().ok_or_else(|| gone(&self.path))?;
         let (db_file, wal_file) = (source.db_file(), image.wal);
@@ -468,14 +460,10 @@ impl Shipper {
     /// epoch, so the read mark is covered).
     fn nothing_changed(
         &mut self,
-        enc: Encoder<Hashing<BufWriter<File>>>,
-        spool: PathBuf,
         mut state: LocalState,
         end: Option<WalPosition>,
         cause: Option<Cause>,
     ) -> Result<Option<Batch>> {
-        drop(enc);
-        let _ = std::fs::remove_file(&spool);
         if let Some(end) = end {
             state.set_position(end);
         }
@@ -492,19 +480,52 @@ impl Shipper {
         Ok(None)
     }
 
-    fn spool_path(&self, id: LtxId) -> PathBuf {
-        self.state_dir
-            .path(&format!("spool-{}-{:016x}.ltx", id.level, id.max_txid))
+    /// An encoder writing the batch `id` where its bytes wait for upload,
+    /// and a description of that place for messages.
+    fn spool_encoder(
+        &mut self,
+        id: LtxId,
+        header: Header,
+    ) -> Result<(Encoder<Hashing<SpoolWriter>>, Spool)> {
+        let path = self
+            .state_dir
+            .path(&format!("spool-{}-{:016x}.ltx", id.level, id.max_txid));
+        let writer = self.spool_place.writer(path)?;
+        let spool = Spool {
+            place: writer.place(),
+            on_disk: writer.on_disk(),
+        };
+        let enc =
+            Encoder::new(Hashing::new(writer), header).map_err(|e| self.spool_failed(&spool, e))?;
+        Ok((enc, spool))
     }
 
-    /// Closes the spool file and describes the batch.
-    fn finish(&self, enc: Encoder<Hashing<BufWriter<File>>>, built: Built) -> Result<Batch> {
-        let (_, hashing) = enc.finish(0).map_err(|e| spool_failed(&built.spool, e))?;
-        let (buffered, sha256, len) = hashing.finish();
-        buffered.into_inner().map_err(|e| {
-            let e = Error::Local(format!("flushing: {}", e.error()));
-            spool_failed(&built.spool, e)
-        })?;
+    /// A batch that could not be written: its writer, dropped, leaves
+    /// nothing behind. A spool file that could not be written sends the
+    /// next batches to memory for a while.
+    fn spool_failed(&mut self, spool: &Spool, e: Error) -> Error {
+        match e {
+            Error::Local(m) if spool.on_disk => {
+                self.spool_place.fell_back();
+                Error::Local(format!(
+                    "writing {}: {m}; walsync writes each batch there before it ships it: free space on that file system",
+                    spool.place
+                ))
+            }
+            Error::Local(m) => Error::Local(format!("building a batch in {}: {m}", spool.place)),
+            e => e,
+        }
+    }
+
+    /// Finishes the batch's bytes and describes the batch.
+    fn finish(&mut self, enc: Encoder<Hashing<SpoolWriter>>, built: Built) -> Result<Batch> {
+        let (_, hashing) = enc
+            .finish(0)
+            .map_err(|e| self.spool_failed(&built.spool, e))?;
+        let (writer, sha256, len) = hashing.finish();
+        let body = writer
+            .finish()
+            .map_err(|e| self.spool_failed(&built.spool, e))?;
         let layout = self.storage.layout();
         let mut new_state = built.new_state;
         new_state.checkpointing = false;
@@ -512,7 +533,7 @@ impl Shipper {
             kind: built.kind,
             key: layout.ltx_key(&self.name, built.id),
             id: built.id,
-            spool: built.spool,
+            body,
             len,
             meta: ObjectMeta {
                 sha256: Some(sha256),
@@ -556,24 +577,17 @@ struct Written {
     changed: u32,
 }
 
-/// A spool file that could not be written: removed (no partial file stays
-/// behind to fill the disk further), and the error names it and the fix.
-fn spool_failed(spool: &Path, e: Error) -> Error {
-    let _ = std::fs::remove_file(spool);
-    match e {
-        Error::Local(m) => Error::Local(format!(
-            "writing spool file {}: {m}; walsync writes each batch there before it ships it: free space on that file system",
-            spool.display()
-        )),
-        e => e,
-    }
+/// Where a batch is written, as messages name it.
+struct Spool {
+    place: String,
+    on_disk: bool,
 }
 
-/// A batch written to its spool file, before it is described.
+/// A batch written, before it is described.
 struct Built {
     kind: BatchKind,
     id: LtxId,
-    spool: PathBuf,
+    spool: Spool,
     pre: u64,
     new_state: LocalState,
     reached_wal_end: bool,
@@ -701,17 +715,13 @@ fn read_db_page(db_file: &File, pgno: u32, page_size: u32, page: &mut Vec<u8>) -
     Ok(())
 }
 
-fn create(path: &Path) -> Result<File> {
-    File::create(path).local_io(|| format!("creating spool file {}", path.display()))
-}
-
-/// What an uploader needs to store a batch: its key, spool file and metadata.
+/// What an uploader needs to store a batch: its key, bytes and metadata.
 #[derive(Debug, Clone)]
 pub struct UploadRequest {
     pub key: String,
     /// The TXID the object ends at.
     pub txid: u64,
-    pub spool: PathBuf,
+    pub body: Body,
     pub len: u64,
     pub meta: ObjectMeta,
     /// A marker to store once the object is (see [`Batch::marker`]).
@@ -719,13 +729,12 @@ pub struct UploadRequest {
 }
 
 impl UploadRequest {
-    /// Stores the spool file under the key, then its marker; returns once
-    /// both are stored.
+    /// Stores the batch under the key, then its marker; returns once both
+    /// are stored.
     pub fn upload(&self, storage: &dyn Storage) -> Result<()> {
-        let mut f = File::open(&self.spool)
-            .local_io(|| format!("opening spool {}", self.spool.display()))?;
+        let mut body = self.body.open()?;
         storage
-            .put(&self.key, &mut f, self.len, &self.meta)
+            .put(&self.key, &mut body, self.len, &self.meta)
             .map_err(|e| e.context(&self.key))?;
         if let Some(marker) = &self.marker {
             storage

@@ -53,6 +53,9 @@ pub(super) struct Fleet {
     replica: String,
     /// Every database a poller replicates, by absolute path.
     placed: HashMap<PathBuf, Placement>,
+    /// The absolute path of each, by name: so that a rescan names a new
+    /// database without going through every placement.
+    by_name: HashMap<String, PathBuf>,
     /// How many databases each poller has.
     loads: Vec<usize>,
     /// What was last said about a path that could not be opened.
@@ -86,6 +89,7 @@ enum Look {
 /// about as seen by rescan `generation`.
 struct Placed<'p> {
     placed: &'p HashMap<PathBuf, Placement>,
+    by_name: &'p HashMap<String, PathBuf>,
     generation: u64,
 }
 
@@ -100,11 +104,8 @@ impl<'p> Running<'p> for Placed<'p> {
         })
     }
 
-    fn names(&self) -> HashMap<&'p str, &'p Path> {
-        self.placed
-            .iter()
-            .map(|(key, p)| (p.name.as_str(), key.as_path()))
-            .collect()
+    fn taken_by(&self, name: &str) -> Option<&'p Path> {
+        self.by_name.get(name).map(PathBuf::as_path)
     }
 }
 
@@ -120,6 +121,7 @@ impl Fleet {
             selection,
             events,
             placed: HashMap::new(),
+            by_name: HashMap::new(),
             loads: Vec::new(),
             refused: HashMap::new(),
             commands: Vec::new(),
@@ -245,6 +247,7 @@ impl Fleet {
         }
         let running = Placed {
             placed: &self.placed,
+            by_name: &self.by_name,
             generation: self.generation,
         };
         let folders = &mut self.folders;
@@ -326,6 +329,10 @@ impl Fleet {
         };
         self.rescan_fully();
         if let Some(p) = self.placed.remove(&key) {
+            // Unless another database took the name since.
+            if self.by_name.get(&p.name) == Some(&key) {
+                self.by_name.remove(&p.name);
+            }
             self.loads[p.poller] = self.loads[p.poller].saturating_sub(1);
             self.events.emit(Event::Released {
                 db: p.name,
@@ -371,6 +378,7 @@ impl Fleet {
     fn place(&mut self, key: PathBuf, name: &str, settings: Settings, poller: usize) {
         self.refused.remove(&key);
         self.loads[poller] += 1;
+        self.by_name.insert(name.to_string(), key.clone());
         self.placed.insert(
             key,
             Placement {

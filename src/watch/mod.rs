@@ -24,12 +24,14 @@ mod pagesums;
 mod poller;
 mod shipper;
 pub mod source;
+mod spool;
 mod state;
 pub mod status;
 
 pub use build::{Batch, BatchKind, UploadRequest};
 pub use circuit::CircuitSettings;
 pub use shipper::{Cause, Settings, Shipper};
+pub use spool::{MEMORY_BUDGET as SPOOL_MEMORY_BUDGET, MEMORY_SPELL as SPOOL_MEMORY_SPELL};
 pub use state::kept_name;
 pub use status::{Board, DbStatus};
 

@@ -4,7 +4,8 @@
 //! A [`Shipper`] is owned by one poller thread. [`Shipper::poll`] builds at
 //! most one [`Batch`] at a time (a level-0 file for new transactions, a
 //! level-0 diff or full copy when the WAL cannot be followed, or a level-9
-//! snapshot) into a spool file; the batch is uploaded elsewhere and reported
+//! snapshot) into a spool file (or memory, while that disk is full); the
+//! batch is uploaded elsewhere and reported
 //! back through [`Shipper::uploaded`] or [`Shipper::upload_failed`]. Until
 //! then nothing else is built, so the remote TXID chain never has a hole,
 //! and the local state advances only after the object is stored.
@@ -30,6 +31,7 @@
 use super::build::{Batch, BatchKind, Incremental};
 use super::pagesums::PageSums;
 use super::source::{Identity, Source, WalStamp};
+use super::spool::SpoolPlace;
 use super::state::{LocalState, StateDir};
 use super::status::Health;
 use crate::backoff::Backoff;
@@ -164,6 +166,8 @@ pub struct Shipper {
     /// gone from its path.
     pub(super) source: Option<Source>,
     pub(super) state_dir: StateDir,
+    /// Whether batches go to spool files or, while that disk is full, memory.
+    pub(super) spool_place: SpoolPlace,
     pub(super) pagesums: PageSums,
     pub(super) storage: Arc<dyn Storage>,
     pub(super) settings: Settings,
@@ -243,6 +247,7 @@ impl Shipper {
             key: crate::selection::absolute(path).into_owned(),
             source: Some(source),
             state_dir,
+            spool_place: SpoolPlace::default(),
             pagesums,
             storage,
             settings,
@@ -403,7 +408,19 @@ impl Shipper {
         if !self.source_mut()?.is_reading() {
             self.begin_new_read()?;
         }
-        let mut batch = self.next_batch(now_ms)?;
+        let on_disk = !self.spool_place.in_memory();
+        let mut batch = match self.next_batch(now_ms) {
+            // The spool's disk is full: said, and built again at once, in
+            // memory.
+            Err(e) if on_disk && self.spool_place.in_memory() => {
+                self.emit(Event::SpoolInMemory {
+                    db: self.name.clone(),
+                    error: e.to_string(),
+                });
+                self.next_batch(now_ms)?
+            }
+            built => built?,
+        };
         if batch.is_none() && self.continuity == Continuity::Covered {
             self.quiet = Some(stamp);
         }
@@ -414,7 +431,7 @@ impl Shipper {
         if image && self.source()?.identity()? != Identity::Same {
             // Replaced while it was read: the next poll starts over.
             if let Some(b) = batch.take() {
-                let _ = std::fs::remove_file(&b.spool);
+                b.body.discard();
             }
         }
         if batch.is_some() && self.health.unshipped_since_ms.is_none() {
@@ -511,7 +528,7 @@ impl Shipper {
         self.health.unshipped_since_ms = None;
         self.health.error = None;
         self.health.changed = true;
-        let _ = std::fs::remove_file(&batch.spool);
+        batch.body.discard();
         saved
     }
 

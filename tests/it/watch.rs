@@ -1040,3 +1040,57 @@ fn a_wal_deleted_under_watch_is_said_once_and_followed_again() {
     assert!(r.status.success(), "{}", text(&r));
     assert_eq!(rows_consistent(&out, ROW), rows, "{log}");
 }
+
+/// A state folder that takes no spool file (as a full disk would refuse
+/// one): the batches are built in memory, said once, and every commit
+/// ships; once spool files can be written again, they are used.
+#[test]
+fn batches_ship_from_memory_when_no_spool_file_can_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    let mut conn = create_db(&db, 4096);
+    insert_ids(&mut conn, 1..=5, ROW);
+    let w = dest.watch(&[&db], &["--sync-interval", "100ms"]);
+    let first = dest.wait_for_txid("app", 1, Duration::from_secs(20));
+    // Folders where the next spool files would go: creating them fails.
+    let state = dir.path().join(".app.db-walsync");
+    let blocked: Vec<_> = (first + 1..first + 40)
+        .map(|txid| state.join(format!("spool-0-{txid:016x}.ltx")))
+        .collect();
+    for b in &blocked {
+        std::fs::create_dir(b).unwrap();
+    }
+    for id in 6..=60 {
+        insert_ids(&mut conn, id..=id, ROW);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rows = rows_consistent(&db, ROW);
+    let shipped = dest.wait_for_txid("app", first + 3, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, log) = w.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(dest.max_txid("app") >= shipped);
+    assert_eq!(
+        log.matches("building batches in memory").count(),
+        1,
+        "said once: {log}"
+    );
+    assert!(log.contains("creating spool file"), "{log}");
+    let out = dir.path().join("restored.db");
+    let r = dest.restore("app", &out, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(rows_consistent(&out, ROW), rows, "{log}");
+    // Nothing was left in the state folder but what blocked it.
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("spool-"))
+        })
+        .filter(|p| !blocked.contains(p))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
