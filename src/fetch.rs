@@ -68,11 +68,7 @@ pub fn get(storage: &dyn Storage, f: &RemoteLtx) -> Result<Download, ObjectError
         Ok(Some(dl)) => Ok(dl),
         Ok(None) => Err(ObjectError::new(
             Fault::Missing,
-            Error::Storage(format!(
-                "object {} was listed in {} but is gone (deleted by retention or compaction meanwhile?); run the command again",
-                f.key,
-                storage.describe()
-            )),
+            plan::replica_changed(storage, &f.key),
         )),
         Err(e) => Err(ObjectError::classify(e)),
     }
@@ -222,6 +218,11 @@ impl Staging {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("walsync-{what}-{}-{n}", std::process::id()));
         Staging::create(dir)
+    }
+
+    /// The folder, for files of the caller's own.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn path_of(&self, i: usize) -> PathBuf {

@@ -53,8 +53,9 @@ pub struct Gap {
 /// one full copy of the database and the files after it, not every full copy
 /// since an old snapshot. The chain after it may use files of any level.
 ///
-/// This is the one planner: restore, verify and (later) retention all ask it,
-/// so what one of them proves restorable is what the others restore.
+/// This is the one planner: restore, verify and retention (through
+/// [`restorable`], the same walk) all ask it, so what one of them proves
+/// restorable is what the others restore.
 pub fn plan_chain(files: &[RemoteLtx], target: u64) -> Result<Vec<RemoteLtx>, PlanFailure> {
     let latest = files.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
     if files.is_empty() {
@@ -99,8 +100,40 @@ pub fn plan(files: &[RemoteLtx], target: u64, name: &str, url: &str) -> Result<V
     plan_chain(files, target).map_err(|f| f.into_error(name, url, target))
 }
 
+/// Every TXID some plan restores from `files`: the ones [`plan_chain`]
+/// finds a chain for, by the same walk. Retention proves with it that a
+/// replica without the files it deletes still restores every TXID it
+/// promises.
+pub fn restorable(files: &[RemoteLtx]) -> std::collections::HashSet<u64> {
+    let mut links: Vec<&RemoteLtx> = files.iter().filter(|f| f.id.min_txid > 1).collect();
+    links.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
+    let mut reached = std::collections::HashSet::new();
+    for image in files.iter().filter(|f| f.image) {
+        reached.extend(walk(image, &links).into_keys());
+    }
+    reached
+}
+
 /// Shortest chain (files, then bytes) from `image` to `target`, if any.
 fn chain_from(image: &RemoteLtx, links: &[&RemoteLtx], target: u64) -> Option<Vec<RemoteLtx>> {
+    let best = walk(image, links);
+    best.get(&target)?;
+    let mut chain = Vec::new();
+    let mut at = target;
+    while let Some(&(_, _, Some(i))) = best.get(&at) {
+        let f = links[i];
+        chain.push(f.clone());
+        at = f.id.min_txid - 1;
+    }
+    chain.push(image.clone());
+    chain.reverse();
+    Some(chain)
+}
+
+/// The TXIDs a chain from `image` through `links` (sorted by min TXID)
+/// reaches, each with its shortest chain's length and bytes and the link
+/// that ends it (`None`: the image).
+fn walk(image: &RemoteLtx, links: &[&RemoteLtx]) -> HashMap<u64, (u64, u64, Option<usize>)> {
     // best[boundary] = (files, bytes, index of the file that reached it)
     let mut best: HashMap<u64, (u64, u64, Option<usize>)> = HashMap::new();
     best.insert(image.id.max_txid, (1, image.size, None));
@@ -123,17 +156,7 @@ fn chain_from(image: &RemoteLtx, links: &[&RemoteLtx], target: u64) -> Option<Ve
             best.insert(f.id.max_txid, cand);
         }
     }
-    best.get(&target)?;
-    let mut chain = Vec::new();
-    let mut at = target;
-    while let Some(&(_, _, Some(i))) = best.get(&at) {
-        let f = links[i];
-        chain.push(f.clone());
-        at = f.id.min_txid - 1;
-    }
-    chain.push(image.clone());
-    chain.reverse();
-    Some(chain)
+    best
 }
 
 /// Why no chain from the newest usable image reaches `target`: inside a
@@ -266,8 +289,15 @@ pub fn read_header(storage: &dyn Storage, key: &str) -> Result<Header> {
 }
 
 fn missing(storage: &dyn Storage, key: &str) -> Error {
-    Error::Storage(format!(
-        "object {key} was listed in {} but is gone (deleted by retention or compaction while we read?); run the command again",
+    replica_changed(storage, key)
+}
+
+/// A listed object that is gone: retention or compaction changed the
+/// replica while a command read it. Nothing was restored from a mixture;
+/// running the command again plans from the replica as it is now.
+pub fn replica_changed(storage: &dyn Storage, key: &str) -> Error {
+    Error::Restore(format!(
+        "replica changed under the command: object {key} was listed in {} but is gone (deleted by retention or compaction); run it again",
         storage.describe()
     ))
 }

@@ -505,14 +505,13 @@ impl Shipper {
     /// next batches to memory for a while.
     fn spool_failed(&mut self, spool: &Spool, e: Error) -> Error {
         match e {
-            Error::Local(m) if spool.on_disk => {
+            Error::Local(m) if spool.on_disk && self.spool_place.write_failed() => {
                 self.spool_place.fell_back();
                 Error::Local(format!(
                     "writing {}: {m}; walsync writes each batch there before it ships it: free space on that file system",
                     spool.place
                 ))
             }
-            Error::Local(m) => Error::Local(format!("building a batch in {}: {m}", spool.place)),
             e => e,
         }
     }

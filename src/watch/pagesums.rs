@@ -213,10 +213,41 @@ impl PageSums {
 
     fn write_at(&mut self, buf: &[u8], at: u64) -> Result<()> {
         let path = self.path.clone();
-        self.file()?
-            .write_all_at(buf, at)
+        let end = at + buf.len() as u64;
+        let file = self.file()?;
+        reserve_ahead(file, end);
+        file.write_all_at(buf, at)
             .local_io(|| format!("writing {}", path.display()))
     }
+}
+
+/// The least room kept allocated past the last record written.
+const HEADROOM: u64 = 32 * 1024;
+
+/// Keeps room allocated in `file` past `end` (at least [`HEADROOM`], or
+/// half of `end`), taken while the disk has some: on a disk that filled up
+/// meanwhile, the records of a database that grows still have a place, and
+/// the batch that ships its new pages can be built (see
+/// [`super::spool`]). Best effort: a file system without `fallocate`, or
+/// one already full, is left as it is.
+fn reserve_ahead(file: &File, end: u64) {
+    use std::os::unix::io::AsRawFd;
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    let wanted = end + HEADROOM.max(end / 2);
+    // Only when less than half the room is left: one call now and then.
+    if len >= end + (wanted - end) / 2 {
+        return;
+    }
+    let (Ok(offset), Ok(extra)) = (
+        libc::off_t::try_from(len),
+        libc::off_t::try_from(wanted - len),
+    ) else {
+        return;
+    };
+    // SAFETY: a valid descriptor; allocates blocks within the file.
+    unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, extra) };
 }
 
 fn entry_offset(pgno: u32) -> u64 {
@@ -331,6 +362,22 @@ mod tests {
             checksum: c,
             hash: [c as u8; 16],
         }
+    }
+
+    #[test]
+    fn room_is_kept_ahead_of_the_records() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = PageSums::open(d.path()).unwrap();
+        s.put(1, 0, 1, rec(1)).unwrap();
+        let len = || std::fs::metadata(d.path().join("pagesums2")).unwrap().len();
+        let first = entry_offset(1) + ENTRY;
+        assert!(len() >= first + HEADROOM / 2, "{} bytes", len());
+        // A database that grows: the room grows ahead of it.
+        s.put(10_000, 0, 1, rec(2)).unwrap();
+        let end = entry_offset(10_000) + ENTRY;
+        assert!(len() >= end + end / 4, "{} bytes for {end}", len());
+        assert_eq!(s.get(10_000, 1).unwrap(), 2);
+        assert_eq!(s.get(5_000, 1).unwrap(), 0, "room reads as no record");
     }
 
     #[test]

@@ -349,13 +349,36 @@ impl Shipper {
             .map(|f| f.id.max_txid)
             .max()
             .unwrap_or(0);
-        if snapshots.is_empty() || (remote != saved.txid && remote != saved.txid + 1) {
+        let moved = snapshots.is_empty()
+            || (remote != saved.txid && remote != saved.txid + 1)
+            || (remote == saved.txid + 1 && self.is_image(&snapshots, remote)?);
+        if moved {
             return Ok(Some(Cause::ReplicaMoved {
                 remote,
                 saved: saved.txid,
             }));
         }
         Ok(None)
+    }
+
+    /// Whether the replica holds a full image at `txid`: a snapshot among
+    /// `snapshots`, or a level-0 full copy with its marker. An upload that
+    /// landed just before a crash is overwritten by the next batch of the
+    /// same TXID only when it is a plain level-0 file: a full image at
+    /// that TXID would stay beside it (and its marker would make the new
+    /// file pass for an image), so the replica counts as moved instead and
+    /// the next file is a full copy after it.
+    fn is_image(&self, snapshots: &[catalog::RemoteLtx], txid: u64) -> Result<bool> {
+        if snapshots.iter().any(|f| f.id.max_txid == txid) {
+            return Ok(true);
+        }
+        let id = LtxId {
+            level: 0,
+            min_txid: txid,
+            max_txid: txid,
+        };
+        let marker = self.storage.layout().image_marker_key(&self.name, id);
+        Ok(self.storage.head(&marker)?.is_some())
     }
 
     /// Whether the batch waiting for retry may be sent again now.

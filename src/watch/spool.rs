@@ -17,7 +17,7 @@ use crate::error::{Error, IoContext, Result};
 use std::fs::File;
 use std::io::{BufWriter, Cursor, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,17 +75,23 @@ impl Body {
 pub struct SpoolPlace {
     /// Until when batches are built in memory.
     memory_until: Option<Instant>,
+    /// Set by a writer whose spool file could not be written.
+    write_failed: Arc<AtomicBool>,
 }
 
 impl SpoolPlace {
     /// A writer for the batch whose spool file would be `path`.
     pub fn writer(&mut self, path: PathBuf) -> Result<SpoolWriter> {
+        self.write_failed.store(false, Ordering::Relaxed);
         if self.in_memory() {
             return Ok(SpoolWriter::new(Out::Memory(Vec::new())));
         }
         self.memory_until = None;
         match File::create(&path) {
-            Ok(f) => Ok(SpoolWriter::new(Out::File(BufWriter::new(f), path))),
+            Ok(f) => {
+                let failed = Arc::clone(&self.write_failed);
+                Ok(SpoolWriter::new(Out::File(BufWriter::new(f), path, failed)))
+            }
             Err(e) => {
                 self.fell_back();
                 Err(Error::Local(format!(
@@ -94,6 +100,12 @@ impl SpoolPlace {
                 )))
             }
         }
+    }
+
+    /// Whether the spool file of the last writer could not be written (an
+    /// error while building a batch may come from elsewhere).
+    pub fn write_failed(&self) -> bool {
+        self.write_failed.load(Ordering::Relaxed)
     }
 
     /// A spool write failed: the next batches are built in memory.
@@ -115,7 +127,8 @@ pub struct SpoolWriter {
 }
 
 enum Out {
-    File(BufWriter<File>, PathBuf),
+    /// The file, its path, and where to say that writing it failed.
+    File(BufWriter<File>, PathBuf, Arc<AtomicBool>),
     /// Every byte is counted in [`HELD`] as it is written.
     Memory(Vec<u8>),
 }
@@ -123,7 +136,9 @@ enum Out {
 impl Write for SpoolWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match &mut self.out {
-            Out::File(f, _) => f.write(buf),
+            Out::File(f, _, failed) => f.write(buf).inspect_err(|_| {
+                failed.store(true, Ordering::Relaxed);
+            }),
             Out::Memory(bytes) => {
                 let held = HELD.fetch_add(buf.len(), Ordering::Relaxed) + buf.len();
                 if held > MEMORY_BUDGET {
@@ -141,7 +156,9 @@ impl Write for SpoolWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         match &mut self.out {
-            Out::File(f, _) => f.flush(),
+            Out::File(f, _, failed) => f.flush().inspect_err(|_| {
+                failed.store(true, Ordering::Relaxed);
+            }),
             Out::Memory(_) => Ok(()),
         }
     }
@@ -157,14 +174,19 @@ impl SpoolWriter {
 
     /// The batch's bytes, written.
     pub fn finish(mut self) -> Result<Body> {
-        if let Out::File(f, path) = &mut self.out {
-            f.flush()
-                .local_io(|| format!("writing spool file {}", path.display()))?;
+        if let Out::File(f, path, failed) = &mut self.out {
+            if let Err(e) = f.flush() {
+                failed.store(true, Ordering::Relaxed);
+                return Err(Error::Local(format!(
+                    "writing spool file {}: {e}",
+                    path.display()
+                )));
+            }
         }
         self.finished = true;
         Ok(
             match std::mem::replace(&mut self.out, Out::Memory(Vec::new())) {
-                Out::File(_, path) => Body::File(path),
+                Out::File(_, path, _) => Body::File(path),
                 Out::Memory(bytes) => Body::Memory(Arc::new(Held(bytes))),
             },
         )
@@ -178,7 +200,7 @@ impl SpoolWriter {
     /// Where it writes, for messages.
     pub fn place(&self) -> String {
         match &self.out {
-            Out::File(_, path) => format!("spool file {}", path.display()),
+            Out::File(_, path, _) => format!("spool file {}", path.display()),
             Out::Memory(_) => "memory".to_string(),
         }
     }
@@ -190,7 +212,7 @@ impl Drop for SpoolWriter {
             return;
         }
         match &self.out {
-            Out::File(_, path) => {
+            Out::File(_, path, _) => {
                 let _ = std::fs::remove_file(path);
             }
             Out::Memory(bytes) => {

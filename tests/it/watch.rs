@@ -1094,3 +1094,47 @@ fn batches_ship_from_memory_when_no_spool_file_can_be_written() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A full copy stored just before a crash that kept walsync from saving
+/// its state (a full disk, kill -9): the restart finds the replica one TXID
+/// past its state. Overwriting that TXID with an ordinary file would leave
+/// the full copy's marker beside it, and restores would start from a file
+/// that is not a full image (found by the disk-full fault suite).
+#[test]
+fn a_full_copy_stored_before_a_crash_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    let state = dir.path().join(".app.db-walsync");
+    let mut conn = create_db(&db, 4096);
+    insert_ids(&mut conn, 1..=20, ROW);
+    let w = dest.watch(&[&db], &["--sync-interval", "100ms"]);
+    let before = dest.wait_for_txid("app", 1, Duration::from_secs(20));
+    w.stop_clean();
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = ["state.json", "pagesums2"]
+        .iter()
+        .map(|f| (state.join(f), std::fs::read(state.join(f)).unwrap()))
+        .collect();
+    // A page record that does not match: the next start ships a full copy.
+    std::fs::remove_file(state.join("pagesums2")).unwrap();
+    let w = dest.watch(&[&db], &["--sync-interval", "100ms"]);
+    dest.wait_for_txid("app", before + 1, Duration::from_secs(20));
+    w.stop_clean();
+    // As if the state of the crashed run had never been written.
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+    insert_ids(&mut conn, 21..=40, ROW);
+    let w = dest.watch(&[&db], &["--sync-interval", "100ms"]);
+    dest.wait_for_txid("app", before + 2, Duration::from_secs(20));
+    let (code, log) = w.stop();
+    assert_eq!(code, 0, "{log}");
+    drop(conn);
+    let out = dir.path().join("restored.db");
+    let r = dest.restore("app", &out, &[]);
+    assert!(r.status.success(), "{}\n{log}", text(&r));
+    checkpoint_truncate(&db);
+    assert_same_bytes(&db, &out);
+    let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
+    assert!(v.status.success(), "{}", text(&v));
+}
