@@ -21,8 +21,76 @@ pub struct ConfigFile {
     pub retry: RetrySection,
     #[serde(default)]
     pub control: ControlSection,
+    /// `None` without a `[retention]` section: nothing is ever deleted.
+    pub retention: Option<RetentionSection>,
     #[serde(default)]
     pub databases: Vec<DatabaseEntry>,
+}
+
+/// `[retention]`: what a replica keeps, and how often levels compact (see
+/// [`crate::compact::policy`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    pub pitr_window: Option<DurationValue>,
+    /// Keep snapshots younger than this (instead of the GFS counts).
+    pub snapshot_retention: Option<DurationValue>,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+    pub l0_retention: Option<DurationValue>,
+    /// Compaction intervals of levels 1, 2, … (at most 8).
+    pub compaction_levels: Option<Vec<DurationValue>>,
+}
+
+impl RetentionSection {
+    /// The policy, defaults filled in.
+    pub fn policy(&self) -> Result<crate::compact::policy::Retention> {
+        use crate::compact::policy::{Retention, SnapshotPolicy};
+        let d = Retention::default();
+        let gfs_given = [self.hourly, self.daily, self.weekly, self.monthly]
+            .iter()
+            .any(Option::is_some);
+        let snapshots = match (self.snapshot_retention, gfs_given) {
+            (Some(_), true) => {
+                return Err(Error::Usage(
+                    "[retention] takes snapshot_retention (by age) or hourly/daily/weekly/monthly (GFS counts), not both".into(),
+                ))
+            }
+            (Some(age), false) => SnapshotPolicy::Age(age.0),
+            (None, _) => match d.snapshots {
+                SnapshotPolicy::Gfs {
+                    hourly,
+                    daily,
+                    weekly,
+                    monthly,
+                } => SnapshotPolicy::Gfs {
+                    hourly: self.hourly.unwrap_or(hourly),
+                    daily: self.daily.unwrap_or(daily),
+                    weekly: self.weekly.unwrap_or(weekly),
+                    monthly: self.monthly.unwrap_or(monthly),
+                },
+                age => age,
+            },
+        };
+        let levels = match &self.compaction_levels {
+            Some(levels) if levels.len() > 8 => {
+                return Err(Error::Usage(format!(
+                    "[retention] compaction_levels has {} intervals; levels 1 to 8 take at most 8",
+                    levels.len()
+                )))
+            }
+            Some(levels) => levels.iter().map(|l| l.0).collect(),
+            None => d.levels,
+        };
+        Ok(Retention {
+            pitr_window: self.pitr_window.map_or(d.pitr_window, |v| v.0),
+            snapshots,
+            l0_retention: self.l0_retention.map_or(d.l0_retention, |v| v.0),
+            levels,
+        })
+    }
 }
 
 /// `[s3]`: where replicas go and how to reach it.

@@ -59,6 +59,7 @@
 
 // The building blocks: file formats, storage and the reading of a replica.
 pub mod catalog;
+pub mod compact;
 pub mod ltx;
 pub mod storage;
 pub mod wal;

@@ -55,6 +55,8 @@ pub enum Command {
     Restore(RestoreCmd),
     List(ListCmd),
     Verify(VerifyCmd),
+    Compact(CompactCmd),
+    Delete(DeleteCmd),
     Status(StatusCmd),
     Pragma(PragmaCmd),
     Version(VersionCmd),
@@ -210,6 +212,51 @@ pub struct VerifyCmd {
     pub json: bool,
 }}
 
+replica_command! {
+/// Compact a replica's levels and delete what [retention] no longer keeps
+/// (one pass; a dry run unless --force). Only for a replica no `watch` is
+/// writing.
+#[argh(subcommand, name = "compact")]
+pub struct CompactCmd {
+    /// replica name of the database (omit with --all)
+    #[argh(positional)]
+    pub name: Option<String>,
+    /// every database under the replica URL
+    #[argh(switch)]
+    pub all: bool,
+    /// write and delete (without it: only say what would be written and deleted)
+    #[argh(switch)]
+    pub force: bool,
+    /// point-in-time window: every TXID committed this recently stays restorable (default: [retention] pitr_window, else 24h)
+    #[argh(option, from_str_fn(duration))]
+    pub pitr_window: Option<Duration>,
+    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    #[argh(option, from_str_fn(duration))]
+    pub timeout: Option<Duration>,
+    /// print JSON for scripts
+    #[argh(switch)]
+    pub json: bool,
+}}
+
+replica_command! {
+/// Delete every object of one replica name (a departed tenant, an orphan);
+/// a dry run unless --force.
+#[argh(subcommand, name = "delete")]
+pub struct DeleteCmd {
+    /// replica name of the database
+    #[argh(positional)]
+    pub name: String,
+    /// delete (without it: only list what would be deleted)
+    #[argh(switch)]
+    pub force: bool,
+    /// give up after this long without progress from storage, e.g. 90s (default 5m)
+    #[argh(option, from_str_fn(duration))]
+    pub timeout: Option<Duration>,
+    /// print JSON for scripts
+    #[argh(switch)]
+    pub json: bool,
+}}
+
 #[derive(FromArgs, Debug)]
 /// Show what a running `walsync watch` is doing, database by database.
 #[argh(subcommand, name = "status")]
@@ -349,6 +396,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let cancel = CancelToken::new();
             within(c.timeout, Some(cancel.clone()), || verify(c, cancel))
         }
+        Command::Compact(c) => {
+            let cancel = CancelToken::new();
+            within(c.timeout, Some(cancel.clone()), || compact(c, cancel))
+        }
+        Command::Delete(c) => within(c.timeout, None, || delete(c)),
         Command::Status(c) => status(c),
         Command::Pragma(_) => {
             print!("{}", PRAGMAS);
@@ -393,6 +445,12 @@ fn watch(c: WatchCmd) -> Result<()> {
         socket: c.socket.clone(),
     });
     raise_open_files_limit(resolver.databases()?.len())?;
+    if resolver.selection.config().retention.is_some() {
+        // Not yet: the pass exists, watch does not run it on its own.
+        eprintln!(
+            "walsync: [retention] is applied by `walsync compact --force` (run it while no watch writes the replica); watch itself keeps every file it stores"
+        );
+    }
     let controls = Controls::default();
     on_signals(
         controls.stop.clone(),
@@ -553,6 +611,69 @@ fn verify(c: VerifyCmd, cancel: CancelToken) -> Result<()> {
         c.json,
         &cancel,
     )
+}
+
+fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
+    let target = target!(c);
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
+    let storage = resolver.storage(&target)?;
+    let mut retention = match &resolver.selection.config().retention {
+        Some(section) => section.policy()?,
+        None => crate::compact::policy::Retention::default(),
+    };
+    if let Some(window) = c.pitr_window {
+        retention.pitr_window = window;
+    }
+    let names = match (&c.name, c.all) {
+        (Some(n), false) => vec![resolver.replica_name(n)?],
+        (None, true) => crate::list::database_names(storage.as_ref())?,
+        _ => {
+            return Err(Error::Usage(
+                "compact takes a database name or --all (not both)".into(),
+            ))
+        }
+    };
+    let mode = if c.force {
+        crate::compact::Mode::Apply
+    } else {
+        crate::compact::Mode::DryRun
+    };
+    on_signals(cancel.clone(), None)?;
+    let now_ms = crate::fsutil::now_ms();
+    let mut reports = Vec::new();
+    for name in &names {
+        let report =
+            crate::compact::pass(storage.as_ref(), name, &retention, now_ms, mode, &cancel)?;
+        if !c.json {
+            output::compaction(&report, mode);
+        }
+        reports.push(report);
+    }
+    if c.json {
+        output::compactions_json(&reports, mode);
+    }
+    Ok(())
+}
+
+fn delete(c: DeleteCmd) -> Result<()> {
+    let target = target!(c);
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
+    let storage = resolver.storage(&target)?;
+    let name = resolver.replica_name(&c.name)?;
+    let mode = if c.force {
+        crate::compact::Mode::Apply
+    } else {
+        crate::compact::Mode::DryRun
+    };
+    let deleted = crate::compact::delete_replica(storage.as_ref(), &name, mode)?;
+    if deleted.is_empty() {
+        return Err(Error::Restore(format!(
+            "no backups for '{name}' in {}; check the name with `walsync list`",
+            storage.describe()
+        )));
+    }
+    output::deletion(&name, &deleted, mode, c.json);
+    Ok(())
 }
 
 /// SIGHUP sets `reload` (watch reads its config file again).

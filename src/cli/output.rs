@@ -290,6 +290,94 @@ fn kind_label(k: Kind) -> String {
     }
 }
 
+/// Prints what a compaction and retention pass did (or would do).
+pub fn compaction(r: &crate::compact::PassReport, mode: crate::compact::Mode) {
+    let (write, delete) = match mode {
+        crate::compact::Mode::Apply => ("wrote", "deleted"),
+        crate::compact::Mode::DryRun => ("would write", "would delete"),
+    };
+    for c in &r.compacted {
+        println!(
+            "{}: {write} level {} TXIDs {}..{} from {} file(s) ({})",
+            r.name,
+            c.id.level,
+            crate::plan::txid_hex(c.id.min_txid),
+            crate::plan::txid_hex(c.id.max_txid),
+            c.inputs,
+            human_bytes(c.input_bytes)
+        );
+    }
+    let deleted_bytes: u64 = r.deleted.iter().map(|(_, n)| n).sum();
+    println!(
+        "{}: {write} {} file(s), {delete} {} file(s) ({}); {} file(s) ({}) remain; every TXID from {} on restores; {} older snapshot(s) kept{}",
+        r.name,
+        r.compacted.len(),
+        r.deleted.len(),
+        human_bytes(deleted_bytes),
+        r.files_after,
+        human_bytes(r.bytes_after),
+        r.window_starts_at.map_or("-".to_string(), crate::plan::txid_hex),
+        r.snapshots_kept.len(),
+        if mode == crate::compact::Mode::DryRun {
+            " (dry run: add --force to do it)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The passes of `compact --json`, one JSON object per database.
+pub fn compactions_json(reports: &[crate::compact::PassReport], mode: crate::compact::Mode) {
+    for r in reports {
+        let line = serde_json::json!({
+            "name": r.name,
+            "dry_run": mode == crate::compact::Mode::DryRun,
+            "compacted": r.compacted.iter().map(|c| serde_json::json!({
+                "level": c.id.level,
+                "min_txid": c.id.min_txid,
+                "max_txid": c.id.max_txid,
+                "inputs": c.inputs,
+                "input_bytes": c.input_bytes,
+                "bytes": c.bytes,
+            })).collect::<Vec<_>>(),
+            "deleted": r.deleted.iter().map(|(key, size)| serde_json::json!({"key": key, "bytes": size})).collect::<Vec<_>>(),
+            "files_after": r.files_after,
+            "bytes_after": r.bytes_after,
+            "window_starts_at": r.window_starts_at,
+            "snapshots_kept": r.snapshots_kept,
+        });
+        println!("{line}");
+    }
+}
+
+/// Prints what `delete` removed (or would remove).
+pub fn deletion(name: &str, objects: &[(String, u64)], mode: crate::compact::Mode, json: bool) {
+    let bytes: u64 = objects.iter().map(|(_, n)| n).sum();
+    let dry = mode == crate::compact::Mode::DryRun;
+    if json {
+        let line = serde_json::json!({
+            "name": name,
+            "dry_run": dry,
+            "objects": objects.len(),
+            "bytes": bytes,
+            "keys": objects.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        });
+        println!("{line}");
+        return;
+    }
+    let verb = if dry { "would delete" } else { "deleted" };
+    println!(
+        "{name}: {verb} {} object(s) ({}){}",
+        objects.len(),
+        human_bytes(bytes),
+        if dry {
+            " (dry run: add --force to do it)"
+        } else {
+            ""
+        }
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

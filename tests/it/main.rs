@@ -6,6 +6,7 @@
 mod harness;
 
 mod cli;
+mod compact;
 mod faults;
 mod fleet;
 mod interop;
