@@ -35,7 +35,7 @@ use std::time::Duration;
     error_code(5, "integrity error (checksum mismatch, malformed LTX, gap in TXIDs)"),
     error_code(
         6,
-        "restore error (no snapshot, nothing at that point in time, output exists)"
+        "restore error (no snapshot, nothing at that point in time, output exists, the replica changed under the command)"
     ),
     error_code(
         7,
