@@ -190,9 +190,13 @@ impl Fleet {
             Look::Under(paths) => self.rescan(Scope::Under(&paths)),
             Look::Everything => {
                 self.folders.begin_full();
-                let appeared = self.rescan(Scope::Everywhere);
-                self.folders.end_full();
                 self.full_due = false;
+                let appeared = self.rescan(Scope::Everywhere);
+                // A rescan that failed traced only part of the folders:
+                // keep following them all until one succeeds.
+                if !self.full_due {
+                    self.folders.end_full();
+                }
                 self.last_full = std::time::Instant::now();
                 appeared
             }
@@ -259,6 +263,7 @@ impl Fleet {
             Ok(rescan) => rescan,
             Err(e) => {
                 self.report(format!("discovery: {e}; keeping the databases in use"));
+                self.full_due = true;
                 return Vec::new();
             }
         };
