@@ -44,14 +44,7 @@ pub fn merge(
     staging: &Staging,
     cancel: &CancelToken,
 ) -> Result<Merged> {
-    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
-        return Err(Error::Other("a compaction needs at least one file".into()));
-    };
-    let id = LtxId {
-        level,
-        min_txid: first.id.min_txid,
-        max_txid: last.id.max_txid,
-    };
+    let id = merged_id(inputs, level)?;
     let pages_path = staging.dir().join(format!("pages-{level}"));
     let mut collected = Collected {
         pages: std::fs::OpenOptions::new()
@@ -87,6 +80,19 @@ pub fn merge(
         path: out,
         len,
         meta,
+    })
+}
+
+/// The file of `level` that merging `inputs` (contiguous, oldest first)
+/// makes: from the first one's min TXID to the last one's max.
+pub fn merged_id(inputs: &[RemoteLtx], level: u32) -> Result<LtxId> {
+    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+        return Err(Error::Other("a compaction needs at least one file".into()));
+    };
+    Ok(LtxId {
+        level,
+        min_txid: first.id.min_txid,
+        max_txid: last.id.max_txid,
     })
 }
 

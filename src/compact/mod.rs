@@ -170,14 +170,7 @@ fn compact(
     cancel: &CancelToken,
 ) -> Result<Compaction> {
     let input_bytes = inputs.iter().map(|f| f.size).sum();
-    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
-        return Err(Error::Other("a compaction needs at least one file".into()));
-    };
-    let id = LtxId {
-        level,
-        min_txid: first.id.min_txid,
-        max_txid: last.id.max_txid,
-    };
+    let id = merge::merged_id(inputs, level)?;
     if mode == Mode::DryRun {
         return Ok(Compaction {
             id,

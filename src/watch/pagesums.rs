@@ -58,6 +58,9 @@ pub struct PageSums {
     path: PathBuf,
     /// SHA-256 state after one block holding the key.
     keyed: Sha256,
+    /// The file's length as last known while it is open: room is kept
+    /// ahead without a `stat` per record written.
+    allocated: Option<u64>,
 }
 
 /// A lookup result: which slot holds the current record.
@@ -97,6 +100,7 @@ impl PageSums {
         block[..32].copy_from_slice(&header[16..48]);
         Ok(PageSums {
             file: None,
+            allocated: None,
             path,
             keyed: Sha256::new_with_prefix(block),
         })
@@ -105,6 +109,7 @@ impl PageSums {
     /// Closes the file until the next record is read or written.
     pub fn release(&mut self) {
         self.file = None;
+        self.allocated = None;
     }
 
     fn file(&mut self) -> Result<&File> {
@@ -214,9 +219,12 @@ impl PageSums {
     fn write_at(&mut self, buf: &[u8], at: u64) -> Result<()> {
         let path = self.path.clone();
         let end = at + buf.len() as u64;
+        let allocated = self.allocated;
         let file = self.file()?;
-        reserve_ahead(file, end);
-        file.write_all_at(buf, at)
+        let allocated = reserve_ahead(file, end, allocated);
+        self.allocated = Some(allocated);
+        self.file()?
+            .write_all_at(buf, at)
             .local_io(|| format!("writing {}", path.display()))
     }
 }
@@ -229,25 +237,32 @@ const HEADROOM: u64 = 32 * 1024;
 /// meanwhile, the records of a database that grows still have a place, and
 /// the batch that ships its new pages can be built (see
 /// [`super::spool`]). Best effort: a file system without `fallocate`, or
-/// one already full, is left as it is.
-fn reserve_ahead(file: &File, end: u64) {
+/// one already full, is left as it is. `allocated` is the file's length
+/// as last known (`None`: ask, once per opening, not once per page);
+/// returns it as it is now.
+fn reserve_ahead(file: &File, end: u64, allocated: Option<u64>) -> u64 {
     use std::os::unix::io::AsRawFd;
-    let Ok(len) = file.metadata().map(|m| m.len()) else {
-        return;
+    let len = match allocated {
+        Some(len) => len,
+        None => file.metadata().map_or(0, |m| m.len()),
     };
     let wanted = end + HEADROOM.max(end / 2);
     // Only when less than half the room is left: one call now and then.
     if len >= end + (wanted - end) / 2 {
-        return;
+        return len;
     }
     let (Ok(offset), Ok(extra)) = (
         libc::off_t::try_from(len),
         libc::off_t::try_from(wanted - len),
     ) else {
-        return;
+        return len;
     };
     // SAFETY: a valid descriptor; allocates blocks within the file.
-    unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, extra) };
+    if unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, extra) } == 0 {
+        wanted
+    } else {
+        len.max(end)
+    }
 }
 
 fn entry_offset(pgno: u32) -> u64 {
