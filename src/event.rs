@@ -111,6 +111,23 @@ pub enum Event {
     CloseFailed { db: String, error: String },
     /// A periodic snapshot's checksum differed from the tracked one.
     SnapshotRebased { db: String },
+    /// A compaction and retention pass wrote `compacted` files (merging
+    /// `merged`) and deleted `deleted` files of `deleted_bytes`; the
+    /// replica holds `files` files now.
+    Compacted {
+        db: String,
+        compacted: usize,
+        merged: usize,
+        deleted: usize,
+        deleted_bytes: u64,
+        files: usize,
+    },
+    /// A compaction and retention pass failed; tried again after `retry_in`.
+    CompactionFailed {
+        db: String,
+        error: String,
+        retry_in: Duration,
+    },
     /// A restore is under way.
     RestoreProgress {
         db: String,
@@ -143,6 +160,7 @@ impl Event {
             | Event::Retuned { .. }
             | Event::StorageBack { .. }
             | Event::NothingToShip { .. }
+            | Event::Compacted { .. }
             | Event::Restored { .. } => Level::Info,
             Event::Shipping { .. }
             | Event::LetGo { .. }
@@ -154,6 +172,7 @@ impl Event {
             | Event::StateNotSaved { .. }
             | Event::CloseFailed { .. }
             | Event::SnapshotRebased { .. }
+            | Event::CompactionFailed { .. }
             | Event::StorageDown { .. }
             | Event::DiscoveryFailed { .. } => Level::Warn,
             Event::Stopped { clean: false } => Level::Error,
@@ -181,6 +200,8 @@ impl Event {
             | Event::StateNotSaved { db, .. }
             | Event::CloseFailed { db, .. }
             | Event::SnapshotRebased { db }
+            | Event::Compacted { db, .. }
+            | Event::CompactionFailed { db, .. }
             | Event::Discovered { db, .. }
             | Event::Released { db, .. }
             | Event::Retuned { db }
@@ -286,6 +307,33 @@ impl fmt::Display for Event {
             Event::SnapshotRebased { .. } => write!(
                 f,
                 "snapshot checksum differs from the tracked checksum; re-basing on the snapshot"
+            ),
+            Event::Compacted {
+                compacted,
+                merged,
+                deleted,
+                deleted_bytes,
+                files,
+                ..
+            } => {
+                if *compacted > 0 {
+                    write!(f, "compacted {merged} file(s) into {compacted}; ")?;
+                }
+                if *deleted > 0 {
+                    write!(
+                        f,
+                        "deleted {deleted} file(s) ({:.1} KB) no promised restore needs; ",
+                        *deleted_bytes as f64 / 1e3
+                    )?;
+                }
+                write!(f, "the replica holds {files} file(s)")
+            }
+            Event::CompactionFailed {
+                error, retry_in, ..
+            } => write!(
+                f,
+                "compaction and retention: {error}; nothing is lost, will try again in {:.0}s",
+                retry_in.as_secs_f64()
             ),
             Event::RestoreProgress { .. } | Event::Restored { .. } => self.fmt_restore(f),
         }

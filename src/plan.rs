@@ -328,12 +328,22 @@ pub fn txid_at_time(
     points: &[&RemoteLtx],
     at_ms: i64,
 ) -> Result<Option<(u64, i64)>> {
+    txid_at_time_with(points, at_ms, &mut |f| file_time_ms(storage, f))
+}
+
+/// [`txid_at_time`] with the commit time of a file told by `time_of`
+/// (which may know it without a request).
+pub fn txid_at_time_with(
+    points: &[&RemoteLtx],
+    at_ms: i64,
+    time_of: &mut dyn FnMut(&RemoteLtx) -> Result<i64>,
+) -> Result<Option<(u64, i64)>> {
     let (mut lo, mut hi) = (0usize, points.len());
     let mut found = None;
     // Invariant: points[..lo] are at or before at_ms, points[hi..] after.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let ts = file_time_ms(storage, points[mid])?;
+        let ts = time_of(points[mid])?;
         if ts <= at_ms {
             found = Some((points[mid].id.max_txid, ts));
             lo = mid + 1;

@@ -443,14 +443,8 @@ fn watch(c: WatchCmd) -> Result<()> {
         uploaders: c.uploaders,
         shutdown_timeout: c.shutdown_timeout,
         socket: c.socket.clone(),
-    });
+    })?;
     raise_open_files_limit(resolver.databases()?.len())?;
-    if resolver.selection.config().retention.is_some() {
-        // Not yet: the pass exists, watch does not run it on its own.
-        eprintln!(
-            "walsync: [retention] is applied by `walsync compact --force` (run it while no watch writes the replica); watch itself keeps every file it stores"
-        );
-    }
     let controls = Controls::default();
     on_signals(
         controls.stop.clone(),
@@ -642,8 +636,16 @@ fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
     let now_ms = crate::fsutil::now_ms();
     let mut reports = Vec::new();
     for name in &names {
-        let report =
-            crate::compact::pass(storage.as_ref(), name, &retention, now_ms, mode, &cancel)?;
+        let mut tracked = crate::compact::Tracked::list(storage.as_ref(), name)?;
+        let report = crate::compact::pass(
+            storage.as_ref(),
+            name,
+            &mut tracked,
+            &retention,
+            now_ms,
+            mode,
+            &cancel,
+        )?;
         if !c.json {
             output::compaction(&report, mode);
         }

@@ -100,10 +100,15 @@ impl Resolver {
     }
 
     /// How `watch` runs: flags, then the config file, then the defaults.
-    pub fn watch_options(&self, flags: &EngineFlags) -> WatchOptions {
+    pub fn watch_options(&self, flags: &EngineFlags) -> Result<WatchOptions> {
         let defaults = WatchOptions::default();
-        let sync = &self.selection.config().sync;
-        WatchOptions {
+        let config = self.selection.config();
+        let sync = &config.sync;
+        let retention = match &config.retention {
+            Some(section) => Some(section.policy()?),
+            None => None,
+        };
+        Ok(WatchOptions {
             pollers: flags
                 .pollers
                 .or(sync.pollers)
@@ -121,7 +126,8 @@ impl Resolver {
             control_socket: Some(self.socket(flags.socket.as_deref())),
             upload_retry: self.upload_retry(defaults.upload_retry),
             circuit: self.circuit(defaults.circuit),
-        }
+            retention,
+        })
     }
 
     /// `[retry] base_delay_ms` and `max_delay_ms` over the defaults.

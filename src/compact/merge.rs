@@ -34,6 +34,8 @@ pub struct Merged {
     pub path: PathBuf,
     pub len: u64,
     pub meta: ObjectMeta,
+    /// The last input's commit time (Unix ms), the merged file's timestamp.
+    pub time_ms: i64,
 }
 
 /// Merges `inputs` (contiguous, oldest first) into one file of `level`.
@@ -77,6 +79,7 @@ pub fn merge(
     };
     Ok(Merged {
         id,
+        time_ms: header.timestamp_ms,
         path: out,
         len,
         meta,

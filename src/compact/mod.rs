@@ -19,18 +19,32 @@
 //! 0), nor any level-0 file younger than `l0_retention`. Compacted files are
 //! stored before anything is deleted, so a pass killed at any point leaves
 //! a replica that restores every promised TXID; the next pass carries on.
+//! Level n−1 files not yet merged into level n are kept too, so level n
+//! always chains.
+//!
+//! # Requests
+//!
+//! A pass works on a [`Tracked`] replica. Apart from the listing that
+//! builds one, it makes requests only for work it does: reading the inputs
+//! of a merge, storing the merged file, one batched delete, and reading
+//! once the commit time of a file it did not store. [`next_work_ms`] says,
+//! from what is tracked alone, when the next pass would have work, so an
+//! idle database costs nothing once its last writes are compacted and aged.
 
 pub mod merge;
 pub mod policy;
+pub mod tracked;
 
 use crate::cancel::CancelToken;
-use crate::catalog::{self, RemoteLtx};
+use crate::catalog::RemoteLtx;
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::Staging;
 use crate::plan;
 use crate::storage::{LtxId, Storage, SNAPSHOT_LEVEL};
-use policy::{Retention, Snapshot};
+use policy::{Retention, Snapshot, SnapshotPolicy};
 use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+pub use tracked::Tracked;
 
 /// Whether a pass changes the replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +71,13 @@ pub struct PassReport {
     pub snapshots_kept: Vec<u64>,
 }
 
+impl PassReport {
+    /// Whether the pass wrote or deleted anything.
+    pub fn did_work(&self) -> bool {
+        !self.compacted.is_empty() || !self.deleted.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compaction {
     pub id: LtxId,
@@ -66,118 +87,168 @@ pub struct Compaction {
     pub bytes: u64,
 }
 
-/// One compaction and retention pass over database `name` at `now_ms`.
+/// One compaction and retention pass over database `name`'s replica as
+/// `tracked` holds it, at `now_ms`; `tracked` follows what the pass does.
 pub fn pass(
     storage: &dyn Storage,
     name: &str,
+    tracked: &mut Tracked,
     retention: &Retention,
     now_ms: i64,
     mode: Mode,
     cancel: &CancelToken,
 ) -> Result<PassReport> {
-    let mut files = catalog::list_db(storage, name)?;
     let mut report = PassReport {
         name: name.to_string(),
         ..PassReport::default()
     };
-    if files.is_empty() {
+    if tracked.files().is_empty() {
         return Err(Error::Restore(format!(
             "no backups for '{name}' in {}; check the name with `walsync list`",
             storage.describe()
         )));
     }
-    let staging = Staging::temporary("compact")?;
+    let mut staging = None;
     for (i, interval) in retention.levels.iter().enumerate().take(8) {
         let level = i as u32 + 1;
-        let Some(inputs) = due_inputs(storage, &files, level, *interval, now_ms)? else {
+        let Some(inputs) = due_inputs(storage, tracked, level, *interval, now_ms)? else {
             continue;
         };
-        let compaction = compact(storage, name, &inputs, level, mode, &staging, cancel)?;
-        files.push(RemoteLtx::new(
+        if staging.is_none() {
+            staging = Some(Staging::temporary("compact")?);
+        }
+        let Some(staging) = &staging else { continue };
+        let (compaction, time_ms) = compact(
+            storage, name, tracked, &inputs, level, mode, staging, cancel,
+        )?;
+        let file = RemoteLtx::new(
             compaction.id,
             storage.layout().ltx_key(name, compaction.id),
             compaction.bytes,
-        ));
+        );
+        tracked.add(file, time_ms);
         report.compacted.push(compaction);
     }
-    let doomed = doomed(storage, &files, retention, now_ms, &mut report)?;
-    for f in &doomed {
-        if mode == Mode::Apply {
-            storage.delete(&f.key)?;
+    let doomed = doomed(storage, tracked, retention, now_ms, &mut report)?;
+    if mode == Mode::Apply && !doomed.is_empty() {
+        let mut keys: Vec<String> = Vec::with_capacity(doomed.len());
+        for f in &doomed {
+            keys.push(f.key.clone());
             if f.image && f.id.level != SNAPSHOT_LEVEL {
-                storage.delete(&storage.layout().image_marker_key(name, f.id))?;
+                keys.push(storage.layout().image_marker_key(name, f.id));
             }
         }
-        report.deleted.push((f.key.clone(), f.size));
+        storage.delete_many(&keys)?;
     }
+    report.deleted = doomed.iter().map(|f| (f.key.clone(), f.size)).collect();
     let gone: HashSet<&str> = doomed.iter().map(|f| f.key.as_str()).collect();
-    let left: Vec<&RemoteLtx> = files
-        .iter()
-        .filter(|f| !gone.contains(f.key.as_str()))
-        .collect();
-    report.files_after = left.len();
-    report.bytes_after = left.iter().map(|f| f.size).sum();
+    tracked.remove(&gone);
+    report.files_after = tracked.files().len();
+    report.bytes_after = tracked.files().iter().map(|f| f.size).sum();
     Ok(report)
 }
 
-/// The level n−1 files a compaction into `level` merges now, if it is due:
-/// `interval` has passed since the last level-`level` file was written (or
-/// there is none), and level n−1 has files after it. They are the
-/// contiguous run that starts at the first such file.
-fn due_inputs(
-    storage: &dyn Storage,
-    files: &[RemoteLtx],
-    level: u32,
-    interval: std::time::Duration,
-    now_ms: i64,
-) -> Result<Option<Vec<RemoteLtx>>> {
-    let last = files
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The newest file of `level`, if it has one.
+fn newest_of(files: &[RemoteLtx], level: u32) -> Option<&RemoteLtx> {
+    files
         .iter()
         .filter(|f| f.id.level == level)
-        .max_by_key(|f| f.id.max_txid);
-    if let Some(last) = last {
-        let written = plan::file_time_ms(storage, last)?;
-        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        if now_ms.saturating_sub(written) < interval_ms {
-            return Ok(None);
-        }
-    }
-    let after = last.map_or(0, |f| f.id.max_txid);
+        .max_by_key(|f| f.id.max_txid)
+}
+
+/// The level n−1 files not yet merged into `level` (those after its
+/// newest file), oldest first.
+fn unmerged_below(files: &[RemoteLtx], level: u32) -> Vec<&RemoteLtx> {
+    let after = newest_of(files, level).map_or(0, |f| f.id.max_txid);
     let mut below: Vec<&RemoteLtx> = files
         .iter()
         .filter(|f| f.id.level == level - 1 && f.id.min_txid > after)
         .collect();
     below.sort_by_key(|f| f.id.min_txid);
+    below
+}
+
+/// When a compaction into `level` is due (Unix ms), if level n−1 has
+/// files to merge: `interval` after the newest level-`level` file was
+/// committed, or at once when the level has none.
+fn compaction_due_ms(
+    storage: &dyn Storage,
+    tracked: &mut Tracked,
+    level: u32,
+    interval: Duration,
+) -> Result<Option<i64>> {
+    if unmerged_below(tracked.files(), level).is_empty() {
+        return Ok(None);
+    }
+    let Some(last) = newest_of(tracked.files(), level).cloned() else {
+        return Ok(Some(i64::MIN));
+    };
+    let written = tracked.time_ms(storage, &last)?;
+    Ok(Some(written.saturating_add(millis(interval))))
+}
+
+/// The level n−1 files a compaction into `level` merges now, if it is due
+/// (see [`compaction_due_ms`]): the contiguous run that starts right after
+/// the newest level-`level` file (at the first file when there is none).
+fn due_inputs(
+    storage: &dyn Storage,
+    tracked: &mut Tracked,
+    level: u32,
+    interval: Duration,
+    now_ms: i64,
+) -> Result<Option<Vec<RemoteLtx>>> {
+    match compaction_due_ms(storage, tracked, level, interval)? {
+        Some(due) if due <= now_ms => {}
+        _ => return Ok(None),
+    }
+    let files = tracked.files();
+    let after = newest_of(files, level).map(|f| f.id.max_txid);
     let mut run: Vec<RemoteLtx> = Vec::new();
-    for f in below {
-        match run.last() {
-            Some(prev) if f.id.min_txid != prev.id.max_txid + 1 => break,
-            _ => run.push(f.clone()),
+    for f in unmerged_below(files, level) {
+        let next = match run.last() {
+            Some(prev) => prev.id.max_txid + 1,
+            // Level n must chain: its next file starts right after its last.
+            None => after.map_or(f.id.min_txid, |a| a + 1),
+        };
+        if f.id.min_txid != next {
+            break;
         }
+        run.push(f.clone());
     }
     Ok((!run.is_empty()).then_some(run))
 }
 
 /// Merges `inputs` into one file of `level` and stores it (on a dry run,
-/// only describes it).
+/// only describes it). Returns it with its commit time.
+#[allow(clippy::too_many_arguments)]
 fn compact(
     storage: &dyn Storage,
     name: &str,
+    tracked: &mut Tracked,
     inputs: &[RemoteLtx],
     level: u32,
     mode: Mode,
     staging: &Staging,
     cancel: &CancelToken,
-) -> Result<Compaction> {
+) -> Result<(Compaction, i64)> {
     let input_bytes = inputs.iter().map(|f| f.size).sum();
     let id = merge::merged_id(inputs, level)?;
     if mode == Mode::DryRun {
-        return Ok(Compaction {
+        let time_ms = match inputs.last() {
+            Some(last) => tracked.time_ms(storage, last)?,
+            None => 0,
+        };
+        let compaction = Compaction {
             id,
             inputs: inputs.len(),
             input_bytes,
             bytes: input_bytes,
-        });
+        };
+        return Ok((compaction, time_ms));
     }
     let merged = merge::merge(storage, inputs, level, staging, cancel)?;
     let key = storage.layout().ltx_key(name, merged.id);
@@ -187,46 +258,49 @@ fn compact(
         .put(&key, &mut body, merged.len, &merged.meta)
         .map_err(|e| e.context(&key))?;
     let _ = std::fs::remove_file(&merged.path);
-    Ok(Compaction {
+    let compaction = Compaction {
         id: merged.id,
         inputs: inputs.len(),
         input_bytes,
         bytes: merged.len,
-    })
+    };
+    Ok((compaction, merged.time_ms))
+}
+
+/// The TXID a replica restores to as of `at_ms` (0 before its first).
+fn txid_as_of(storage: &dyn Storage, tracked: &mut Tracked, at_ms: i64) -> Result<u64> {
+    let files = tracked.files().to_vec();
+    let points = plan::commit_points(&files);
+    let found = plan::txid_at_time_with(&points, at_ms, &mut |f| tracked.time_ms(storage, f))?;
+    Ok(found.map_or(0, |(txid, _)| txid))
 }
 
 /// The files retention deletes: those no promised restore needs, proved
 /// with the planner's walk. Fills in what the window and policy keep.
 fn doomed(
     storage: &dyn Storage,
-    files: &[RemoteLtx],
+    tracked: &mut Tracked,
     retention: &Retention,
     now_ms: i64,
     report: &mut PassReport,
 ) -> Result<Vec<RemoteLtx>> {
-    let latest = files.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
-    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     // The state at the window's start: the newest TXID committed by then.
-    let points = plan::commit_points(files);
-    let at = |cutoff: i64| -> Result<u64> {
-        Ok(plan::txid_at_time(storage, &points, cutoff)?.map_or(0, |(txid, _)| txid))
-    };
-    let window_start = at(now_ms.saturating_sub(ms(retention.pitr_window)))?;
-    let l0_start = at(now_ms.saturating_sub(ms(retention.l0_retention)))?;
+    let window_start = txid_as_of(
+        storage,
+        tracked,
+        now_ms.saturating_sub(millis(retention.pitr_window)),
+    )?;
+    let l0_start = txid_as_of(
+        storage,
+        tracked,
+        now_ms.saturating_sub(millis(retention.l0_retention)),
+    )?;
     report.window_starts_at = Some(window_start.max(1));
-    let snapshots: Vec<Snapshot> = files
-        .iter()
-        .filter(|f| f.id.level == SNAPSHOT_LEVEL)
-        .map(|f| {
-            Ok(Snapshot {
-                txid: f.id.max_txid,
-                time_ms: plan::file_time_ms(storage, f)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let kept_snapshots = policy::snapshots_kept(&snapshots, now_ms, &retention.snapshots);
+    let kept_snapshots = kept_snapshots(storage, tracked, retention, now_ms)?;
     report.snapshots_kept = kept_snapshots.iter().copied().collect();
 
+    let files = tracked.files();
+    let latest = tracked.latest();
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     // Everything the window may need, and level 0 while followers read it.
     for f in files {
@@ -237,15 +311,19 @@ fn doomed(
             keep.insert(&f.key);
         }
     }
-    // The newest file of every level.
+    // The newest file of every level, and what the next level has yet to
+    // merge (so that level keeps chaining).
     for level in 0..=SNAPSHOT_LEVEL {
-        if let Some(f) = files
-            .iter()
-            .filter(|f| f.id.level == level)
-            .max_by_key(|f| f.id.max_txid)
-        {
+        if let Some(f) = newest_of(files, level) {
             keep.insert(&f.key);
         }
+    }
+    for level in 1..=retention.levels.len().min(8) as u32 {
+        keep.extend(
+            unmerged_below(files, level)
+                .into_iter()
+                .map(|f| f.key.as_str()),
+        );
     }
     // The chain that restores the window's first TXID.
     if window_start >= 1 {
@@ -268,6 +346,108 @@ fn doomed(
         .filter(|f| !keep.contains(f.key.as_str()))
         .cloned()
         .collect())
+}
+
+/// The snapshots the policy keeps, by max TXID.
+fn kept_snapshots(
+    storage: &dyn Storage,
+    tracked: &mut Tracked,
+    retention: &Retention,
+    now_ms: i64,
+) -> Result<BTreeSet<u64>> {
+    let snapshots = snapshots_of(storage, tracked)?;
+    Ok(policy::snapshots_kept(
+        &snapshots,
+        now_ms,
+        &retention.snapshots,
+    ))
+}
+
+/// Every snapshot with its commit time.
+fn snapshots_of(storage: &dyn Storage, tracked: &mut Tracked) -> Result<Vec<Snapshot>> {
+    let files: Vec<RemoteLtx> = tracked
+        .files()
+        .iter()
+        .filter(|f| f.id.level == SNAPSHOT_LEVEL)
+        .cloned()
+        .collect();
+    files
+        .iter()
+        .map(|f| {
+            Ok(Snapshot {
+                txid: f.id.max_txid,
+                time_ms: tracked.time_ms(storage, f)?,
+            })
+        })
+        .collect()
+}
+
+/// When the next pass over `tracked` would have work (Unix ms), judged
+/// from what is tracked: the earliest due compaction, the moment the
+/// window or level 0's retention moves past the next commit, or a kept
+/// snapshot ages out. `None`: nothing will be due until something new is
+/// stored. Requests only the commit times of files it did not store.
+pub fn next_work_ms(
+    storage: &dyn Storage,
+    tracked: &mut Tracked,
+    retention: &Retention,
+    now_ms: i64,
+) -> Result<Option<i64>> {
+    let mut next: Option<i64> = None;
+    let mut consider = |t: Option<i64>| {
+        if let Some(t) = t {
+            next = Some(next.map_or(t, |n: i64| n.min(t)));
+        }
+    };
+    for (i, interval) in retention.levels.iter().enumerate().take(8) {
+        consider(compaction_due_ms(
+            storage,
+            tracked,
+            i as u32 + 1,
+            *interval,
+        )?);
+    }
+    for keep in [retention.pitr_window, retention.l0_retention] {
+        consider(moves_on_ms(storage, tracked, keep, now_ms)?);
+    }
+    if let SnapshotPolicy::Age(age) = retention.snapshots {
+        let kept = kept_snapshots(storage, tracked, retention, now_ms)?;
+        let snapshots = snapshots_of(storage, tracked)?;
+        let ages_out = snapshots
+            .iter()
+            .filter(|s| kept.contains(&s.txid))
+            .map(|s| s.time_ms.saturating_add(millis(age)))
+            .filter(|&t| t > now_ms)
+            .min();
+        // The two newest are kept whatever their age: only older ones go.
+        if kept.len() > 2 {
+            consider(ages_out);
+        }
+    }
+    Ok(next)
+}
+
+/// When a boundary `keep` behind now next moves past a commit that is not
+/// the newest (a file may become deletable then), if one is left.
+fn moves_on_ms(
+    storage: &dyn Storage,
+    tracked: &mut Tracked,
+    keep: Duration,
+    now_ms: i64,
+) -> Result<Option<i64>> {
+    let boundary = txid_as_of(storage, tracked, now_ms.saturating_sub(millis(keep)))?;
+    let latest = tracked.latest();
+    let files = tracked.files().to_vec();
+    let next_point = plan::commit_points(&files)
+        .into_iter()
+        .find(|f| f.id.max_txid > boundary && f.id.max_txid < latest)
+        .cloned();
+    match next_point {
+        Some(f) => Ok(Some(
+            tracked.time_ms(storage, &f)?.saturating_add(millis(keep)),
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Fails unless every promised TXID that restores from `files` still
@@ -306,9 +486,8 @@ pub fn delete_replica(storage: &dyn Storage, name: &str, mode: Mode) -> Result<V
         .map(|o| (o.key, o.size))
         .collect();
     if mode == Mode::Apply {
-        for (key, _) in &mine {
-            storage.delete(key)?;
-        }
+        let keys: Vec<String> = mine.iter().map(|(k, _)| k.clone()).collect();
+        storage.delete_many(&keys)?;
     }
     Ok(mine)
 }

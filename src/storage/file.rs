@@ -397,6 +397,21 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    /// Removes the files, then fsyncs each folder they were in once.
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let mut folders = std::collections::BTreeSet::new();
+        for key in keys {
+            let path = self.object_path(key)?;
+            if remove_if_exists(&path)? {
+                if let Some(dir) = path.parent() {
+                    folders.insert(dir.to_path_buf());
+                }
+            }
+            remove_if_exists(&self.sidecar_path(key)?)?;
+        }
+        folders.iter().try_for_each(|dir| sync_dir(dir))
+    }
+
     fn layout(&self) -> Layout {
         Layout::File
     }

@@ -170,6 +170,12 @@ pub trait Storage: Send + Sync {
     fn head(&self, key: &str) -> Result<Option<ObjectHead>>;
     /// Removes the object; removing a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Removes every object of `keys` (missing ones are not an error) in as
+    /// few requests as the backend allows. Returns once all are gone; on an
+    /// error some may be gone and some not.
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.delete(k))
+    }
     /// How LTX files are laid out under this backend's root.
     fn layout(&self) -> Layout;
     /// The URL this storage was opened from, without credentials, for messages.

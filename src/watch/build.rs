@@ -46,6 +46,8 @@ pub struct Batch {
     pub body: Body,
     pub len: u64,
     pub meta: ObjectMeta,
+    /// When its last transaction was committed (Unix ms, its timestamp).
+    pub time_ms: i64,
     /// The key of the marker saying this file is a full image, stored
     /// after it (full copies only).
     pub marker: Option<String>,
@@ -58,6 +60,13 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The file as the replica holds it once stored.
+    pub fn remote(&self) -> crate::catalog::RemoteLtx {
+        let mut file = crate::catalog::RemoteLtx::new(self.id, self.key.clone(), self.len);
+        file.image |= self.marker.is_some();
+        file
+    }
+
     /// What an uploader needs to store it.
     pub fn request(&self) -> UploadRequest {
         UploadRequest {
@@ -534,6 +543,7 @@ impl Shipper {
             id: built.id,
             body,
             len,
+            time_ms: built.timestamp_ms,
             meta: ObjectMeta {
                 sha256: Some(sha256),
                 timestamp: Some(fsutil::rfc3339_ms(built.timestamp_ms)),

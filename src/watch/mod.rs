@@ -15,6 +15,7 @@ mod build;
 mod changes;
 mod checkpoint;
 pub mod circuit;
+mod compactor;
 pub mod control;
 mod fleet;
 mod folders;
@@ -66,6 +67,9 @@ pub struct WatchOptions {
     pub upload_retry: (Duration, Duration),
     /// The storage circuit breaker (see [`circuit`]).
     pub circuit: CircuitSettings,
+    /// Compact and apply this retention as files are stored (see
+    /// [`compactor`]); `None` keeps every file.
+    pub retention: Option<crate::compact::policy::Retention>,
 }
 
 impl Default for WatchOptions {
@@ -81,6 +85,7 @@ impl Default for WatchOptions {
             control_socket: None,
             upload_retry: crate::backoff::UPLOAD_DELAYS,
             circuit: CircuitSettings::default(),
+            retention: None,
         }
     }
 }
@@ -134,6 +139,22 @@ pub fn watch(
         .collect();
     drop((job_rx, ack_txs));
     let (released_tx, released_rx) = unbounded::<Released>();
+    let (stored_tx, compactor) = match &options.retention {
+        Some(retention) => {
+            let (tx, rx) = unbounded();
+            let compactor = compactor::Compactor::new(
+                Arc::clone(&storage),
+                retention.clone(),
+                Arc::clone(&events),
+            );
+            let stop = controls.stop.clone();
+            (
+                Some(tx),
+                Some(thread::spawn(move || compactor.run(&rx, &stop))),
+            )
+        }
+        None => (None, None),
+    };
     let mut commands = Vec::new();
     let poller_threads: Vec<_> = shards
         .into_iter()
@@ -150,12 +171,13 @@ pub fn watch(
                 board: Arc::clone(&board),
                 circuit: Arc::clone(&circuit),
                 upload_backoff: Backoff::new(options.upload_retry.0, options.upload_retry.1),
+                stored: stored_tx.clone(),
             };
             let (stop, timeout) = (controls.stop.clone(), options.shutdown_timeout);
             thread::spawn(move || Poller::new(i, shard, links).run(&stop, timeout))
         })
         .collect();
-    drop((job_tx, released_tx));
+    drop((job_tx, released_tx, stored_tx));
     fleet.connect(commands);
     let (request_tx, request_rx) = unbounded::<Request>();
     let control = options.control_socket.as_ref().and_then(|path| {
@@ -173,6 +195,9 @@ pub fn watch(
         clean &= t.join().unwrap_or(false);
     }
     for t in uploader_threads {
+        let _ = t.join();
+    }
+    if let Some(t) = compactor {
         let _ = t.join();
     }
     if let Some(t) = control {

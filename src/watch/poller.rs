@@ -10,6 +10,7 @@
 use super::build::{Batch, UploadRequest};
 use super::changes::{Changes, FULL_CHECK};
 use super::circuit::{Circuit, Transition};
+use super::compactor::StoredFile;
 use super::shipper::{Settings, Shipper};
 use super::status::Board;
 use crate::backoff::Backoff;
@@ -103,6 +104,8 @@ pub(super) struct Links {
     pub circuit: Arc<Circuit>,
     /// The retry schedule every database starts with.
     pub upload_backoff: Backoff,
+    /// Where stored files are told, when `watch` compacts.
+    pub stored: Option<Sender<StoredFile>>,
 }
 
 pub(super) struct Poller {
@@ -297,7 +300,13 @@ impl Poller {
         match ack.result {
             // The next poll keeps its schedule: one file per interval at
             // most, whatever landed during the upload goes in it.
-            Ok(()) => s.uploaded_and_report(),
+            Ok(()) => {
+                let stored = s.uploaded_and_report();
+                if let (Some((file, time_ms)), Some(tx)) = (stored, &self.links.stored) {
+                    let db = s.name.clone();
+                    let _ = tx.send(StoredFile { db, file, time_ms });
+                }
+            }
             Err(e) if s.check_gone() => {
                 // Its files are gone (a deleted tenant): nothing to retry.
                 let key = s.key.clone();

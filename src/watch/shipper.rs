@@ -555,15 +555,11 @@ impl Shipper {
         saved
     }
 
-    /// [`Shipper::uploaded`], said as an event.
-    pub fn uploaded_and_report(&mut self) {
-        let Some((key, txid, bytes)) = self
-            .pending
-            .as_ref()
-            .map(|b| (b.key.clone(), b.id.max_txid, b.len))
-        else {
-            return;
-        };
+    /// [`Shipper::uploaded`], said as an event. Returns the file stored
+    /// and its commit time.
+    pub fn uploaded_and_report(&mut self) -> Option<(crate::catalog::RemoteLtx, i64)> {
+        let (stored, time_ms) = self.pending.as_ref().map(|b| (b.remote(), b.time_ms))?;
+        let (key, txid, bytes) = (stored.key.clone(), stored.id.max_txid, stored.size);
         let db = self.name.clone();
         let event = match self.uploaded() {
             Ok(()) => Event::Stored {
@@ -578,6 +574,7 @@ impl Shipper {
             },
         };
         self.emit(event);
+        Some((stored, time_ms))
     }
 
     /// [`Shipper::upload_failed`], said as an event.

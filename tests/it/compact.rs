@@ -129,3 +129,243 @@ fn delete_removes_one_replica_name_only_with_force() {
     let again = dest.walsync(&["delete", "gone", "-b", &dest.url, "--force"]);
     assert_eq!(code(&again), 6, "{}", text(&again));
 }
+
+/// The retention of the watch tests: a 3 s window, level 0 kept 1 s,
+/// levels 1 and 2 every 1 s and 2 s, snapshots 4 s.
+const SHORT_RETENTION: &str = "pitr_window = \"3s\"\nl0_retention = \"1s\"\ncompaction_levels = [\"1s\", \"2s\"]\nsnapshot_retention = \"4s\"";
+
+/// `watch` with [retention] from `cfg`, a 100 ms sync and 2 s snapshots.
+fn watch_compacting(dest: &Dest, db: &Path, cfg: &Path) -> Watcher {
+    let cfg = cfg.to_str().unwrap();
+    dest.watch(
+        &[db],
+        &[
+            "--config",
+            cfg,
+            "--sync-interval",
+            "100ms",
+            "--snapshot-interval",
+            "2s",
+        ],
+    )
+}
+
+/// Restores `name` at every TXID of `txids` and checks each is a state the
+/// source held (rows 1..=k, k growing with the TXID). Returns the counts.
+fn restore_each(dest: &Dest, dir: &Path, name: &str, txids: &[u64]) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for t in txids {
+        let out = dir.join(format!("at-{t}.db"));
+        let r = dest.restore(name, &out, &["--txid", &t.to_string(), "--force"]);
+        assert!(r.status.success(), "TXID {t}: {}", text(&r));
+        let k = rows_consistent(&out, ROW);
+        if let Some(prev) = counts.last() {
+            assert!(k >= *prev, "TXID {t} holds {k} rows, an earlier one {prev}");
+        }
+        counts.push(k);
+    }
+    counts
+}
+
+#[test]
+fn watch_keeps_the_replica_bounded_and_every_window_txid_restores() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::s3(&server, "bounded", "r");
+    let db = dir.path().join("app.db");
+    let mut conn = create_db(&db, 4096);
+    let cfg = config(dir.path(), &dest.url, SHORT_RETENTION);
+    let w = watch_compacting(&dest, &db, &cfg);
+    // About 12 s of commits, one row each; when each TXID showed up.
+    let mut seen: Vec<(u64, std::time::Instant)> = Vec::new();
+    let mut most_files = 0;
+    let started = std::time::Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        id += 1;
+        insert_ids(&mut conn, id..=id, ROW);
+        std::thread::sleep(Duration::from_millis(30));
+        if id % 10 == 0 {
+            let files = dest.files("app");
+            let max = files.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
+            if seen.last().is_none_or(|(t, _)| *t < max) {
+                seen.push((max, std::time::Instant::now()));
+            }
+            if started.elapsed() > Duration::from_secs(6) {
+                most_files = most_files.max(files.len());
+            }
+        }
+    }
+    let total = id;
+    let stopped = std::time::Instant::now();
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    // A clean stop ships every commit.
+    let latest = dest.max_txid("app");
+    assert!(
+        log.contains("compacted"),
+        "watch compacts on its own:\n{log}"
+    );
+    // Bounded: 12 s at a 100 ms sync stored about 120 level-0 files; a 3 s
+    // window keeps about 30 of them, plus a few compactions and snapshots.
+    assert!(latest > 60, "only {latest} TXIDs were stored");
+    assert!(
+        most_files < 70,
+        "the replica held {most_files} files in the last 6 s:\n{log}"
+    );
+    // Every TXID that was stored well inside the window restores to a
+    // state the source held, in order.
+    let window_from = seen
+        .iter()
+        .find(|(_, at)| stopped.duration_since(*at) < Duration::from_secs(2))
+        .map_or(latest, |(t, _)| *t);
+    let txids: Vec<u64> = (window_from..=latest).collect();
+    assert!(txids.len() >= 5, "window {window_from}..={latest}");
+    let counts = restore_each(&dest, dir.path(), "app", &txids);
+    assert_eq!(
+        counts.last().copied(),
+        Some(total),
+        "the latest TXID holds every row"
+    );
+    let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
+    assert!(v.status.success(), "{}", text(&v));
+}
+
+/// Waits until `relay` saw no request for `quiet` (at most `limit`).
+fn wait_until_quiet(relay: &Relay, quiet: Duration, limit: Duration) {
+    let started = std::time::Instant::now();
+    let mut count = relay.requests().len();
+    let mut since = std::time::Instant::now();
+    while since.elapsed() < quiet {
+        assert!(
+            started.elapsed() < limit,
+            "requests never stopped: {:?}",
+            relay
+                .requests()
+                .iter()
+                .rev()
+                .take(5)
+                .map(|r| (&r.method, &r.target))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let now = relay.requests().len();
+        if now != count {
+            (count, since) = (now, std::time::Instant::now());
+        }
+    }
+}
+
+#[test]
+fn idle_databases_make_no_request_once_their_writes_are_compacted() {
+    let server = S3Server::start();
+    let relay = Relay::start(&server.endpoint, |_, _| Action::Forward);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::s3(&server, "idle", "r").via(&relay);
+    let busy = dir.path().join("busy.db");
+    let quiet = dir.path().join("quiet.db");
+    let mut conn = create_db(&busy, 4096);
+    insert_ids(&mut create_db(&quiet, 4096), 1..=1, ROW);
+    let cfg = config(dir.path(), &dest.url, SHORT_RETENTION);
+    let cfg = cfg.to_str().unwrap();
+    let w = dest.watch(
+        &[&busy, &quiet],
+        &[
+            "--config",
+            cfg,
+            "--sync-interval",
+            "100ms",
+            "--snapshot-interval",
+            "2s",
+        ],
+    );
+    dest.wait_for_txid("quiet", 1, Duration::from_secs(20));
+    for id in 1..=40 {
+        insert_ids(&mut conn, id..=id, ROW);
+        std::thread::sleep(Duration::from_millis(75));
+    }
+    // The last writes are shipped, snapshotted, compacted and aged out of
+    // the 3 s window (snapshots after 4 s); then nothing is due.
+    wait_until_quiet(&relay, Duration::from_secs(6), Duration::from_secs(60));
+    let from = relay.requests().len();
+    std::thread::sleep(Duration::from_secs(60));
+    let idle: Vec<(String, String)> = relay.requests()[from..]
+        .iter()
+        .map(|r| (r.method.clone(), r.target.clone()))
+        .collect();
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(
+        idle.is_empty(),
+        "{} requests in 60 s idle: {idle:?}\n{log}",
+        idle.len()
+    );
+    assert!(log.contains("compacted"), "{log}");
+    let before_idle = &relay.requests()[..from];
+    assert!(
+        before_idle
+            .iter()
+            .any(|r| r.method == "POST" && r.target.contains("delete")),
+        "retention deletes in batches (DeleteObjects)"
+    );
+    assert!(
+        !before_idle.iter().any(|r| r.method == "DELETE"),
+        "no single DELETE while batches work"
+    );
+}
+
+/// Puts `n` small objects named as level-0 files of `name`.
+fn put_level0_keys(storage: &dyn walsync::storage::Storage, name: &str, n: u64) {
+    for i in 1..=n {
+        let id = walsync::storage::LtxId {
+            level: 0,
+            min_txid: i,
+            max_txid: i,
+        };
+        let key = storage.layout().ltx_key(name, id);
+        put_object(storage, &key, b"x", &Default::default());
+    }
+}
+
+#[test]
+fn deletes_go_a_thousand_keys_a_request_or_one_by_one_where_batches_are_not_implemented() {
+    let server = S3Server::start();
+    let batches = Relay::start(&server.endpoint, |_, _| Action::Forward);
+    let no_batches = Relay::start_by_target(&server.endpoint, |_, method, target| {
+        if method == "POST" && target.contains("delete") {
+            Action::NotImplemented
+        } else {
+            Action::Forward
+        }
+    });
+    let dest = Dest::s3(&server, "many", "r");
+    put_level0_keys(dest.storage().as_ref(), "big", 1001);
+    put_level0_keys(dest.storage().as_ref(), "small", 3);
+
+    let big = Dest::s3(&server, "many", "r").via(&batches);
+    let done = big.walsync(&["delete", "big", "-b", &big.url, "--force"]);
+    assert!(done.status.success(), "{}", text(&done));
+    assert!(dest.files("big").is_empty());
+    let posts = batches
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 2, "1,001 keys: two DeleteObjects requests");
+    assert!(!batches.requests().iter().any(|r| r.method == "DELETE"));
+
+    let small = Dest::s3(&server, "many", "r").via(&no_batches);
+    let done = small.walsync(&["delete", "small", "-b", &small.url, "--force"]);
+    assert!(done.status.success(), "{}", text(&done));
+    assert!(dest.files("small").is_empty());
+    let methods: Vec<String> = no_batches
+        .requests()
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(
+        methods.iter().filter(|m| *m == "DELETE").count(),
+        3,
+        "one DELETE a key after the refused batch: {methods:?}"
+    );
+}

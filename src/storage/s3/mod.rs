@@ -5,6 +5,7 @@
 //! They are always built here from the error kind and the S3 error code: never
 //! from the request URL, which carries the signature and the access key.
 
+mod batch_delete;
 mod body;
 
 use super::{Download, Layout, ListedObject, ObjectHead, ObjectMeta, ReadSeek, Storage};
@@ -142,6 +143,9 @@ pub struct S3Storage {
     host: String,
     max_retries: u32,
     progress: Option<RetryProgress>,
+    /// Set once the provider answered DeleteObjects as not implemented:
+    /// deletes go one by one from then on.
+    single_deletes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for S3Storage {
@@ -281,6 +285,7 @@ impl S3Storage {
             host,
             max_retries: options.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
             progress: options.progress.clone(),
+            single_deletes: std::sync::Arc::default(),
         })
     }
 
@@ -923,6 +928,29 @@ impl Storage for S3Storage {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
+        self.delete_one(key)
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.delete_in_batches(keys)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::S3
+    }
+
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket.name())
+        } else {
+            format!("s3://{}/{}", self.bucket.name(), self.prefix)
+        }
+    }
+}
+
+impl S3Storage {
+    /// One DELETE request (with retries).
+    fn delete_one(&self, key: &str) -> Result<()> {
         let full = self.full_key(key)?;
         self.with_retries("DELETE", key, |_| {
             let action = DeleteObject::new(&self.bucket, self.creds(), &full);
@@ -944,18 +972,6 @@ impl Storage for S3Storage {
                 }
             }
         })
-    }
-
-    fn layout(&self) -> Layout {
-        Layout::S3
-    }
-
-    fn describe(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket.name())
-        } else {
-            format!("s3://{}/{}", self.bucket.name(), self.prefix)
-        }
     }
 }
 

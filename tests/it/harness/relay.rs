@@ -27,12 +27,18 @@ pub enum Action {
     /// Read it and never answer, holding the connection open (an endpoint
     /// that accepts connections and hangs).
     BlackHole,
+    /// Read it whole, answer `501 NotImplemented` and close the connection
+    /// (a provider without this operation).
+    NotImplemented,
 }
 
 /// One request as the relay read it.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: String,
+    /// Its path and query (a listing has `list-type=2`, a batched delete
+    /// `delete` in its query).
+    pub target: String,
     /// Its body's length (Content-Length; 0 without one).
     pub len: u64,
     pub action: Action,
@@ -148,6 +154,7 @@ fn serve(client: TcpStream, up: SocketAddr, rule: &Rule, log: &Mutex<Vec<Request
             let action = rule(index, &method, &target);
             log.push(Request {
                 method,
+                target,
                 len,
                 action,
                 arrived: Instant::now(),
@@ -156,9 +163,9 @@ fn serve(client: TcpStream, up: SocketAddr, rule: &Rule, log: &Mutex<Vec<Request
             (index, action)
         };
         match action {
-            Action::SlowDown => {
+            Action::SlowDown | Action::NotImplemented => {
                 let _ = std::io::copy(&mut (&mut from_client).take(len), &mut std::io::sink());
-                refuse(&client);
+                refuse(&client, action);
                 break;
             }
             Action::Truncate(body_bytes) => {
@@ -275,11 +282,23 @@ fn truncated(up: SocketAddr, mut client: &TcpStream, head: &[u8], body: &[u8], b
 }
 
 /// Answers S3's throttling error and closes the connection.
-fn refuse(mut client: &TcpStream) {
-    let xml = "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>";
+fn refuse(mut client: &TcpStream, action: Action) {
+    let (status, code, message) = match action {
+        Action::NotImplemented => (
+            "501 Not Implemented",
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented.",
+        ),
+        _ => (
+            "503 Service Unavailable",
+            "SlowDown",
+            "Reduce your request rate.",
+        ),
+    };
+    let xml = format!("<Error><Code>{code}</Code><Message>{message}</Message></Error>");
     let _ = write!(
         client,
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
         xml.len()
     );
     let _ = client.shutdown(Shutdown::Both);
