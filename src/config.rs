@@ -110,8 +110,15 @@ pub struct S3Section {
 pub struct SyncSection {
     /// How often each WAL is polled, e.g. "1s", "50ms" or seconds as a number.
     pub sync_interval: Option<DurationValue>,
-    /// How often a full level-9 snapshot is taken, e.g. "1h" or seconds.
-    pub snapshot_interval: Option<DurationValue>,
+    /// How often a full level-9 snapshot is taken, e.g. "1h" or seconds
+    /// (0: never by time).
+    pub snapshot_interval: Option<TriggerValue>,
+    /// Snapshot once this many WAL pages were shipped since the last one.
+    pub snapshot_max_changes: Option<u64>,
+    /// Snapshot once no change was shipped for this long, after changes.
+    pub snapshot_on_idle: Option<TriggerValue>,
+    /// Snapshot once this long passed since the first change after one.
+    pub snapshot_max_interval: Option<TriggerValue>,
     /// WAL size in pages past which walsync runs a PASSIVE checkpoint.
     pub min_checkpoint_pages: Option<u64>,
     /// WAL size in pages past which walsync runs a TRUNCATE checkpoint.
@@ -156,7 +163,10 @@ pub struct DatabaseEntry {
     pub path: String,
     pub name: Option<String>,
     pub sync_interval: Option<DurationValue>,
-    pub snapshot_interval: Option<DurationValue>,
+    pub snapshot_interval: Option<TriggerValue>,
+    pub snapshot_max_changes: Option<u64>,
+    pub snapshot_on_idle: Option<TriggerValue>,
+    pub snapshot_max_interval: Option<TriggerValue>,
     pub min_checkpoint_pages: Option<u64>,
     pub truncate_checkpoint_pages: Option<u64>,
 }
@@ -184,6 +194,43 @@ impl<'de> Deserialize<'de> for DurationValue {
             .map(DurationValue)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// A snapshot trigger's duration: as [`DurationValue`], or 0 (any unit)
+/// to turn the trigger off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerValue(pub Duration);
+
+impl<'de> Deserialize<'de> for TriggerValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(n) => n.to_string(),
+            Raw::Float(f) => f.to_string(),
+            Raw::Text(s) => s,
+        };
+        parse_trigger(&text)
+            .map(TriggerValue)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a snapshot trigger's duration: 0 (`0`, `0s`, `0m`…) is off,
+/// anything else as [`parse_duration`].
+pub fn parse_trigger(text: &str) -> std::result::Result<Duration, String> {
+    let digits = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.chars().all(|c| c == '0' || c == '.') {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 impl ConfigFile {
@@ -290,6 +337,16 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trigger_of_zero_is_off() {
+        for off in ["0", "0s", "0m", "0.0"] {
+            assert_eq!(parse_trigger(off), Ok(Duration::ZERO), "{off}");
+        }
+        assert_eq!(parse_trigger("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_trigger("soon").is_err());
+        assert!(parse_trigger("").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -22,6 +22,9 @@ use std::time::Duration;
 pub struct SettingFlags {
     pub sync_interval: Option<Duration>,
     pub snapshot_interval: Option<Duration>,
+    pub snapshot_max_changes: Option<u64>,
+    pub snapshot_on_idle: Option<Duration>,
+    pub snapshot_max_interval: Option<Duration>,
     pub min_checkpoint_pages: Option<u64>,
     pub truncate_checkpoint_pages: Option<u64>,
     /// `--takeover`: the databases named become their replicas' sources.
@@ -158,6 +161,23 @@ impl Selection {
                 entry.and_then(|e| e.snapshot_interval).map(|v| v.0),
                 sync.snapshot_interval.map(|v| v.0),
                 d.snapshot_interval,
+            ),
+            snapshot_max_changes: f
+                .snapshot_max_changes
+                .or(entry.and_then(|e| e.snapshot_max_changes))
+                .or(sync.snapshot_max_changes)
+                .unwrap_or(d.snapshot_max_changes),
+            snapshot_on_idle: duration(
+                f.snapshot_on_idle,
+                entry.and_then(|e| e.snapshot_on_idle).map(|v| v.0),
+                sync.snapshot_on_idle.map(|v| v.0),
+                d.snapshot_on_idle,
+            ),
+            snapshot_max_interval: duration(
+                f.snapshot_max_interval,
+                entry.and_then(|e| e.snapshot_max_interval).map(|v| v.0),
+                sync.snapshot_max_interval.map(|v| v.0),
+                d.snapshot_max_interval,
             ),
             min_checkpoint_pages: f
                 .min_checkpoint_pages

@@ -99,9 +99,18 @@ pub struct WatchCmd {
     /// how often each WAL is polled, e.g. 1s or 50ms (default 1s)
     #[argh(option, from_str_fn(duration))]
     pub sync_interval: Option<Duration>,
-    /// how often a level-9 snapshot is taken, e.g. 1h or 3600 (default 1h)
-    #[argh(option, from_str_fn(duration))]
+    /// how often a level-9 snapshot is taken, e.g. 1h or 3600 (default 1h; 0: never by time)
+    #[argh(option, from_str_fn(trigger))]
     pub snapshot_interval: Option<Duration>,
+    /// also snapshot once this many WAL pages were shipped since the last snapshot (default 0: off)
+    #[argh(option)]
+    pub snapshot_max_changes: Option<u64>,
+    /// also snapshot once no change was shipped for this long after changes, e.g. 5m (default 0: off)
+    #[argh(option, from_str_fn(trigger))]
+    pub snapshot_on_idle: Option<Duration>,
+    /// also snapshot once this long passed since the first change after a snapshot, e.g. 15m (default 0: off)
+    #[argh(option, from_str_fn(trigger))]
+    pub snapshot_max_interval: Option<Duration>,
     /// WAL pages after which walsync runs a PASSIVE checkpoint (default 1000)
     #[argh(option)]
     pub min_checkpoint_pages: Option<u64>,
@@ -286,6 +295,11 @@ fn duration(s: &str) -> std::result::Result<Duration, String> {
     config::parse_duration(s)
 }
 
+/// A snapshot trigger's duration: 0 turns it off.
+fn trigger(s: &str) -> std::result::Result<Duration, String> {
+    config::parse_trigger(s)
+}
+
 fn txid(s: &str) -> std::result::Result<u64, String> {
     let parsed = match s.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16),
@@ -432,6 +446,9 @@ fn watch(c: WatchCmd) -> Result<()> {
     let flags = SettingFlags {
         sync_interval: c.sync_interval,
         snapshot_interval: c.snapshot_interval,
+        snapshot_max_changes: c.snapshot_max_changes,
+        snapshot_on_idle: c.snapshot_on_idle,
+        snapshot_max_interval: c.snapshot_max_interval,
         min_checkpoint_pages: c.min_checkpoint_pages,
         truncate_checkpoint_pages: c.truncate_checkpoint_pages,
         takeover: c.takeover,

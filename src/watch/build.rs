@@ -188,6 +188,7 @@ impl Shipper {
         new_state.db_pages = news.db_pages;
         new_state.db_checksum = post;
         new_state.set_position(news.end);
+        super::triggers::record_change(&mut new_state, news.latest.len() as u64, now_ms);
         let built = Built {
             kind: BatchKind::Incremental,
             id,
@@ -241,16 +242,16 @@ impl Shipper {
         let Some(state) = self.state() else {
             return Ok(None);
         };
-        let due = now_ms - state.last_snapshot_ms
-            >= self.settings.snapshot_interval.as_millis() as i64
-            || self.snapshot_requested();
-        if !due || self.continuity != Continuity::Covered {
+        let trigger = super::triggers::snapshot_due(&self.settings, state, now_ms);
+        if (trigger.is_none() && !self.snapshot_requested())
+            || self.continuity != Continuity::Covered
+        {
             return Ok(None);
         }
         if state.last_snapshot_txid == state.txid {
             // Nothing changed since the last snapshot: it still stands.
             let mut s = state.clone();
-            s.last_snapshot_ms = now_ms;
+            super::triggers::record_snapshot(&mut s, now_ms);
             self.state_dir.save(&s)?;
             self.shipped = Shipped::Known(s);
             return Ok(None);
@@ -311,8 +312,15 @@ impl Shipper {
         new_state.db_pages = db_pages;
         new_state.db_checksum = written.checksum;
         if kind == BatchKind::Snapshot {
-            new_state.last_snapshot_ms = now_ms;
+            super::triggers::record_snapshot(&mut new_state, now_ms);
             new_state.last_snapshot_txid = plan.new_txid;
+        } else {
+            let pages = if kind == BatchKind::Diff {
+                written.changed
+            } else {
+                db_pages
+            };
+            super::triggers::record_change(&mut new_state, u64::from(pages), now_ms);
         }
         if !periodic {
             new_state.set_position(overlay.end.unwrap_or(WalPosition {

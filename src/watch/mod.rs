@@ -28,6 +28,7 @@ pub mod source;
 mod spool;
 mod state;
 pub mod status;
+mod triggers;
 
 pub use build::{Batch, BatchKind, UploadRequest};
 pub use circuit::CircuitSettings;

@@ -50,7 +50,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub sync_interval: Duration,
+    /// The snapshot triggers (see [`super::triggers`]); 0 turns one off.
     pub snapshot_interval: Duration,
+    pub snapshot_max_changes: u64,
+    pub snapshot_on_idle: Duration,
+    pub snapshot_max_interval: Duration,
     pub min_checkpoint_pages: u64,
     pub truncate_checkpoint_pages: u64,
     /// Make this database its replica's source even when the replica
@@ -63,6 +67,9 @@ impl Default for Settings {
         Settings {
             sync_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(3600),
+            snapshot_max_changes: 0,
+            snapshot_on_idle: Duration::ZERO,
+            snapshot_max_interval: Duration::ZERO,
             min_checkpoint_pages: 1000,
             truncate_checkpoint_pages: 121_359,
             takeover: false,
@@ -621,9 +628,9 @@ impl Shipper {
     /// Whether anything but new WAL frames calls for work: a snapshot due
     /// or asked for, or a diff or full copy owed.
     fn anything_due(&self, now_ms: i64) -> bool {
-        let snapshot_due = self.state().is_none_or(|s| {
-            now_ms - s.last_snapshot_ms >= self.settings.snapshot_interval.as_millis() as i64
-        });
+        let snapshot_due = self
+            .state()
+            .is_none_or(|s| super::triggers::snapshot_due(&self.settings, s, now_ms).is_some());
         snapshot_due || self.snapshot_requested() || self.continuity != Continuity::Covered
     }
 

@@ -36,6 +36,17 @@ pub struct LocalState {
     pub last_snapshot_ms: i64,
     /// The TXID that snapshot holds.
     pub last_snapshot_txid: u64,
+    /// Pages shipped since that snapshot (`snapshot_max_changes`).
+    #[serde(default)]
+    pub pages_since_snapshot: u64,
+    /// When the first change after that snapshot was shipped (Unix ms; 0:
+    /// none yet), for `snapshot_max_interval`.
+    #[serde(default)]
+    pub first_change_ms: i64,
+    /// When the last change was shipped (Unix ms; 0: none since start of
+    /// this record), for `snapshot_on_idle`.
+    #[serde(default)]
+    pub last_change_ms: i64,
     /// Set while walsync runs a checkpoint of its own whose file is not
     /// stored yet: if walsync stops before it is, the next start finds the
     /// WAL restarted and says why.
@@ -155,6 +166,9 @@ pub fn new_state(replica: &str, name: &str, page_size: u32) -> LocalState {
         wal_checksum: (0, 0),
         last_snapshot_ms: 0,
         last_snapshot_txid: 0,
+        pages_since_snapshot: 0,
+        first_change_ms: 0,
+        last_change_ms: 0,
         checkpointing: false,
     }
 }

@@ -1138,3 +1138,79 @@ fn a_full_copy_stored_before_a_crash_is_not_overwritten() {
     let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
     assert!(v.status.success(), "{}", text(&v));
 }
+
+/// The level-9 snapshots of `name`, by max TXID.
+fn snapshot_txids(dest: &Dest, name: &str) -> Vec<u64> {
+    let mut txids: Vec<u64> = dest
+        .files(name)
+        .iter()
+        .filter(|f| f.id.level == 9)
+        .map(|f| f.id.max_txid)
+        .collect();
+    txids.sort_unstable();
+    txids
+}
+
+#[test]
+fn snapshots_follow_each_trigger_and_zero_turns_the_interval_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let names = ["changes", "idle", "longest"];
+    let mut conns: Vec<_> = names
+        .iter()
+        .map(|n| create_db(&dir.path().join(format!("{n}.db")), 4096))
+        .collect();
+    let cfg = dir.path().join("walsync.toml");
+    let entry = |name: &str, trigger: &str| {
+        format!(
+            "[[databases]]\npath = \"{}\"\n{trigger}\n",
+            dir.path().join(format!("{name}.db")).display()
+        )
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "[s3]\nbucket = \"{}\"\n[sync]\nsync_interval = \"50ms\"\nsnapshot_interval = 0\n{}{}{}",
+            dest.url,
+            entry("changes", "snapshot_max_changes = 12"),
+            entry("idle", "snapshot_on_idle = \"1s\""),
+            entry("longest", "snapshot_max_interval = \"2s\""),
+        ),
+    )
+    .unwrap();
+    let w = dest.watch(&[], &["--config", cfg.to_str().unwrap()]);
+    for n in names {
+        dest.wait_for_txid(n, 1, Duration::from_secs(20));
+    }
+    // 5 s of commits every 100 ms, a page or two each.
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        id += 1;
+        for c in &mut conns {
+            insert_ids(c, id..=id, 3000);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let idle_during_writes = snapshot_txids(&dest, "idle");
+    std::thread::sleep(Duration::from_secs(3));
+    w.stop_clean();
+    // Every ~12 pages: many snapshots.
+    let changes = snapshot_txids(&dest, "changes");
+    assert!(changes.len() >= 4, "snapshot_max_changes: {changes:?}");
+    // None while writes never paused for 1 s, one at the latest TXID after.
+    assert_eq!(
+        idle_during_writes,
+        vec![1],
+        "snapshot_on_idle during writes"
+    );
+    let idle = snapshot_txids(&dest, "idle");
+    assert_eq!(idle.len(), 2, "snapshot_on_idle: {idle:?}");
+    assert_eq!(idle.last().copied(), Some(dest.max_txid("idle")));
+    // Every ~2 s of continuous writes: 2 or 3 more than the first.
+    let longest = snapshot_txids(&dest, "longest");
+    assert!(
+        (3..=4).contains(&longest.len()),
+        "snapshot_max_interval: {longest:?}"
+    );
+}
