@@ -195,6 +195,9 @@ pub struct ListCmd {
     /// give up after this long without progress from storage, e.g. 90s (default 5m)
     #[argh(option, from_str_fn(duration))]
     pub timeout: Option<Duration>,
+    /// show what this database restores to: the range of TXIDs that all restore, and the snapshots before it
+    #[argh(positional)]
+    pub name: Option<String>,
     /// print JSON for scripts
     #[argh(switch)]
     pub json: bool,
@@ -598,7 +601,14 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
 fn list(c: ListCmd) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    output::list(resolver.storage(&target)?.as_ref(), c.json)
+    let storage = resolver.storage(&target)?;
+    match &c.name {
+        Some(name) => {
+            let name = resolver.replica_name(name)?;
+            output::list_one(storage.as_ref(), &name, c.json)
+        }
+        None => output::list(storage.as_ref(), c.json),
+    }
 }
 
 fn verify(c: VerifyCmd, cancel: CancelToken) -> Result<()> {

@@ -140,8 +140,16 @@ pub fn list(storage: &dyn Storage, json: bool) -> Result<()> {
 
 /// The human table, columns aligned.
 fn table(rows: &[DbSummary]) -> String {
-    let header = ["NAME", "TXID", "LAST CHANGE", "SNAPSHOTS", "FILES", "SIZE"];
-    let cells: Vec<[String; 6]> = rows
+    let header = [
+        "NAME",
+        "TXID",
+        "LAST CHANGE",
+        "SNAPSHOTS",
+        "FILES",
+        "SIZE",
+        "BY LEVEL",
+    ];
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -158,6 +166,7 @@ fn table(rows: &[DbSummary]) -> String {
                 r.snapshots.to_string(),
                 r.files.to_string(),
                 human_bytes(r.bytes),
+                levels_cell(&r.levels),
             ]
         })
         .collect();
@@ -174,7 +183,7 @@ fn table(rows: &[DbSummary]) -> String {
                 s.push_str("  ");
             }
             // Text left-aligned, numbers right-aligned.
-            if i >= 3 {
+            if (3..=5).contains(&i) {
                 s.push_str(&format!("{c:>w$}"));
             } else {
                 s.push_str(&format!("{c:<w$}"));
@@ -190,6 +199,64 @@ fn table(rows: &[DbSummary]) -> String {
         out.push_str(&line(&cols));
     }
     out
+}
+
+/// `L0 31/42.1 KB, L1 4/9.8 KB, …`: files and bytes per level.
+fn levels_cell(levels: &[list::LevelSummary]) -> String {
+    levels
+        .iter()
+        .map(|l| format!("L{} {}/{}", l.level, l.files, human_bytes(l.bytes)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints `walsync list NAME`.
+pub fn list_one(storage: &dyn Storage, name: &str, json: bool) -> Result<()> {
+    let d = list::detail(storage, name)?;
+    if json {
+        let text = serde_json::to_string_pretty(&d)
+            .map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    let at = |p: &list::Point| match p
+        .time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    {
+        Some(t) => format!("{} ({t:.3})", p.txid_hex),
+        None => p.txid_hex.clone(),
+    };
+    println!("{}", if d.name.is_empty() { "\"\"" } else { &d.name });
+    println!(
+        "  every TXID restores from {} to {}",
+        at(&d.oldest),
+        at(&d.newest)
+    );
+    if d.snapshots_before.is_empty() {
+        println!("  no snapshot before that");
+    } else {
+        println!("  snapshots before that:");
+        for p in &d.snapshots_before {
+            println!("    {}", at(p));
+        }
+    }
+    if d.other_points_before > 0 {
+        println!(
+            "  and {} other TXID(s) before it that restore (compacted boundaries)",
+            d.other_points_before
+        );
+    }
+    println!("  {} files, {}", d.files, human_bytes(d.bytes));
+    for l in &d.levels {
+        println!(
+            "    level {}: {} files, {}",
+            l.level,
+            l.files,
+            human_bytes(l.bytes)
+        );
+    }
+    Ok(())
 }
 
 fn human_bytes(n: u64) -> String {

@@ -227,6 +227,24 @@ fn watch_keeps_the_replica_bounded_and_every_window_txid_restores() {
         Some(total),
         "the latest TXID holds every row"
     );
+    // `list NAME` shows that range (or more), `list` the levels.
+    let one = dest.walsync(&["list", "app", "-b", &dest.url, "--json"]);
+    assert!(one.status.success(), "{}", text(&one));
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert!(
+        one["oldest"]["txid"].as_u64().unwrap() <= window_from,
+        "{one}"
+    );
+    assert_eq!(one["newest"]["txid"].as_u64(), Some(latest), "{one}");
+    let all = dest.walsync(&["list", "-b", &dest.url, "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let levels: Vec<u64> = all[0]["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["level"].as_u64().unwrap())
+        .collect();
+    assert_eq!(levels, vec![0, 1, 2, 9], "{all}");
     let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
     assert!(v.status.success(), "{}", text(&v));
 }
