@@ -461,6 +461,11 @@ mod tests {
                 snapshots: 2,
                 files: 10,
                 bytes: 123_456,
+                levels: vec![list::LevelSummary {
+                    level: 0,
+                    files: 10,
+                    bytes: 123_456,
+                }],
             },
             DbSummary {
                 name: "smiths/app".into(),
@@ -470,13 +475,14 @@ mod tests {
                 snapshots: 1,
                 files: 3,
                 bytes: 999,
+                levels: Vec::new(),
             },
         ];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("app         00000000000000ff  2026-01-02T03:04:05Z"));
-        assert!(lines[1].ends_with("123.5 KB"), "{t}");
+        assert!(lines[1].ends_with("123.5 KB  L0 10/123.5 KB"), "{t}");
         assert!(lines[2].ends_with("999 B"), "{t}");
     }
 }
