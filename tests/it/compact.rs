@@ -387,3 +387,151 @@ fn deletes_go_a_thousand_keys_a_request_or_one_by_one_where_batches_are_not_impl
         "one DELETE a key after the refused batch: {methods:?}"
     );
 }
+
+/// Whether an S3 request stores a compacted file or deletes in a batch
+/// (`<name>/<level %04x>/…` keys; level 0 and 9 are watch's own).
+fn compaction_request(method: &str, target: &str) -> bool {
+    let compacted = (1..=8).any(|l| target.contains(&format!("/{l:04x}/")));
+    (method == "PUT" && compacted) || (method == "POST" && target.contains("delete"))
+}
+
+/// A writer thread committing one row every 20 ms until told to stop;
+/// returns how many it committed.
+fn writer(
+    db: &Path,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<i64>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (db, flag) = (db.to_path_buf(), stop.clone());
+    let t = std::thread::spawn(move || {
+        let mut conn = app_conn(&db);
+        let mut id = 0;
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            id += 1;
+            insert_ids(&mut conn, id..=id, ROW);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        id
+    });
+    (stop, t)
+}
+
+#[test]
+fn kill_9_during_compaction_and_deletion_leaves_a_replica_that_restores() {
+    let server = S3Server::start();
+    // Compaction's stores and deletes take 700 ms: most kills land inside one.
+    let relay = Relay::start_by_target(&server.endpoint, |_, method, target| {
+        if compaction_request(method, target) {
+            Action::Delay(Duration::from_millis(700))
+        } else {
+            Action::Forward
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::s3(&server, "kills", "r").via(&relay);
+    let db = dir.path().join("app.db");
+    drop(create_db(&db, 4096));
+    let cfg = config(dir.path(), &dest.url, SHORT_RETENTION);
+    let (stop, writing) = writer(&db);
+    let mut rng = Rng::new(9);
+    for _ in 0..6 {
+        let w = watch_compacting(&dest, &db, &cfg);
+        std::thread::sleep(Duration::from_millis(1500 + rng.below(2000)));
+        w.kill9();
+    }
+    let cut_during_a_pass = relay
+        .requests()
+        .iter()
+        .filter(|r| compaction_request(&r.method, &r.target))
+        .count();
+    assert!(cut_during_a_pass >= 3, "compaction ran between the kills");
+    // Each replica left behind restores; the next start carries on.
+    let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
+    assert!(v.status.success(), "after the kills: {}", text(&v));
+    let w = watch_compacting(&dest, &db, &cfg);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let total = writing.join().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(log.contains("compacted"), "the next start compacts:\n{log}");
+    let v = dest.walsync(&["verify", "app", "-b", &dest.url]);
+    assert!(v.status.success(), "{}", text(&v));
+    let latest = dir.path().join("latest.db");
+    let r = dest.restore("app", &latest, &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(rows_consistent(&latest, ROW), total);
+    checkpoint_truncate(&db);
+    assert_same_bytes(&db, &latest);
+}
+
+#[test]
+fn a_restore_raced_against_compaction_is_right_or_says_run_it_again() {
+    let server = S3Server::start();
+    // The restores' reads are slow (not watch's), so they overlap the
+    // passes' deletions.
+    let slow = Relay::start(&server.endpoint, |_, method| {
+        if method == "GET" {
+            Action::Delay(Duration::from_millis(700))
+        } else {
+            Action::Forward
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::s3(&server, "race", "r");
+    let reader = Dest::s3(&server, "race", "r").via(&slow);
+    let db = dir.path().join("app.db");
+    drop(create_db(&db, 4096));
+    let cfg = config(dir.path(), &dest.url, SHORT_RETENTION);
+    let (stop, writing) = writer(&db);
+    let w = watch_compacting(&dest, &db, &cfg);
+    dest.wait_for_txid("app", 5, Duration::from_secs(20));
+    let (mut right, mut again) = (0, 0);
+    let started = std::time::Instant::now();
+    let mut messages = std::collections::BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        // The oldest TXID that restores now: the next pass deletes what it
+        // reads.
+        let listed = dest.walsync(&["list", "app", "-b", &dest.url, "--json"]);
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        let oldest = listed["oldest"]["txid"].as_u64().unwrap().to_string();
+        for target in [vec!["--txid", oldest.as_str()], vec![]] {
+            let out = dir.path().join("raced.db");
+            remove_if_exists(&out);
+            let r = reader.restore("app", &out, &target);
+            match code(&r) {
+                0 => {
+                    rows_consistent(&out, ROW);
+                    right += 1;
+                }
+                6 => {
+                    assert_nothing_left(&out);
+                    // Changed under it, or (a TXID target) aged out of the
+                    // window before it listed.
+                    let said = text(&r);
+                    let aged_out =
+                        !target.is_empty() && said.contains("nothing to restore at that point");
+                    assert!(said.contains("run it again") || aged_out, "{said}");
+                    if !aged_out {
+                        messages.insert(said);
+                        again += 1;
+                    }
+                }
+                c => panic!("restore exit {c}: {}", text(&r)),
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writing.join().unwrap();
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(
+        log.contains("deleted"),
+        "passes deleted files meanwhile:\n{log}"
+    );
+    assert!(right >= 3, "{right} right, {again} told to run again");
+    eprintln!("raced restores: {right} right, {again} told to run it again: {messages:?}");
+}
