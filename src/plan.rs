@@ -120,43 +120,82 @@ fn chain_from(image: &RemoteLtx, links: &[&RemoteLtx], target: u64) -> Option<Ve
     best.get(&target)?;
     let mut chain = Vec::new();
     let mut at = target;
-    while let Some(&(_, _, Some(i))) = best.get(&at) {
-        let f = links[i];
-        chain.push(f.clone());
-        at = f.id.min_txid - 1;
+    while let Some(&Reach {
+        from: Some((i, before)),
+        ..
+    }) = best.get(&at)
+    {
+        chain.push(links[i].clone());
+        at = before;
     }
     chain.push(image.clone());
     chain.reverse();
     Some(chain)
 }
 
-/// The TXIDs a chain from `image` through `links` (sorted by min TXID)
-/// reaches, each with its shortest chain's length and bytes and the link
-/// that ends it (`None`: the image).
-fn walk(image: &RemoteLtx, links: &[&RemoteLtx]) -> HashMap<u64, (u64, u64, Option<usize>)> {
-    // best[boundary] = (files, bytes, index of the file that reached it)
-    let mut best: HashMap<u64, (u64, u64, Option<usize>)> = HashMap::new();
-    best.insert(image.id.max_txid, (1, image.size, None));
-    // Sorted by min TXID: every file ending at `min - 1` is processed before
-    // any file starting at `min`, so best[min - 1] is final when used.
-    for (i, f) in links.iter().enumerate() {
-        if f.id.min_txid <= image.id.max_txid {
+/// How a chain reaches a TXID: its length and bytes, and the link that
+/// ends it with the TXID it was applied at (`None`: the image).
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    files: u64,
+    bytes: u64,
+    from: Option<(usize, u64)>,
+}
+
+/// The TXIDs a chain from `image` through `links` reaches, each with its
+/// shortest chain (files, then bytes).
+///
+/// A file of TXIDs `min..=max` continues a state at TXID `p` when
+/// `min - 1 <= p < max`: it holds the newest version of every page changed
+/// in `min..=max`, so of every page changed after `p`, and the database
+/// size at `max`. Litestream's compactions overlap what precedes them this
+/// way (a level-1 file may start at the snapshot's TXID); a level-0 file
+/// (`min == max`) continues only `max - 1`.
+fn walk(image: &RemoteLtx, links: &[&RemoteLtx]) -> HashMap<u64, Reach> {
+    let mut best: std::collections::BTreeMap<u64, Reach> = std::collections::BTreeMap::new();
+    best.insert(
+        image.id.max_txid,
+        Reach {
+            files: 1,
+            bytes: image.size,
+            from: None,
+        },
+    );
+    // By max TXID: every TXID below a file's max is final when it is used.
+    let mut order: Vec<usize> = (0..links.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            links[i].id.max_txid,
+            links[i].id.min_txid,
+            links[i].id.level,
+        )
+    });
+    for i in order {
+        let f = links[i];
+        if f.id.max_txid <= image.id.max_txid || f.id.min_txid == 0 {
             continue;
         }
-        let Some(&(n, bytes, _)) = best.get(&(f.id.min_txid - 1)) else {
+        let Some((&at, reach)) = best
+            .range(f.id.min_txid - 1..f.id.max_txid)
+            .min_by_key(|(_, r)| (r.files, r.bytes))
+        else {
             continue;
         };
         // Sizes come from a listing: a lying server must not overflow them.
-        let cand = (n + 1, bytes.saturating_add(f.size), Some(i));
+        let cand = Reach {
+            files: reach.files + 1,
+            bytes: reach.bytes.saturating_add(f.size),
+            from: Some((i, at)),
+        };
         let better = match best.get(&f.id.max_txid) {
-            Some(&(bn, bb, _)) => (cand.0, cand.1) < (bn, bb),
+            Some(b) => (cand.files, cand.bytes) < (b.files, b.bytes),
             None => true,
         };
         if better {
             best.insert(f.id.max_txid, cand);
         }
     }
-    best
+    best.into_iter().collect()
 }
 
 /// Why no chain from the newest usable image reaches `target`: inside a
@@ -165,26 +204,24 @@ fn walk(image: &RemoteLtx, links: &[&RemoteLtx]) -> HashMap<u64, (u64, u64, Opti
 fn why_unreachable(files: &[RemoteLtx], image: &RemoteLtx, target: u64) -> PlanFailure {
     let mut all: Vec<&RemoteLtx> = files.iter().filter(|f| f.id.min_txid > 1).collect();
     all.sort_by_key(|f| (f.id.min_txid, f.id.max_txid, f.id.level));
-    let mut reached: HashMap<u64, &RemoteLtx> = HashMap::new();
-    reached.insert(image.id.max_txid, image);
-    for f in &all {
-        if f.id.min_txid > image.id.max_txid && reached.contains_key(&(f.id.min_txid - 1)) {
-            reached.entry(f.id.max_txid).or_insert(f);
-        }
-    }
+    let best = walk(image, &all);
+    let reached = |from: u64, to: u64| best.keys().any(|&p| from <= p && p < to);
     if let Some(f) = all.iter().find(|f| {
-        f.id.min_txid <= target
-            && target < f.id.max_txid
-            && reached.contains_key(&(f.id.min_txid - 1))
+        f.id.min_txid <= target && target < f.id.max_txid && reached(f.id.min_txid - 1, target)
     }) {
         return PlanFailure::InsideCompacted((*f).clone());
     }
     // The image itself is below the target, so this always finds one.
-    let (last, last_file) = reached
-        .iter()
-        .filter(|(&b, _)| b < target)
-        .max_by_key(|(&b, _)| b)
-        .map_or((image.id.max_txid, image), |(&b, &f)| (b, f));
+    let last = best
+        .keys()
+        .copied()
+        .filter(|&b| b < target)
+        .max()
+        .unwrap_or(image.id.max_txid);
+    let last_file = match best.get(&last).and_then(|r| r.from) {
+        Some((i, _)) => all[i].clone(),
+        None => image.clone(),
+    };
     let next_min = files
         .iter()
         .map(|f| f.id.min_txid)
@@ -192,7 +229,7 @@ fn why_unreachable(files: &[RemoteLtx], image: &RemoteLtx, target: u64) -> PlanF
         .min();
     PlanFailure::Gap(Gap {
         last,
-        last_file: last_file.clone(),
+        last_file,
         next_min,
     })
 }
@@ -546,12 +583,25 @@ mod tests {
     }
 
     #[test]
-    fn older_snapshot_bridges_a_gap_after_the_newest() {
-        // Newest snapshot 1-4 has no continuation; 1-2 + 3-6 reaches 6.
+    fn a_compaction_overlapping_the_newest_snapshot_continues_it() {
+        // Litestream writes these: level 1 3-6 holds every page changed in
+        // 3..=6, so it carries snapshot 1-4 to 6.
         let files = vec![f(9, 1, 2), f(9, 1, 4), f(1, 3, 6)];
         assert_eq!(
             ids(&plan(&files, 6, "db", "u").unwrap()),
-            vec![(9, 1, 2), (1, 3, 6)]
+            vec![(9, 1, 4), (1, 3, 6)]
+        );
+        // A level-0 file continues only the TXID right before it.
+        let files = vec![f(9, 1, 4), f(0, 4, 4), f(0, 6, 6)];
+        assert!(plan(&files, 6, "db", "u").is_err());
+    }
+
+    #[test]
+    fn a_target_before_the_newest_snapshot_starts_from_an_older_one() {
+        let files = vec![f(9, 1, 2), f(9, 1, 6), f(0, 3, 3), f(0, 4, 4)];
+        assert_eq!(
+            ids(&plan(&files, 4, "db", "u").unwrap()),
+            vec![(9, 1, 2), (0, 3, 3), (0, 4, 4)]
         );
     }
 

@@ -534,3 +534,206 @@ fn migration_litestream_to_walsync_and_back_file() {
     let root = dir.path().join("replica");
     migration(Backend::File(root), dir.path());
 }
+
+// ---------------------------------------------------------------------------
+// Compaction and retention on both sides
+
+/// A walsync config with `[retention]` for `backend`'s replica root.
+fn walsync_retention_config(dir: &Path, dest: &Dest, retention: &str) -> PathBuf {
+    let path = dir.join("walsync.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[s3]\nbucket = \"{}\"\n[retention]\n{retention}\n",
+            dest.url
+        ),
+    )
+    .expect("write walsync.toml");
+    path
+}
+
+/// Litestream's config of [`write_config`] with its retention turned
+/// short: level 0 kept 1 s after compaction, snapshots every 2 s, kept 4 s.
+fn write_pruning_config(dir: &Path, db: &Path, backend: &Backend) -> PathBuf {
+    let path = dir.join("litestream-pruning.yml");
+    let yaml = format!(
+        "levels:\n  - interval: 1s\n  - interval: 2s\nl0-retention: 1s\nl0-retention-check-interval: 500ms\nsnapshot:\n  interval: 2s\n  retention: 4s\ndbs:\n  - path: {}\n    monitor-interval: 50ms\n{}",
+        db.display(),
+        backend.replica_yaml()
+    );
+    std::fs::write(&path, yaml).expect("write litestream-pruning.yml");
+    path
+}
+
+/// `litestream restore -config C -timestamp T -o OUT DB`.
+fn ls_restore_at(config: &Path, db: &Path, out: &Path, at: &str) -> Output {
+    let args = [
+        "restore",
+        "-config",
+        config.to_str().unwrap(),
+        "-timestamp",
+        at,
+        "-o",
+        out.to_str().unwrap(),
+        db.to_str().unwrap(),
+    ];
+    litestream(&args).output().expect("run litestream restore")
+}
+
+/// walsync compacts and prunes while it replicates (a 6 s window); then
+/// Litestream restores the latest state, every recorded TXID inside the
+/// window and a time inside it, each equal to walsync's restore.
+fn walsync_compacted_to_litestream(backend: Backend, dir: &Path) {
+    let dest = backend.dest();
+    let db = dir.join("src").join(format!("{NAME}.db"));
+    let mut conn = create_db(&db, 4096);
+    let config = write_config(dir, &db, &backend);
+    let cfg = walsync_retention_config(
+        dir,
+        &dest,
+        "pitr_window = \"6s\"\nl0_retention = \"1s\"\ncompaction_levels = [\"1s\", \"2s\"]\nsnapshot_retention = \"3s\"",
+    );
+    let w = dest.watch(
+        &[&db],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sync-interval",
+            "50ms",
+            "--snapshot-interval",
+            "2s",
+        ],
+    );
+    dest.wait_for_txid(NAME, 1, Duration::from_secs(30));
+    let mut states = States::new(&db, dir);
+    let started = Instant::now();
+    let mut round = 0u64;
+    while started.elapsed() < Duration::from_secs(12) {
+        round += 1;
+        let want = dest.max_txid(NAME) + 1;
+        insert(&mut conn, 2, 900, round * 10);
+        dest.wait_for_txid(NAME, want, Duration::from_secs(30));
+        // The states of the last 4 s are inside the window when it stops.
+        if started.elapsed() > Duration::from_secs(8) && round % 3 == 0 {
+            states.record(&dest);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mid_ms = walsync::fsutil::now_ms() - 2000;
+    insert(&mut conn, 5, 2000, 99);
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    drop(conn);
+    let files = dest.files(NAME);
+    assert!(
+        files.iter().all(|f| f.id.level != 0 || f.id.min_txid > 3),
+        "walsync pruned the oldest level-0 files:\n{log}"
+    );
+    for level in [1, 2] {
+        assert!(
+            files.iter().any(|f| f.id.level == level),
+            "a level-{level} file"
+        );
+    }
+    assert!(states.at.len() >= 3, "{} states recorded", states.at.len());
+    states.all_restore_equal(&dest, &config);
+
+    // A time inside the window: Litestream restores what walsync does.
+    let at = walsync::fsutil::rfc3339_ms(mid_ms);
+    let w = dir.join("w-at.db");
+    must(
+        dest.restore(NAME, &w, &["--point-in-time", &at]),
+        "walsync restore --point-in-time",
+    );
+    let l = dir.join("l-at.db");
+    must(
+        ls_restore_at(&config, &db, &l, &at),
+        "litestream restore -timestamp",
+    );
+    assert_same_bytes(&w, &l);
+}
+
+#[test]
+fn walsync_compacted_replica_restores_with_litestream_s3() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    walsync_compacted_to_litestream(Backend::S3(&server, "wc2l"), dir.path());
+}
+
+#[test]
+fn walsync_compacted_replica_restores_with_litestream_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("replica");
+    walsync_compacted_to_litestream(Backend::File(root), dir.path());
+}
+
+/// Litestream compacts and prunes (level 0 after 1 s, snapshots after
+/// 4 s); walsync lists, verifies and restores what is left, equal to
+/// Litestream's own restores.
+fn litestream_pruned_to_walsync(backend: Backend, dir: &Path) {
+    let dest = backend.dest();
+    let db = dir.join("src").join(format!("{NAME}.db"));
+    let mut conn = create_db(&db, 4096);
+    let config = write_pruning_config(dir, &db, &backend);
+    let ls = Litestream::start(&config);
+    write_for(&mut conn, Duration::from_secs(9), 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    ls.stop();
+    drop(conn);
+    let files = dest.files(NAME);
+    assert!(
+        !files.iter().any(|f| f.id.level == 9 && f.id.max_txid == 1),
+        "Litestream pruned its first snapshot: {:?}",
+        files.iter().map(|f| &f.key).collect::<Vec<_>>()
+    );
+    let out = must(
+        dest.walsync(&["verify", NAME, "-b", &dest.url]),
+        "walsync verify of a pruned Litestream replica",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app: ok"));
+    let latest = dir.join("state-latest.db");
+    capture(&db, &latest);
+    both_restore_equal(&dest, &config, &db, None, &latest, dir);
+    // Every boundary both tools can still reach restores equal.
+    let mut points: Vec<u64> = files.iter().map(|f| f.id.max_txid).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut compared = 0;
+    for t in points {
+        let (w, l) = (dir.join(format!("w-{t}.db")), dir.join(format!("l-{t}.db")));
+        let ls_out = ls_restore(&config, &db, &l, Some(t));
+        let ws_out = dest.restore(NAME, &w, &["--txid", &t.to_string()]);
+        assert_eq!(
+            ls_out.status.success(),
+            ws_out.status.success(),
+            "TXID {t}: litestream {} / walsync {}\nfiles: {:?}",
+            text(&ls_out),
+            text(&ws_out),
+            files.iter().map(|f| &f.key).collect::<Vec<_>>()
+        );
+        if ws_out.status.success() {
+            assert_same_bytes(&l, &w);
+            compared += 1;
+        }
+    }
+    // Litestream may have pruned every snapshot but the latest.
+    assert!(
+        compared >= 1,
+        "no point restores: {:?}",
+        files.iter().map(|f| &f.key).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn litestream_pruned_replica_restores_with_walsync_s3() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    litestream_pruned_to_walsync(Backend::S3(&server, "lp2w"), dir.path());
+}
+
+#[test]
+fn litestream_pruned_replica_restores_with_walsync_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("replica");
+    litestream_pruned_to_walsync(Backend::File(root), dir.path());
+}
