@@ -5,7 +5,10 @@
 //!   NoChecksum files) restore with `walsync restore`, list and verify;
 //! - migration: Litestream replicates, walsync takes over the same database
 //!   and destination, and Litestream takes it back; both tools restore every
-//!   recorded point byte-identically.
+//!   recorded point byte-identically (also with both compacting);
+//! - compaction and retention: replicas walsync compacted and pruned restore
+//!   with Litestream (by TXID and by time), and replicas Litestream pruned
+//!   restore with walsync as with Litestream.
 
 use crate::harness::*;
 use std::path::{Path, PathBuf};
@@ -472,10 +475,32 @@ fn litestream_replica_restores_with_walsync_file() {
 // ---------------------------------------------------------------------------
 // Migration
 
+/// How walsync runs in the middle of a migration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WalsyncSide {
+    /// Keeps every file.
+    Plain,
+    /// Compacts and applies a 60 s window while it replicates.
+    Compacting,
+}
+
 fn migration(backend: Backend, dir: &Path) {
+    migrate(backend, dir, WalsyncSide::Plain);
+}
+
+fn migrate(backend: Backend, dir: &Path, side: WalsyncSide) {
     let dest = backend.dest();
     let db = dir.join("src").join(format!("{NAME}.db"));
     let config = write_config(dir, &db, &backend);
+    let retention = walsync_retention_config(
+        dir,
+        &dest,
+        "pitr_window = \"60s\"\nl0_retention = \"1s\"\ncompaction_levels = [\"1s\", \"2s\"]",
+    );
+    let mut walsync_args = vec!["--sync-interval", "50ms"];
+    if side == WalsyncSide::Compacting {
+        walsync_args.extend(["--config", retention.to_str().unwrap()]);
+    }
     let mut conn = create_db(&db, 4096);
 
     // 1. Litestream replicates for a while.
@@ -489,10 +514,18 @@ fn migration(backend: Backend, dir: &Path) {
 
     // 2. walsync takes over the same database and destination; the writer
     //    carries on (same connection, as an application would).
-    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    let w = dest.watch(&[&db], &walsync_args);
     dest.wait_for_txid(NAME, ta + 1, Duration::from_secs(30));
     write_for(&mut conn, Duration::from_millis(1500), 20);
-    w.stop_clean();
+    if side == WalsyncSide::Compacting {
+        // Its compactor merges what Litestream and it wrote at level 0.
+        write_for(&mut conn, Duration::from_millis(2000), 25);
+        let (status, log) = w.stop();
+        assert_eq!(status, 0, "{log}");
+        assert!(log.contains("compacted"), "walsync compacted:\n{log}");
+    } else {
+        w.stop_clean();
+    }
     let tb = dest.max_txid(NAME);
     assert!(tb > ta + 1, "walsync shipped the new writes ({ta} -> {tb})");
     let state_b = dir.join("state-b.db");
@@ -519,6 +552,21 @@ fn migration(backend: Backend, dir: &Path) {
     both_restore_equal(&dest, &config, &db, None, &state_c, dir);
     both_restore_equal(&dest, &config, &db, Some(ta), &state_a, dir);
     both_restore_equal(&dest, &config, &db, Some(tb), &state_b, dir);
+    if side == WalsyncSide::Compacting {
+        // Litestream carried walsync's levels on: its level-1 files after tb
+        // chain on from walsync's.
+        let l1_after_tb = dest
+            .files(NAME)
+            .iter()
+            .filter(|f| f.id.level == 1 && f.id.max_txid > tb)
+            .count();
+        assert!(l1_after_tb >= 1, "Litestream compacted after taking back");
+        let out = must(
+            dest.walsync(&["verify", NAME, "-b", &dest.url]),
+            "verify after compaction on both sides",
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("app: ok"));
+    }
 }
 
 #[test]
@@ -526,6 +574,24 @@ fn migration_litestream_to_walsync_and_back_s3() {
     let server = S3Server::start();
     let dir = tempfile::tempdir().unwrap();
     migration(Backend::S3(&server, "migrate"), dir.path());
+}
+
+#[test]
+fn migration_with_compaction_on_both_sides_s3() {
+    let server = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    migrate(
+        Backend::S3(&server, "migratec"),
+        dir.path(),
+        WalsyncSide::Compacting,
+    );
+}
+
+#[test]
+fn migration_with_compaction_on_both_sides_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("replica");
+    migrate(Backend::File(root), dir.path(), WalsyncSide::Compacting);
 }
 
 #[test]
