@@ -15,7 +15,10 @@
 //!   (interleaved turns, see `commit_latency`);
 //! - restore wall time and peak RSS of a large database with many
 //!   incremental files, each tool restoring its own replica and walsync
-//!   restoring Litestream's.
+//!   restoring Litestream's;
+//! - a retention phase (`retention`): both tools compacting and pruning
+//!   under a compressed schedule, then idle: objects per database, requests
+//!   per hour, the files a latest restore reads, verify time over the run.
 //!
 //! Every phase ends with restores, `PRAGMA integrity_check` and a row-count
 //! comparison with the source; if any check fails no figures are printed.
@@ -24,7 +27,8 @@
 //!        --out DIR [--quick] [--counts 1,10,100] [--steady S] [--idle S]
 //!        [--rss-secs S] [--load-dbs N] [--lag-samples N]
 //!        [--restore-mib M] [--restore-incrementals K] [--latency-commits N]
-//!        [--only fleet,lag,latency,restore] [--keep]
+//!        [--day S] [--day-idle S]
+//!        [--only fleet,lag,latency,restore,retention] [--keep]
 
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
@@ -41,6 +45,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+mod retention;
 
 const ACCESS_KEY: &str = "benchkey";
 const SECRET_KEY: &str = "benchsecret0123456789";
@@ -102,6 +108,8 @@ struct Opts {
     restore_mib: u64,
     restore_incrementals: usize,
     latency_commits: usize,
+    day_secs: u64,
+    day_idle_secs: u64,
     keep: bool,
     only: Vec<String>,
 }
@@ -126,6 +134,8 @@ impl Opts {
                 restore_mib: 64,
                 restore_incrementals: 200,
                 latency_commits: 1000,
+                day_secs: 180,
+                day_idle_secs: 90,
                 keep: false,
                 only: Vec::new(),
             }
@@ -146,6 +156,8 @@ impl Opts {
                 restore_mib: 1024,
                 restore_incrementals: 1000,
                 latency_commits: 5000,
+                day_secs: 600,
+                day_idle_secs: 120,
                 keep: false,
                 only: Vec::new(),
             }
@@ -183,6 +195,8 @@ impl Opts {
                         "--restore-mib" => o.restore_mib = val()?.parse()?,
                         "--restore-incrementals" => o.restore_incrementals = val()?.parse()?,
                         "--latency-commits" => o.latency_commits = val()?.parse()?,
+                        "--day" => o.day_secs = val()?.parse()?,
+                        "--day-idle" => o.day_idle_secs = val()?.parse()?,
                         "--only" => o.only = val()?.split(',').map(str::to_string).collect(),
                         _ => return Err(format!("unknown flag {other}").into()),
                     }
@@ -1502,6 +1516,7 @@ fn report(r: &Value) -> String {
             f1(&l["p99_us"])
         );
     }
+    retention::report(&mut s, &r["retention"]);
     let _ = writeln!(s, "\n### Targets\n");
     let _ = writeln!(s, "| target | measured | met |");
     let _ = writeln!(s, "|---|---|---|");
@@ -1710,6 +1725,11 @@ fn run(opts: &Opts) -> R<bool> {
         } else {
             Value::Null
         };
+        let retention_r = if on("retention") {
+            retention::day(&env)?
+        } else {
+            Value::Null
+        };
         let mut r = json!({
             "mode": opts.mode,
             "date": jiff::Timestamp::now().to_string(),
@@ -1722,6 +1742,7 @@ fn run(opts: &Opts) -> R<bool> {
             "lag": lag_r,
             "commit_latency": lat_r,
             "restore": restore_r,
+            "retention": retention_r,
         });
         r["targets"] = Value::Array(targets(&r));
         let failures = env.failures.lock().unwrap().clone();

@@ -27,9 +27,8 @@
 //! A pass works on a [`Tracked`] replica. Apart from the listing that
 //! builds one, it makes requests only for work it does: reading the inputs
 //! of a merge, storing the merged file, one batched delete, and reading
-//! once the commit time of a file it did not store. [`next_work_ms`] says,
-//! from what is tracked alone, when the next pass would have work, so an
-//! idle database costs nothing once its last writes are compacted and aged.
+//! once the commit time of a file it did not store. A pass with nothing to
+//! do makes none.
 
 pub mod merge;
 pub mod policy;
@@ -41,7 +40,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fetch::Staging;
 use crate::plan;
 use crate::storage::{LtxId, Storage, SNAPSHOT_LEVEL};
-use policy::{Retention, Snapshot, SnapshotPolicy};
+use policy::{Retention, Snapshot};
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 pub use tracked::Tracked;
@@ -380,74 +379,6 @@ fn snapshots_of(storage: &dyn Storage, tracked: &mut Tracked) -> Result<Vec<Snap
             })
         })
         .collect()
-}
-
-/// When the next pass over `tracked` would have work (Unix ms), judged
-/// from what is tracked: the earliest due compaction, the moment the
-/// window or level 0's retention moves past the next commit, or a kept
-/// snapshot ages out. `None`: nothing will be due until something new is
-/// stored. Requests only the commit times of files it did not store.
-pub fn next_work_ms(
-    storage: &dyn Storage,
-    tracked: &mut Tracked,
-    retention: &Retention,
-    now_ms: i64,
-) -> Result<Option<i64>> {
-    let mut next: Option<i64> = None;
-    let mut consider = |t: Option<i64>| {
-        if let Some(t) = t {
-            next = Some(next.map_or(t, |n: i64| n.min(t)));
-        }
-    };
-    for (i, interval) in retention.levels.iter().enumerate().take(8) {
-        consider(compaction_due_ms(
-            storage,
-            tracked,
-            i as u32 + 1,
-            *interval,
-        )?);
-    }
-    for keep in [retention.pitr_window, retention.l0_retention] {
-        consider(moves_on_ms(storage, tracked, keep, now_ms)?);
-    }
-    if let SnapshotPolicy::Age(age) = retention.snapshots {
-        let kept = kept_snapshots(storage, tracked, retention, now_ms)?;
-        let snapshots = snapshots_of(storage, tracked)?;
-        let ages_out = snapshots
-            .iter()
-            .filter(|s| kept.contains(&s.txid))
-            .map(|s| s.time_ms.saturating_add(millis(age)))
-            .filter(|&t| t > now_ms)
-            .min();
-        // The two newest are kept whatever their age: only older ones go.
-        if kept.len() > 2 {
-            consider(ages_out);
-        }
-    }
-    Ok(next)
-}
-
-/// When a boundary `keep` behind now next moves past a commit that is not
-/// the newest (a file may become deletable then), if one is left.
-fn moves_on_ms(
-    storage: &dyn Storage,
-    tracked: &mut Tracked,
-    keep: Duration,
-    now_ms: i64,
-) -> Result<Option<i64>> {
-    let boundary = txid_as_of(storage, tracked, now_ms.saturating_sub(millis(keep)))?;
-    let latest = tracked.latest();
-    let files = tracked.files().to_vec();
-    let next_point = plan::commit_points(&files)
-        .into_iter()
-        .find(|f| f.id.max_txid > boundary && f.id.max_txid < latest)
-        .cloned();
-    match next_point {
-        Some(f) => Ok(Some(
-            tracked.time_ms(storage, &f)?.saturating_add(millis(keep)),
-        )),
-        None => Ok(None),
-    }
 }
 
 /// Fails unless every promised TXID that restores from `files` still

@@ -1,7 +1,7 @@
 //! Compaction and retention inside `watch` (see [`crate::compact`]): one
 //! thread that is told every file the pollers store, keeps each written
 //! database's replica tracked in memory, and runs a pass over a database
-//! only when its tracked files say one has work.
+//! only in answer to its writes.
 //!
 //! It never sits on the shipping path: its requests go out on its own
 //! thread and its own connections, level-0 uploads never wait for it, and
@@ -10,13 +10,21 @@
 //!
 //! # Requests
 //!
+//! A database's pass is due a gap (the shortest compaction interval) after
+//! its previous pass, once a file was stored since: passes follow writes,
+//! at most one a gap, so deletions go out together, and the last pass
+//! after a burst of writes is at most a gap after it. A database with no
+//! new writes gets no pass, no listing and no request at all; what its
+//! last writes leave (a level not yet due, files not yet out of the
+//! window) waits for its next write, and the replica stays as it was,
+//! bounded and restorable.
+//!
 //! A database is listed once, at its first pass after its first write in
 //! this process (and again after a failed pass, or when a stored file does
 //! not follow what is tracked: the replica moved under walsync). After
-//! that, a pass makes only the requests of its work. A database that is
-//! not written is never visited again once its last writes are compacted
-//! and aged out of the window, and a database never written since start
-//! costs nothing at all.
+//! that, a pass makes only the requests of its work. A database not
+//! written for [`FORGET_AFTER`] is forgotten (its memory freed; its next
+//! write lists it once more).
 
 use crate::cancel::CancelToken;
 use crate::catalog::RemoteLtx;
@@ -40,6 +48,9 @@ pub(super) struct StoredFile {
 /// The longest a failed pass waits before it is tried again.
 const LONGEST_RETRY: Duration = Duration::from_secs(600);
 
+/// A database not written for this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// One written database, as the compactor follows it.
 #[derive(Default)]
 struct Database {
@@ -48,6 +59,8 @@ struct Database {
     /// When its next pass is due (Unix ms), if one is.
     due_ms: Option<i64>,
     last_pass_ms: i64,
+    /// When a file of it was last stored.
+    last_stored_ms: i64,
     failures: u32,
 }
 
@@ -62,6 +75,7 @@ pub(super) struct Compactor {
     /// A database's passes are at least this far apart (the shortest
     /// compaction interval), so its deletions go out in batches.
     gap_ms: i64,
+    next_forget_ms: i64,
 }
 
 impl Compactor {
@@ -84,6 +98,7 @@ impl Compactor {
             databases: HashMap::new(),
             schedule: BTreeSet::new(),
             gap_ms: millis(gap),
+            next_forget_ms: now_ms().saturating_add(millis(FORGET_AFTER)),
         }
     }
 
@@ -101,7 +116,20 @@ impl Compactor {
                 self.stored(file);
             }
             self.run_due(stop);
+            self.forget_idle();
         }
+    }
+
+    /// Drops the databases not written for [`FORGET_AFTER`] and not due.
+    fn forget_idle(&mut self) {
+        let now = now_ms();
+        if now < self.next_forget_ms {
+            return;
+        }
+        self.next_forget_ms = now.saturating_add(millis(FORGET_AFTER) / 10);
+        let horizon = now.saturating_sub(millis(FORGET_AFTER));
+        self.databases
+            .retain(|_, db| db.due_ms.is_some() || db.last_stored_ms > horizon);
     }
 
     fn until_next_due(&self) -> Duration {
@@ -115,6 +143,7 @@ impl Compactor {
     fn stored(&mut self, stored: StoredFile) {
         let now = now_ms();
         let db = self.databases.entry(stored.db.clone()).or_default();
+        db.last_stored_ms = now;
         if let Some(tracked) = &mut db.tracked {
             if !tracked.stored(stored.file, stored.time_ms) {
                 db.tracked = None;
@@ -147,12 +176,13 @@ impl Compactor {
                 return;
             }
             self.reschedule(&name, None);
-            let next = self.pass(&name, stop);
-            self.reschedule(&name, next);
+            let retry = self.pass(&name, stop);
+            self.reschedule(&name, retry);
         }
     }
 
-    /// One pass over `name`; returns when the next is due.
+    /// One pass over `name`; returns when to try again if it failed (the
+    /// next pass of a database that passed waits for its next write).
     fn pass(&mut self, name: &str, stop: &CancelToken) -> Option<i64> {
         let (storage, retention) = (Arc::clone(&self.storage), self.retention.clone());
         let db = self.databases.get_mut(name)?;
@@ -163,7 +193,7 @@ impl Compactor {
                 Some(t) => t,
                 None => db.tracked.insert(Tracked::list(storage.as_ref(), name)?),
             };
-            let report = compact::pass(
+            compact::pass(
                 storage.as_ref(),
                 name,
                 tracked,
@@ -171,12 +201,10 @@ impl Compactor {
                 now,
                 Mode::Apply,
                 stop,
-            )?;
-            let next = compact::next_work_ms(storage.as_ref(), tracked, &retention, now)?;
-            Ok::<_, crate::error::Error>((report, next))
+            )
         })();
         match outcome {
-            Ok((report, next)) => {
+            Ok(report) => {
                 db.failures = 0;
                 if report.did_work() {
                     self.events.emit(Event::Compacted {
@@ -188,7 +216,7 @@ impl Compactor {
                         files: report.files_after,
                     });
                 }
-                next.map(|at| at.max(now.saturating_add(self.gap_ms)))
+                None
             }
             Err(e) => {
                 db.failures = db.failures.saturating_add(1);
