@@ -239,6 +239,9 @@ pub struct CompactCmd {
     /// write and delete (without it: only say what would be written and deleted)
     #[argh(switch)]
     pub force: bool,
+    /// with --force, also compact a replica written in the last minute (by default refused: a watch may be writing it)
+    #[argh(switch)]
+    pub even_if_active: bool,
     /// point-in-time window: every TXID committed this recently stays restorable (default: [retention] pitr_window, else 24h)
     #[argh(option, from_str_fn(duration))]
     pub pitr_window: Option<Duration>,
@@ -664,6 +667,9 @@ fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
     let mut reports = Vec::new();
     for name in &names {
         let mut tracked = crate::compact::Tracked::list(storage.as_ref(), name)?;
+        if mode == crate::compact::Mode::Apply && !c.even_if_active {
+            refuse_if_active(storage.as_ref(), name, &mut tracked, &retention, now_ms)?;
+        }
         let report = crate::compact::pass(
             storage.as_ref(),
             name,
@@ -682,6 +688,32 @@ fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
         output::compactions_json(&reports, mode);
     }
     Ok(())
+}
+
+/// Refuses to compact a replica written so recently that a `watch` may be
+/// writing it: a watch touches a replica only in answer to writes, at most
+/// one compaction interval after them, so a quiet minute (or two shortest
+/// intervals) means none is.
+fn refuse_if_active(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+    tracked: &mut crate::compact::Tracked,
+    retention: &crate::compact::policy::Retention,
+    now_ms: i64,
+) -> Result<()> {
+    let shortest = retention.levels.iter().copied().min().unwrap_or_default();
+    let quiet = Duration::from_secs(60).max(shortest * 2);
+    let Some(age) = crate::compact::newest_write_age(storage, tracked, now_ms)? else {
+        return Ok(());
+    };
+    if age >= quiet {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "the replica of '{name}' was written {} s ago: a `watch` may be writing it, and a watch with [retention] compacts its own replicas. Run compact on replicas no watch writes (stop the watch and wait {} s), or pass --even-if-active",
+        age.as_secs(),
+        quiet.as_secs()
+    )))
 }
 
 fn delete(c: DeleteCmd) -> Result<()> {

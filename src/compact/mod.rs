@@ -381,6 +381,21 @@ fn snapshots_of(storage: &dyn Storage, tracked: &mut Tracked) -> Result<Vec<Snap
         .collect()
 }
 
+/// How long ago the newest level-0 file was committed (`None` without
+/// one; one small read unless its time is known).
+pub fn newest_write_age(
+    storage: &dyn Storage,
+    tracked: &mut Tracked,
+    now_ms: i64,
+) -> Result<Option<Duration>> {
+    let Some(newest) = newest_of(tracked.files(), 0).cloned() else {
+        return Ok(None);
+    };
+    let at = tracked.time_ms(storage, &newest)?;
+    let age_ms = u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0);
+    Ok(Some(Duration::from_millis(age_ms)))
+}
+
 /// Fails unless every promised TXID that restores from `files` still
 /// restores from `kept`: the window `from..=latest` and the kept snapshots.
 fn prove(
