@@ -135,7 +135,7 @@ impl Opts {
                 restore_incrementals: 200,
                 latency_commits: 1000,
                 day_secs: 180,
-                day_idle_secs: 90,
+                day_idle_secs: 180,
                 keep: false,
                 only: Vec::new(),
             }
@@ -157,7 +157,7 @@ impl Opts {
                 restore_incrementals: 1000,
                 latency_commits: 5000,
                 day_secs: 600,
-                day_idle_secs: 120,
+                day_idle_secs: 240,
                 keep: false,
                 only: Vec::new(),
             }
