@@ -314,6 +314,12 @@ impl Shipper {
         if kind == BatchKind::Snapshot {
             super::triggers::record_snapshot(&mut new_state, now_ms);
             new_state.last_snapshot_txid = plan.new_txid;
+        } else if kind == BatchKind::FullCopy {
+            // A full copy is an image too: the snapshot triggers start over
+            // from it (a fresh state would otherwise call for a snapshot at
+            // once). The last snapshot TXID stays the level-9 one the
+            // start-up check lists from.
+            super::triggers::record_snapshot(&mut new_state, now_ms);
         } else {
             let pages = if kind == BatchKind::Diff {
                 written.changed

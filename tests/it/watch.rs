@@ -132,7 +132,15 @@ fn kill_nine_twenty_times_resumes_without_snapshot_or_gap() {
 
     let files = dest.files("k");
     let snapshots: Vec<_> = files.iter().filter(|f| f.id.level == 9).collect();
-    assert_eq!(snapshots.len(), 1, "only the first snapshot: {snapshots:?}");
+    assert_eq!(
+        snapshots.len(),
+        1,
+        "only the first snapshot: {snapshots:?}\nall: {:?}",
+        files
+            .iter()
+            .map(|f| (f.id.level, f.id.min_txid, f.id.max_txid, f.image))
+            .collect::<Vec<_>>()
+    );
     let mut l0: Vec<u64> = files
         .iter()
         .filter(|f| f.id.level == 0)
