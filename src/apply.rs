@@ -121,6 +121,8 @@ pub struct Applier<P: Pages> {
     pub checksum: u64,
     /// The TXID of the state applied so far (0 before the first file).
     txid: u64,
+    /// The commit time (Unix ms) the last file applied records.
+    pub timestamp_ms: i64,
     first: bool,
     page: Vec<u8>,
     zeros: Vec<u8>,
@@ -134,6 +136,7 @@ impl<P: Pages> Applier<P> {
             pages: 0,
             checksum: ltx::EMPTY_DB_CHECKSUM,
             txid: 0,
+            timestamp_ms: 0,
             first: true,
             page: Vec::new(),
             zeros: Vec::new(),
@@ -209,6 +212,7 @@ impl<P: Pages> Applier<P> {
         let trailer = dec.finish().map_err(ctx)?;
         self.first = false;
         self.txid = h.max_txid;
+        self.timestamp_ms = h.timestamp_ms;
         let post = match expected {
             None => None,
             Some(_) if !h.no_checksum() => Some(trailer.post_apply_checksum),

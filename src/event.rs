@@ -139,6 +139,8 @@ pub enum Event {
     Restored {
         db: String,
         txid: u64,
+        /// When that TXID was committed (Unix ms, as its file records it).
+        committed_ms: i64,
         files: usize,
         bytes: u64,
         elapsed: Duration,
@@ -355,6 +357,7 @@ impl Event {
             ),
             Event::Restored {
                 txid,
+                committed_ms,
                 files,
                 bytes,
                 elapsed,
@@ -362,8 +365,10 @@ impl Event {
                 ..
             } => write!(
                 f,
-                "restored to TXID {} ({files} files, {bytes} bytes) in {:.1}s: {}",
+                "restored to TXID {} committed at {} ({files} files, {bytes} bytes) in {:.1}s: {}",
                 crate::plan::txid_hex(*txid),
+                jiff::Timestamp::from_millisecond(*committed_ms)
+                    .map_or_else(|_| "an unknown time".into(), |t| format!("{t:.3}")),
                 elapsed.as_secs_f64(),
                 output.display()
             ),

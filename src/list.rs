@@ -82,7 +82,7 @@ pub fn summaries(storage: &dyn Storage) -> Result<Vec<DbSummary>> {
         .map(|(((name, files), newest), time)| DbSummary {
             name,
             txid: newest.id.max_txid,
-            txid_hex: format!("{:016x}", newest.id.max_txid),
+            txid_hex: plan::txid_hex(newest.id.max_txid),
             last_change: time.map(fsutil::rfc3339_ms),
             snapshots: files
                 .iter()
@@ -148,7 +148,7 @@ pub fn detail(storage: &dyn Storage, name: &str) -> Result<DbDetail> {
         };
         Ok(Point {
             txid,
-            txid_hex: format!("{txid:016x}"),
+            txid_hex: plan::txid_hex(txid),
             time,
         })
     };

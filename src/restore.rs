@@ -50,9 +50,11 @@ pub struct RestoreOptions {
 /// How a restore ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestoreOutcome {
-    /// The output holds the database as of `txid`.
+    /// The output holds the database as of `txid`, committed at
+    /// `committed_ms` (Unix ms, as the last file applied records it).
     Restored {
         txid: u64,
+        committed_ms: i64,
         files: usize,
         bytes: u64,
         elapsed: Duration,
@@ -159,7 +161,7 @@ fn restore(
     for p in &cleanup.paths[1..] {
         remove_file_if_exists(p)?;
     }
-    let bytes = rebuild(storage, opts, &chain, &tmp, events)?;
+    let (bytes, committed_ms) = rebuild(storage, opts, &chain, &tmp, events)?;
     for p in &cleanup.paths[1..] {
         remove_file_if_exists(p)?;
     }
@@ -178,6 +180,7 @@ fn restore(
     events.emit(Event::Restored {
         db: opts.name.clone(),
         txid: target,
+        committed_ms,
         files: chain.len(),
         bytes,
         elapsed,
@@ -185,6 +188,7 @@ fn restore(
     });
     Ok(RestoreOutcome::Restored {
         txid: target,
+        committed_ms,
         files: chain.len(),
         bytes,
         elapsed,
@@ -200,6 +204,17 @@ fn check_output(opts: &RestoreOptions) -> Result<bool> {
         return Err(Error::Usage(format!(
             "bad output path '{}': name a database file",
             out.display()
+        )));
+    }
+    if out.is_dir() {
+        return Err(Error::Usage(format!(
+            "-o {} is a folder: name the database file to write, like {}",
+            out.display(),
+            out.join(format!(
+                "{}.db",
+                opts.name.rsplit('/').next().unwrap_or("restored")
+            ))
+            .display()
         )));
     }
     if exists(out) {
@@ -241,6 +256,13 @@ fn target_txid(storage: &dyn Storage, opts: &RestoreOptions, files: &[RemoteLtx]
     let at = match (opts.txid, opts.point_in_time_ms) {
         (Some(t), _) => return Ok(t),
         (None, None) => return Ok(files.iter().map(|f| f.id.max_txid).max().unwrap_or(0)),
+        (None, Some(at)) if at > fsutil::now_ms() => {
+            return Err(Error::Restore(format!(
+                "--point-in-time {} is in the future (it is {} now); give a past time, or leave it out for the latest state",
+                fsutil::rfc3339_ms(at),
+                fsutil::rfc3339_ms(fsutil::now_ms())
+            )))
+        }
         (None, Some(at)) => at,
     };
     let points = plan::commit_points(files);
@@ -259,14 +281,14 @@ fn target_txid(storage: &dyn Storage, opts: &RestoreOptions, files: &[RemoteLtx]
 }
 
 /// Applies `chain` into a new file at `tmp`, then syncs and checks it.
-/// Returns the bytes read.
+/// Returns the bytes read and the commit time the last file records.
 fn rebuild(
     storage: &dyn Storage,
     opts: &RestoreOptions,
     chain: &[RemoteLtx],
     tmp: &Path,
     events: &dyn EventSink,
-) -> Result<u64> {
+) -> Result<(u64, i64)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -293,12 +315,13 @@ fn rebuild(
         applier, progress, ..
     } = replay;
     let (page_size, pages) = (applier.page_size.unwrap_or(0), applier.pages);
+    let committed_ms = applier.timestamp_ms;
     let file = applier.pages_target.file;
     file.sync_all()
         .local_io(|| format!("syncing {}", tmp.display()))?;
     drop(file);
     check_database(tmp, page_size, pages)?;
-    Ok(progress.bytes)
+    Ok((progress.bytes, committed_ms))
 }
 
 /// Restore's consumer of the plan: applies each file to the output and

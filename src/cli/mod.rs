@@ -6,6 +6,7 @@
 //! Usage errors (unknown flag, missing argument, bad value) exit 2, not
 //! argh's default 1; `--help` prints to standard output and exits 0.
 
+mod args;
 mod output;
 mod resolve;
 
@@ -168,7 +169,7 @@ pub struct RestoreCmd {
     /// output database file
     #[argh(option, short = 'o')]
     pub output: PathBuf,
-    /// restore the state as of this TXID (decimal, or hex with 0x)
+    /// restore the state as of this TXID: as list prints it (0x0000000000000010, or Litestream's 0000000000000010, both hex) or decimal (16)
     #[argh(option, from_str_fn(txid))]
     pub txid: Option<u64>,
     /// restore the state as of this time (RFC 3339, e.g. 2026-01-02T15:04:05Z)
@@ -306,12 +307,23 @@ fn trigger(s: &str) -> std::result::Result<Duration, String> {
     config::parse_trigger(s)
 }
 
-fn txid(s: &str) -> std::result::Result<u64, String> {
-    let parsed = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
+/// A TXID as a user writes it: `0x`-prefixed hex; 16 hex digits, the form
+/// `list` and Litestream print (`0000000000000010` is 16, never 10); or a
+/// decimal number of fewer digits.
+pub fn txid(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let parsed = if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else if t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u64::from_str_radix(t, 16).ok()
+    } else if t.bytes().all(|b| b.is_ascii_digit()) && t.len() < 16 {
+        t.parse().ok()
+    } else {
+        None
     };
-    parsed.map_err(|_| format!("'{s}' is not a TXID (a positive number, decimal or 0x-hex)"))
+    parsed.ok_or_else(|| {
+        format!("'{s}' is not a TXID: write it as list prints it (0x0000000000000010 or 0000000000000010, both hex) or as a decimal number (16)")
+    })
 }
 
 /// Parses the process arguments; usage errors exit 2, help exits 0.
@@ -324,7 +336,16 @@ pub fn parse() -> Cli {
             .and_then(|n| n.to_str())
             .unwrap_or("walsync")
     });
-    match Cli::from_args(&[cmd], strs.get(1..).unwrap_or(&[])) {
+    let given = match args::preflight(strs.get(1..).unwrap_or(&[])) {
+        Ok(given) => given,
+        Err(message) => {
+            eprintln!("walsync: usage error: {message}");
+            eprintln!("Run `walsync help` or `walsync <command> --help` for usage.");
+            std::process::exit(2);
+        }
+    };
+    let given: Vec<&str> = given.iter().map(String::as_str).collect();
+    match Cli::from_args(&[cmd], &given) {
         Ok(cli) => cli,
         Err(early) => match early.status {
             Ok(()) => {

@@ -79,7 +79,7 @@ pub fn status(dbs: &[crate::watch::DbStatus], json: bool) -> Result<()> {
         .map(|d| {
             vec![
                 d.name.clone(),
-                d.txid.to_string(),
+                txid_hex(d.txid),
                 d.last_shipped.clone().unwrap_or_else(|| "-".into()),
                 format!("{:.1}s", d.lag_ms as f64 / 1000.0),
                 human_bytes(d.wal_bytes),
@@ -456,7 +456,7 @@ mod tests {
             DbSummary {
                 name: "app".into(),
                 txid: 255,
-                txid_hex: format!("{:016x}", 255),
+                txid_hex: txid_hex(255),
                 last_change: Some("2026-01-02T03:04:05.123000000Z".into()),
                 snapshots: 2,
                 files: 10,
@@ -470,7 +470,7 @@ mod tests {
             DbSummary {
                 name: "smiths/app".into(),
                 txid: 3,
-                txid_hex: format!("{:016x}", 3),
+                txid_hex: txid_hex(3),
                 last_change: None,
                 snapshots: 1,
                 files: 3,
@@ -481,7 +481,7 @@ mod tests {
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].starts_with("app         00000000000000ff  2026-01-02T03:04:05Z"));
+        assert!(lines[1].starts_with("app         0x00000000000000ff  2026-01-02T03:04:05Z"));
         assert!(lines[1].ends_with("123.5 KB  L0 10/123.5 KB"), "{t}");
         assert!(lines[2].ends_with("999 B"), "{t}");
     }

@@ -396,3 +396,105 @@ fn config_errors_never_show_a_secret() {
     let out = walsync(&["list", "--config", path.to_str().unwrap()], &[]);
     assert!(text(&out).contains("Litestream YAML"), "{}", text(&out));
 }
+
+#[test]
+fn papercuts_help_version_litestream_flags_and_unknown_commands() {
+    for args in [&["-h"][..], &["restore", "-h"], &["--help"]] {
+        let out = walsync(args, &[]);
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    for args in [&["--version"][..], &["-V"]] {
+        let out = walsync(args, &[]);
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("walsync"),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = walsync(&["frobnicate"], &[]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("unknown command 'frobnicate'"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("watch, snapshot, restore"),
+        "{}",
+        text(&out)
+    );
+    for (flag, hint) in [
+        ("-config", "use --config"),
+        ("-if-db-not-exists", "use --if-db-not-exists"),
+        ("-timestamp", "use --point-in-time"),
+    ] {
+        let out = walsync(&["restore", "app", "-o", "x.db", flag, "v"], &[]);
+        assert_eq!(code(&out), 2, "{flag}: {}", text(&out));
+        assert!(stderr(&out).contains(hint), "{flag}: {}", text(&out));
+    }
+    // An endpoint without a scheme is refused at once, saying so.
+    let started = Instant::now();
+    let out = walsync(
+        &["list", "-b", "s3://bkt", "--endpoint", "localhost:9000"],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        stderr(&out).contains("has no scheme: write http://localhost:9000"),
+        "{}",
+        text(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn papercuts_txids_future_times_folders_and_what_a_restore_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    let mut conn = create_db(&db, 4096);
+    dest.snapshot(&db);
+    for id in 1..=20 {
+        insert_ids(&mut conn, id..=id, 100);
+        dest.snapshot(&db);
+    }
+    // TXID 16 written three ways restores one state; Litestream's 16-digit
+    // form is hex, never decimal.
+    let mut restored = Vec::new();
+    for form in ["0x0000000000000010", "0000000000000010", "16"] {
+        let out = dir.path().join(format!("t-{form}.db"));
+        let r = dest.restore("app", &out, &["--txid", form]);
+        assert!(r.status.success(), "{form}: {}", text(&r));
+        assert!(
+            stderr(&r).contains("to TXID 0x0000000000000010 committed at 20"),
+            "{}",
+            text(&r)
+        );
+        restored.push(out);
+    }
+    assert_same_bytes(&restored[0], &restored[1]);
+    assert_same_bytes(&restored[0], &restored[2]);
+    // list prints TXIDs in the form restore takes back.
+    let l = dest.walsync(&["list", "-b", &dest.url]);
+    assert!(
+        String::from_utf8_lossy(&l.stdout).contains("0x0000000000000015"),
+        "{}",
+        text(&l)
+    );
+    // A time in the future is an error, not the latest state.
+    let out = dir.path().join("future.db");
+    let r = dest.restore("app", &out, &["--point-in-time", "2999-01-01T00:00:00Z"]);
+    assert_eq!(code(&r), 6, "{}", text(&r));
+    assert!(stderr(&r).contains("in the future"), "{}", text(&r));
+    assert_nothing_left(&out);
+    // A folder as the output is refused before anything is read.
+    let r = dest.restore("app", dir.path(), &["--force"]);
+    assert_eq!(code(&r), 2, "{}", text(&r));
+    assert!(stderr(&r).contains("is a folder"), "{}", text(&r));
+}

@@ -372,7 +372,7 @@ fn list_names_databases_with_txid_and_snapshots() {
         .find(|l| l.starts_with("app "))
         .unwrap_or_else(|| panic!("no row for app:\n{text}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[1], format!("{txid:016x}"), "{text}");
+    assert_eq!(cols[1], format!("0x{txid:016x}"), "{text}");
     assert_eq!(cols[3], "2", "snapshots: {text}");
 
     let o = dest.walsync(&["list", "-b", &url, "--json"]);
@@ -383,7 +383,7 @@ fn list_names_databases_with_txid_and_snapshots() {
     let d = &dbs[0];
     assert_eq!(d["name"], "app");
     assert_eq!(d["txid"], txid);
-    assert_eq!(d["txid_hex"], format!("{txid:016x}"));
+    assert_eq!(d["txid_hex"], format!("0x{txid:016x}"));
     assert_eq!(d["snapshots"], 2);
     assert_eq!(d["files"], dest.files(NAME).len() as u64);
     assert!(d["bytes"].as_u64().unwrap() > 0);

@@ -674,12 +674,15 @@ fn is_dns_error(io: &io::Error) -> bool {
 
 /// Parses an endpoint, adding `https://` when no scheme is given.
 fn parse_endpoint(endpoint: &str) -> Result<Url> {
-    let with_scheme = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("https://{endpoint}")
-    };
     let shown = redact_url(endpoint);
+    if !endpoint.contains("://") {
+        // Guessing https for `localhost:9000` talks TLS to a plain-HTTP
+        // server, which fails after every retry with an unhelpful error.
+        return Err(Error::Usage(format!(
+            "S3 endpoint '{shown}' has no scheme: write http://{shown} (plain HTTP, as a local MinIO or Garage serves) or https://{shown}"
+        )));
+    }
+    let with_scheme = endpoint.to_string();
     let url = Url::parse(&with_scheme).map_err(|e| {
         Error::Usage(format!(
             "bad S3 endpoint '{shown}' ({e}): use a URL like http://127.0.0.1:9000 or https://s3.example.com"
