@@ -16,7 +16,9 @@
 //! and the replica restores now still restores without it, as proved by
 //! [`plan::restorable`], the walk restore's planner uses. The newest file of
 //! every level is never deleted (Litestream finds its position from level
-//! 0), nor any level-0 file younger than `l0_retention`. Compacted files are
+//! 0), nor any level-0 file younger than `l0_retention`. Inside the window
+//! level 0 is kept whole, and the top level; a middle-level file there
+//! goes once the next level has merged it. Compacted files are
 //! stored before anything is deleted, so a pass killed at any point leaves
 //! a replica that restores every promised TXID; the next pass carries on.
 //! Level n−1 files not yet merged into level n are kept too, so level n
@@ -301,9 +303,13 @@ fn doomed(
     let files = tracked.files();
     let latest = tracked.latest();
     let mut keep: BTreeSet<&str> = BTreeSet::new();
-    // Everything the window may need, and level 0 while followers read it.
+    // In the window: level 0 (every TXID restores from it) and the top
+    // level and snapshots (so a restore there reads few files). A file of
+    // a middle level the next level has merged adds nothing the window
+    // needs. And level 0 while followers read it.
+    let top = retention.levels.len().min(8) as u32;
     for f in files {
-        let in_window = f.id.max_txid > window_start;
+        let in_window = f.id.max_txid > window_start && (f.id.level == 0 || f.id.level >= top);
         let young_l0 = f.id.level == 0 && f.id.max_txid > l0_start;
         let kept_snapshot = f.id.level == SNAPSHOT_LEVEL && kept_snapshots.contains(&f.id.max_txid);
         if in_window || young_l0 || kept_snapshot {
