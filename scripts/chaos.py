@@ -549,12 +549,12 @@ def tail(path, lines=3):
 # walsync
 
 # "restored NAME to TXID ..." or "walsync: NAME: restored to TXID ..."
-RESTORED = re.compile(r"restored (?:\S+ )?to TXID (\S+) \(([\d,]+) files?, ([\d,]+) bytes\)")
+RESTORED = re.compile(r"restored (?:\S+ )?to TXID (\S+)(?: committed at \S+)? \(([\d,]+) files?, ([\d,]+) bytes\)")
 SHIPPING = re.compile(
-    r"^walsync: (?P<name>\S+): (?P<cause>.+); shipping "
+    r"^(?:\S+ [A-Z]+ )?walsync: (?P<name>\S+): (?P<cause>.+); shipping "
     r"(?:the (?P<changed>[\d,]+) changed pages of (?P<pages>[\d,]+)|a full copy \((?P<full>[\d,]+) pages\))"
     r" as TXID (?P<txid>[0-9a-fA-Fx]+) \((?P<bytes>[\d,]+) bytes\)\s*$")
-OLD_STYLE_FULL = re.compile(r"^walsync: \S+: .*(shipping a full copy|taking a fresh snapshot)")
+OLD_STYLE_FULL = re.compile(r"^(?:\S+ [A-Z]+ )?walsync: \S+: .*(shipping a full copy|taking a fresh snapshot)")
 
 
 def parse_txid(text):

@@ -213,12 +213,72 @@ impl Event {
     }
 }
 
+impl Level {
+    /// `ERROR`, `WARN`, `INFO` or `DEBUG`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+}
+
 impl fmt::Display for Event {
+    /// `db: message`, or the message alone for an event of no database.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(db) = self.database() {
             write!(f, "{db}: ")?;
         }
+        write!(f, "{}", self.message())
+    }
+}
+
+/// An event's message, without its database (see [`Event::message`]).
+pub struct Message<'e>(&'e Event);
+
+impl Event {
+    /// What happened, without the database it happened to.
+    pub fn message(&self) -> Message<'_> {
+        Message(self)
+    }
+
+    /// The event's name in structured logs (`stored`, `upload_failed`…).
+    pub fn kind(&self) -> &'static str {
         match self {
+            Event::Watching { .. } => "watching",
+            Event::Stopped { .. } => "stopped",
+            Event::Discovered { .. } => "discovered",
+            Event::Released { .. } => "released",
+            Event::Retuned { .. } => "retuned",
+            Event::DiscoveryFailed { .. } => "discovery_failed",
+            Event::StorageDown { .. } => "storage_down",
+            Event::StorageBack { .. } => "storage_back",
+            Event::SpoolInMemory { .. } => "spool_in_memory",
+            Event::Rescanned { .. } => "rescanned",
+            Event::Stored { .. } => "stored",
+            Event::Shipping { .. } => "shipping",
+            Event::NothingToShip { .. } => "nothing_to_ship",
+            Event::LetGo { .. } => "let_go",
+            Event::Unavailable { .. } => "unavailable",
+            Event::UploadFailed { .. } => "upload_failed",
+            Event::PollFailed { .. } => "poll_failed",
+            Event::CheckpointFailed { .. } => "checkpoint_failed",
+            Event::StateNotSaved { .. } => "state_not_saved",
+            Event::CloseFailed { .. } => "close_failed",
+            Event::SnapshotRebased { .. } => "snapshot_rebased",
+            Event::Compacted { .. } => "compacted",
+            Event::CompactionFailed { .. } => "compaction_failed",
+            Event::RestoreProgress { .. } => "restore_progress",
+            Event::Restored { .. } => "restored",
+        }
+    }
+}
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
             Event::Watching {
                 databases,
                 replica,
@@ -337,7 +397,7 @@ impl fmt::Display for Event {
                 "compaction and retention: {error}; nothing is lost, will try again in {:.0}s",
                 retry_in.as_secs_f64()
             ),
-            Event::RestoreProgress { .. } | Event::Restored { .. } => self.fmt_restore(f),
+            Event::RestoreProgress { .. } | Event::Restored { .. } => self.0.fmt_restore(f),
         }
     }
 }

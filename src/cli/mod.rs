@@ -133,6 +133,12 @@ pub struct WatchCmd {
     /// make each database its replica's source even when the replica records another one
     #[argh(switch)]
     pub takeover: bool,
+    /// log from this level up: error, warn, info or debug (default: $WALSYNC_LOG, else info)
+    #[argh(option)]
+    pub log_level: Option<String>,
+    /// log lines as text or json, one object a line (default: $WALSYNC_LOG_FORMAT, else text)
+    #[argh(option)]
+    pub log_format: Option<String>,
 }}
 
 replica_command! {
@@ -469,6 +475,8 @@ PRAGMA synchronous = NORMAL;    -- safe in WAL mode, and faster
 ";
 
 fn watch(c: WatchCmd) -> Result<()> {
+    let (level, format) = log_settings(c.log_level.as_deref(), c.log_format.as_deref())?;
+    let sink: Arc<dyn EventSink> = Arc::new(output::StderrLog::new(level, format));
     let target = target!(c);
     let flags = SettingFlags {
         sync_interval: c.sync_interval,
@@ -497,19 +505,52 @@ fn watch(c: WatchCmd) -> Result<()> {
         ),
     )?;
     on_hangup(controls.reload.clone());
-    watch::watch(storage, resolver.selection, &options, &controls, log())
+    watch::watch(storage, resolver.selection, &options, &controls, sink)
 }
 
-/// The event sink of every command: log lines on standard error, from
-/// the level `WALSYNC_LOG` names (error, warn, info, debug; default info).
+/// The event sink of every command: log lines on standard error, by
+/// `WALSYNC_LOG` (error, warn, info, debug; default info) and
+/// `WALSYNC_LOG_FORMAT` (text, json; default text). `watch` checks them
+/// at start (see [`log_settings`]); here a bad value means the default.
 fn log() -> Arc<dyn EventSink> {
-    let level = match std::env::var("WALSYNC_LOG").as_deref() {
-        Ok("error") => Level::Error,
-        Ok("warn") => Level::Warn,
-        Ok("debug") => Level::Debug,
-        _ => Level::Info,
+    let (level, format) =
+        log_settings(None, None).unwrap_or((Level::Info, output::LogFormat::Text));
+    Arc::new(output::StderrLog::new(level, format))
+}
+
+/// The log level and format: the flags, else the environment, else info
+/// and text. A value that names neither is a usage error.
+fn log_settings(level: Option<&str>, format: Option<&str>) -> Result<(Level, output::LogFormat)> {
+    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    let level = match level
+        .map(str::to_string)
+        .or_else(|| env("WALSYNC_LOG"))
+        .as_deref()
+    {
+        None | Some("info") => Level::Info,
+        Some("error") => Level::Error,
+        Some("warn") => Level::Warn,
+        Some("debug") => Level::Debug,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "log level '{other}' (--log-level or WALSYNC_LOG): use error, warn, info or debug"
+            )))
+        }
     };
-    Arc::new(output::StderrLog::new(level))
+    let format = match format
+        .map(str::to_string)
+        .or_else(|| env("WALSYNC_LOG_FORMAT"))
+        .as_deref()
+    {
+        None | Some("text") => output::LogFormat::Text,
+        Some("json") => output::LogFormat::Json,
+        Some(other) => {
+            return Err(Error::Usage(format!(
+                "log format '{other}' (--log-format or WALSYNC_LOG_FORMAT): use text or json"
+            )))
+        }
+    };
+    Ok((level, format))
 }
 
 fn snapshot(c: SnapshotCmd) -> Result<()> {

@@ -11,20 +11,32 @@ use crate::{cancel::CancelToken, plan::txid_hex, storage::Storage};
 use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
 
-/// The binary's event sink: one line per event on standard error, prefixed
-/// `walsync: `, from `min_level` up; restore progress as an updating line
-/// on a terminal (nothing otherwise).
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `2026-12-02T13:17:00.123Z INFO walsync: app: message`
+    #[default]
+    Text,
+    /// One JSON object a line: `time`, `level`, `event`, `db`, `msg`.
+    Json,
+}
+
+/// The binary's event sink: one line per event on standard error, with
+/// its time (RFC 3339, UTC), level and database, from `min_level` up;
+/// restore progress as an updating line on a terminal (nothing otherwise).
 pub struct StderrLog {
     min_level: Level,
+    format: LogFormat,
     tty: bool,
     /// Whether a progress line is on screen (and must be cleared first).
     progress_shown: Mutex<bool>,
 }
 
 impl StderrLog {
-    pub fn new(min_level: Level) -> StderrLog {
+    pub fn new(min_level: Level, format: LogFormat) -> StderrLog {
         StderrLog {
             min_level,
+            format,
             tty: io::stderr().is_terminal(),
             progress_shown: Mutex::new(false),
         }
@@ -60,8 +72,30 @@ impl EventSink for StderrLog {
             *shown = false;
         }
         if event.level() >= self.min_level {
-            let _ = writeln!(err, "walsync: {event}");
+            let _ = writeln!(
+                err,
+                "{}",
+                log_line(&event, self.format, crate::fsutil::now_ms())
+            );
         }
+    }
+}
+
+/// One log line of `event` at `now_ms`, without its newline.
+pub fn log_line(event: &Event, format: LogFormat, now_ms: i64) -> String {
+    let time = jiff::Timestamp::from_millisecond(now_ms)
+        .map_or_else(|_| now_ms.to_string(), |t| format!("{t:.3}"));
+    let level = event.level().name();
+    match format {
+        LogFormat::Text => format!("{time} {level} walsync: {event}"),
+        LogFormat::Json => serde_json::json!({
+            "time": time,
+            "level": level.to_ascii_lowercase(),
+            "event": event.kind(),
+            "db": event.database(),
+            "msg": event.message().to_string(),
+        })
+        .to_string(),
     }
 }
 
@@ -449,6 +483,26 @@ pub fn deletion(name: &str, objects: &[(String, u64)], mode: crate::compact::Mod
 mod tests {
     use super::*;
     use crate::list::DbSummary;
+
+    #[test]
+    fn log_lines_carry_time_level_and_database() {
+        let e = Event::CheckpointFailed {
+            db: "acme/app".into(),
+            error: "busy".into(),
+        };
+        let ms = 1_764_680_220_123;
+        assert_eq!(
+            log_line(&e, LogFormat::Text, ms),
+            "2025-12-02T12:57:00.123Z WARN walsync: acme/app: checkpoint: busy"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&log_line(&e, LogFormat::Json, ms)).unwrap();
+        assert_eq!(v["time"], "2025-12-02T12:57:00.123Z");
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["event"], "checkpoint_failed");
+        assert_eq!(v["db"], "acme/app");
+        assert_eq!(v["msg"], "checkpoint: busy");
+    }
 
     #[test]
     fn table_aligns() {

@@ -1222,3 +1222,75 @@ fn snapshots_follow_each_trigger_and_zero_turns_the_interval_off() {
         "snapshot_max_interval: {longest:?}"
     );
 }
+
+#[test]
+fn log_lines_carry_time_level_and_database_as_text_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    create_db(&db, 4096);
+    let w = dest.watch(
+        &[&db],
+        &[
+            "--sync-interval",
+            "50ms",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ],
+    );
+    dest.wait_for_txid("app", 1, Duration::from_secs(20));
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for e in &events {
+        let time = e["time"].as_str().unwrap_or_default();
+        assert!(time.parse::<jiff::Timestamp>().is_ok(), "{e}");
+        assert!(
+            ["debug", "info", "warn", "error"].contains(&e["level"].as_str().unwrap_or("")),
+            "{e}"
+        );
+        assert!(e["msg"].is_string() && e["event"].is_string(), "{e}");
+    }
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(
+        kinds.contains(&"watching") && kinds.contains(&"stored"),
+        "{kinds:?}\n{log}"
+    );
+    let stored = events.iter().find(|e| e["event"] == "stored").unwrap();
+    assert_eq!(stored["db"], "app", "{stored}");
+
+    // Text: time, level, then the line as before.
+    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, log) = w.stop();
+    assert_eq!(status, 0, "{log}");
+    let watching = log
+        .lines()
+        .find(|l| l.contains("walsync: watching"))
+        .expect(&log);
+    let mut parts = watching.splitn(3, ' ');
+    let time = parts.next().unwrap_or_default();
+    assert!(time.parse::<jiff::Timestamp>().is_ok(), "{watching}");
+    assert_eq!(parts.next(), Some("INFO"), "{watching}");
+
+    let bad = dest.walsync(&[
+        "watch",
+        db.to_str().unwrap(),
+        "-b",
+        &dest.url,
+        "--log-level",
+        "loud",
+    ]);
+    assert_eq!(code(&bad), 2, "{}", text(&bad));
+    assert!(
+        stderr(&bad).contains("use error, warn, info or debug"),
+        "{}",
+        text(&bad)
+    );
+}
