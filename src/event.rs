@@ -97,6 +97,22 @@ pub enum Event {
         error: String,
         retry_in: Duration,
     },
+    /// Uploads of a database kept failing: `failures` over `lasted`; its
+    /// oldest commit not stored is `oldest_unstored` old (said at most
+    /// every 30 s while it lasts).
+    StillFailing {
+        db: String,
+        error: String,
+        failures: u32,
+        lasted: Duration,
+        oldest_unstored: Option<Duration>,
+    },
+    /// An upload succeeded after `failures` failed ones over `after`.
+    Recovered {
+        db: String,
+        after: Duration,
+        failures: u32,
+    },
     /// Looking for work failed; tried again after `retry_in`.
     PollFailed {
         db: String,
@@ -163,6 +179,7 @@ impl Event {
             | Event::StorageBack { .. }
             | Event::NothingToShip { .. }
             | Event::Compacted { .. }
+            | Event::Recovered { .. }
             | Event::Restored { .. } => Level::Info,
             Event::Shipping { .. }
             | Event::LetGo { .. }
@@ -175,6 +192,7 @@ impl Event {
             | Event::CloseFailed { .. }
             | Event::SnapshotRebased { .. }
             | Event::CompactionFailed { .. }
+            | Event::StillFailing { .. }
             | Event::StorageDown { .. }
             | Event::DiscoveryFailed { .. } => Level::Warn,
             Event::Stopped { clean: false } => Level::Error,
@@ -204,6 +222,8 @@ impl Event {
             | Event::SnapshotRebased { db }
             | Event::Compacted { db, .. }
             | Event::CompactionFailed { db, .. }
+            | Event::StillFailing { db, .. }
+            | Event::Recovered { db, .. }
             | Event::Discovered { db, .. }
             | Event::Released { db, .. }
             | Event::Retuned { db }
@@ -269,6 +289,8 @@ impl Event {
             Event::CloseFailed { .. } => "close_failed",
             Event::SnapshotRebased { .. } => "snapshot_rebased",
             Event::Compacted { .. } => "compacted",
+            Event::StillFailing { .. } => "still_failing",
+            Event::Recovered { .. } => "recovered",
             Event::CompactionFailed { .. } => "compaction_failed",
             Event::RestoreProgress { .. } => "restore_progress",
             Event::Restored { .. } => "restored",
@@ -390,6 +412,30 @@ impl fmt::Display for Message<'_> {
                 }
                 write!(f, "the replica holds {files} file(s)")
             }
+            Event::StillFailing {
+                error,
+                failures,
+                lasted,
+                oldest_unstored,
+                ..
+            } => {
+                write!(
+                    f,
+                    "uploads still failing after {:.0}s ({failures} attempts)",
+                    lasted.as_secs_f64()
+                )?;
+                if let Some(age) = oldest_unstored {
+                    write!(f, "; the oldest commit not stored is {:.0}s old", age.as_secs_f64())?;
+                }
+                write!(f, "; last error: {error}")
+            }
+            Event::Recovered {
+                after, failures, ..
+            } => write!(
+                f,
+                "recovered after {:.0}s ({failures} failed uploads); shipping again",
+                after.as_secs_f64()
+            ),
             Event::CompactionFailed {
                 error, retry_in, ..
             } => write!(

@@ -21,6 +21,7 @@ mod fleet;
 mod folders;
 pub mod identity;
 mod inotify;
+mod outage;
 mod pagesums;
 mod poller;
 mod shipper;

@@ -199,6 +199,8 @@ pub struct Shipper {
     detached: Detached,
     /// For the status board.
     pub(super) health: Health,
+    /// The run of failed uploads under way, as the log tells it.
+    outages: super::outage::Outages,
     /// The WAL as it was when the last poll found nothing to do: while it
     /// looks the same, a poll does nothing more than two `stat` calls.
     quiet: Option<WalStamp>,
@@ -275,6 +277,7 @@ impl Shipper {
                 changed: true,
                 ..Health::default()
             },
+            outages: Default::default(),
             quiet: None,
             saw_change: false,
             snapshot_waiters: Vec::new(),
@@ -568,6 +571,13 @@ impl Shipper {
         let (stored, time_ms) = self.pending.as_ref().map(|b| (b.remote(), b.time_ms))?;
         let (key, txid, bytes) = (stored.key.clone(), stored.id.max_txid, stored.size);
         let db = self.name.clone();
+        if let Some((after, failures)) = self.outages.succeeded(crate::fsutil::now_ms()) {
+            self.emit(Event::Recovered {
+                db: db.clone(),
+                after,
+                failures,
+            });
+        }
         let event = match self.uploaded() {
             Ok(()) => Event::Stored {
                 db,
@@ -585,14 +595,34 @@ impl Shipper {
     }
 
     /// [`Shipper::upload_failed`], said as an event.
+    /// Only the first failure of a run and a summary at intervals are
+    /// said (see [`super::outage`]).
     pub fn upload_failed_and_report(&mut self, e: Error, now: Instant, recoveries: u64) {
         let retry_in = self.upload_failed(now, recoveries);
-        self.health.failed(e.to_string(), crate::fsutil::now_ms());
-        self.emit(Event::UploadFailed {
-            db: self.name.clone(),
-            error: e.to_string(),
-            retry_in,
-        });
+        let now_ms = crate::fsutil::now_ms();
+        self.health.failed(e.to_string(), now_ms);
+        let db = self.name.clone();
+        match self.outages.failed(now_ms) {
+            super::outage::Tell::Began => self.emit(Event::UploadFailed {
+                db,
+                error: e.to_string(),
+                retry_in,
+            }),
+            super::outage::Tell::Summary { failures, lasted } => {
+                let oldest = self
+                    .health
+                    .unshipped_since_ms
+                    .map(|t| Duration::from_millis(u64::try_from(now_ms - t).unwrap_or(0)));
+                self.emit(Event::StillFailing {
+                    db,
+                    error: e.to_string(),
+                    failures,
+                    lasted,
+                    oldest_unstored: oldest,
+                })
+            }
+            super::outage::Tell::Nothing => {}
+        }
     }
 
     /// A poll failed; said as an event.

@@ -177,6 +177,18 @@ fn after_an_outage_every_database_catches_up_at_once() {
     let (code, log) = w.stop();
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("storage is back"), "{log}");
+    // The outage is told once a database when it begins and once when it
+    // ends, with at most a summary a 30 s between: not one line a retry.
+    for n in names {
+        let of_db: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("walsync: {n}: ")))
+            .collect();
+        let count = |what: &str| of_db.iter().filter(|l| l.contains(what)).count();
+        assert_eq!(count("retrying in"), 1, "{n}:\n{}", of_db.join("\n"));
+        assert_eq!(count("recovered after"), 1, "{n}:\n{}", of_db.join("\n"));
+        assert!(count("still failing") <= 1, "{n}:\n{}", of_db.join("\n"));
+    }
     // Measured 0.2-0.8 s here; the previous code took 26.9 s. The bound
     // leaves room for a loaded machine (a CPU-bound build beside the
     // suite once made it exceed 4 s).
