@@ -107,6 +107,21 @@ pub enum Event {
         lasted: Duration,
         oldest_unstored: Option<Duration>,
     },
+    /// A level-9 snapshot was stored; `why` names what called for it.
+    Snapshotted {
+        db: String,
+        txid: u64,
+        bytes: u64,
+        why: &'static str,
+    },
+    /// walsync checkpointed a database's WAL (`mode` PASSIVE or TRUNCATE)
+    /// because it held `wal_pages`, past the `setting`.
+    Checkpointed {
+        db: String,
+        mode: &'static str,
+        wal_pages: u64,
+        setting: &'static str,
+    },
     /// An upload succeeded after `failures` failed ones over `after`.
     Recovered {
         db: String,
@@ -180,6 +195,8 @@ impl Event {
             | Event::NothingToShip { .. }
             | Event::Compacted { .. }
             | Event::Recovered { .. }
+            | Event::Snapshotted { .. }
+            | Event::Checkpointed { .. }
             | Event::Restored { .. } => Level::Info,
             Event::Shipping { .. }
             | Event::LetGo { .. }
@@ -224,6 +241,8 @@ impl Event {
             | Event::CompactionFailed { db, .. }
             | Event::StillFailing { db, .. }
             | Event::Recovered { db, .. }
+            | Event::Snapshotted { db, .. }
+            | Event::Checkpointed { db, .. }
             | Event::Discovered { db, .. }
             | Event::Released { db, .. }
             | Event::Retuned { db }
@@ -291,6 +310,8 @@ impl Event {
             Event::Compacted { .. } => "compacted",
             Event::StillFailing { .. } => "still_failing",
             Event::Recovered { .. } => "recovered",
+            Event::Snapshotted { .. } => "snapshotted",
+            Event::Checkpointed { .. } => "checkpointed",
             Event::CompactionFailed { .. } => "compaction_failed",
             Event::RestoreProgress { .. } => "restore_progress",
             Event::Restored { .. } => "restored",
@@ -429,6 +450,22 @@ impl fmt::Display for Message<'_> {
                 }
                 write!(f, "; last error: {error}")
             }
+            Event::Snapshotted {
+                txid, bytes, why, ..
+            } => write!(
+                f,
+                "stored a snapshot at TXID {} ({bytes} bytes): {why}",
+                crate::plan::txid_hex(*txid)
+            ),
+            Event::Checkpointed {
+                mode,
+                wal_pages,
+                setting,
+                ..
+            } => write!(
+                f,
+                "checkpointed ({mode}): the WAL held {wal_pages} pages, past {setting}"
+            ),
             Event::Recovered {
                 after, failures, ..
             } => write!(

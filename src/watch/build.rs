@@ -57,6 +57,8 @@ pub struct Batch {
     pub(super) read_epoch: u64,
     /// Whether the batch covers the whole valid WAL as scanned.
     pub(super) reached_wal_end: bool,
+    /// Why a snapshot was taken, for the log (snapshots only).
+    pub(super) why: Option<&'static str>,
 }
 
 impl Batch {
@@ -256,7 +258,16 @@ impl Shipper {
             self.shipped = Shipped::Known(s);
             return Ok(None);
         }
-        self.build_image(BatchKind::Snapshot, None, now_ms)
+        let why = match trigger {
+            Some(t) => t.name(),
+            None => "asked for by `walsync snapshot`",
+        };
+        Ok(self
+            .build_image(BatchKind::Snapshot, None, now_ms)?
+            .map(|b| Batch {
+                why: Some(why),
+                ..b
+            }))
     }
 
     /// Every page of the database, read from the database file with the WAL
@@ -571,6 +582,7 @@ impl Shipper {
             new_state,
             read_epoch: self.read_epoch,
             reached_wal_end: built.reached_wal_end,
+            why: None,
         })
     }
 }

@@ -16,6 +16,13 @@ use crate::event::Event;
 use crate::wal;
 use std::time::{Duration, Instant};
 
+/// Which of walsync's checkpoints ran.
+#[derive(Debug, Clone, Copy)]
+enum Checkpoint {
+    Passive,
+    Truncate,
+}
+
 impl Shipper {
     /// Number of WAL frames past the last checkpoint, as shipped.
     fn shipped_wal_frames(&self) -> u64 {
@@ -29,12 +36,22 @@ impl Shipper {
 
     /// Remembers the WAL position a checkpoint covered: the end of the batch
     /// built for it when that is still uploading, else the shipped position.
-    fn note_checkpoint(&mut self) {
+    fn note_checkpoint(&mut self, mode: Checkpoint, wal_pages: u64) {
         let at = match &self.pending {
             Some(batch) => Some(&batch.new_state),
             None => self.state(),
         };
         self.last_checkpoint = at.map(|s| (s.wal_salt1, s.wal_offset));
+        let (mode, setting) = match mode {
+            Checkpoint::Passive => ("PASSIVE", "min_checkpoint_pages"),
+            Checkpoint::Truncate => ("TRUNCATE", "truncate_checkpoint_pages"),
+        };
+        self.emit(Event::Checkpointed {
+            db: self.name.clone(),
+            mode,
+            wal_pages,
+            setting,
+        });
     }
 
     /// Saves the state with `checkpointing` set (or cleared).
@@ -69,9 +86,9 @@ impl Shipper {
     fn checkpoint_if_due(&mut self, now_ms: i64) -> Result<bool> {
         let frames = self.shipped_wal_frames();
         if frames >= self.settings.truncate_checkpoint_pages {
-            self.checkpoint_truncate(now_ms).map(|()| false)
+            self.checkpoint_truncate(now_ms, frames).map(|()| false)
         } else if frames >= self.settings.min_checkpoint_pages {
-            if let Err(e) = self.checkpoint_passive(now_ms) {
+            if let Err(e) = self.checkpoint_passive(now_ms, frames) {
                 // A batch built before the failure must still be uploaded.
                 if self.pending.is_none() {
                     return Err(e);
@@ -98,7 +115,7 @@ impl Shipper {
     /// stored, and until then nothing else is built. If walsync dies before
     /// the upload, the next start finds the replica behind a restarted WAL
     /// and ships the pages that changed.
-    fn checkpoint_passive(&mut self, now_ms: i64) -> Result<()> {
+    fn checkpoint_passive(&mut self, now_ms: i64, frames: u64) -> Result<()> {
         let Some(_barrier) = self.source()?.barrier(Duration::from_millis(200))? else {
             return Ok(()); // a long application write; try at the next poll
         };
@@ -116,7 +133,7 @@ impl Shipper {
         let checkpointed = self.source_mut()?.checkpoint("PASSIVE");
         self.begin_new_read()?;
         checkpointed?;
-        self.note_checkpoint();
+        self.note_checkpoint(Checkpoint::Passive, frames);
         // Under the barrier nothing was appended: once the batch is stored
         // (and nothing is built before), the position is the WAL end.
         self.continuity = Continuity::Covered;
@@ -128,7 +145,7 @@ impl Shipper {
     /// dropped (inside it the value would not move); commits that landed
     /// before that are still in the WAL and are shipped next; a commit after
     /// it may have been truncated away unseen, so it is answered with a diff.
-    fn checkpoint_truncate(&mut self, now_ms: i64) -> Result<()> {
+    fn checkpoint_truncate(&mut self, now_ms: i64, frames: u64) -> Result<()> {
         if !self.ship_now(now_ms)? {
             return Ok(());
         }
@@ -140,7 +157,7 @@ impl Shipper {
         self.mark_checkpointing(true)?;
         let (busy, _, _) = self.source_mut()?.checkpoint("TRUNCATE")?;
         self.begin_new_read()?;
-        self.note_checkpoint();
+        self.note_checkpoint(Checkpoint::Truncate, frames);
         let after = self.source()?.data_version()?;
         if !busy && before != after {
             self.continuity = Continuity::NeedsDiff(Cause::CommitDuringTruncate);

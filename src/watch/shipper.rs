@@ -493,7 +493,9 @@ impl Shipper {
             (Shipped::Known(_), _) => None,
         };
         if let Some((kind, cause)) = image {
-            return self.build_image(kind, cause, now_ms);
+            let batch = self.build_image(kind, cause, now_ms)?;
+            let first = (kind == BatchKind::Snapshot).then_some("the first file of a new replica");
+            return Ok(batch.map(|b| Batch { why: first, ..b }));
         }
         // A due snapshot goes first, so a busy database still gets one: it
         // is taken at the shipped position, and whatever the WAL holds
@@ -570,12 +572,21 @@ impl Shipper {
     pub fn uploaded_and_report(&mut self) -> Option<(crate::catalog::RemoteLtx, i64)> {
         let (stored, time_ms) = self.pending.as_ref().map(|b| (b.remote(), b.time_ms))?;
         let (key, txid, bytes) = (stored.key.clone(), stored.id.max_txid, stored.size);
+        let snapshot_why = self.pending.as_ref().and_then(|b| b.why);
         let db = self.name.clone();
         if let Some((after, failures)) = self.outages.succeeded(crate::fsutil::now_ms()) {
             self.emit(Event::Recovered {
                 db: db.clone(),
                 after,
                 failures,
+            });
+        }
+        if let Some(why) = snapshot_why {
+            self.emit(Event::Snapshotted {
+                db: db.clone(),
+                txid,
+                bytes,
+                why,
             });
         }
         let event = match self.uploaded() {
@@ -727,7 +738,10 @@ impl Shipper {
             });
         }
         let batch = self.build_image(BatchKind::Snapshot, None, now_ms)?;
-        self.pending = batch;
+        self.pending = batch.map(|b| Batch {
+            why: Some("asked for by `walsync snapshot`"),
+            ..b
+        });
         self.store_pending()
     }
 

@@ -25,14 +25,21 @@ pub enum Trigger {
     MaxInterval,
 }
 
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Trigger {
+    /// The setting that made it due.
+    pub fn name(self) -> &'static str {
+        match self {
             Trigger::Interval => "snapshot_interval",
             Trigger::MaxChanges => "snapshot_max_changes",
             Trigger::OnIdle => "snapshot_on_idle",
             Trigger::MaxInterval => "snapshot_max_interval",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -1264,12 +1264,43 @@ fn log_lines_carry_time_level_and_database_as_text_or_json() {
     );
     let stored = events.iter().find(|e| e["event"] == "stored").unwrap();
     assert_eq!(stored["db"], "app", "{stored}");
+    let first = events
+        .iter()
+        .find(|e| e["event"] == "snapshotted")
+        .expect(&log);
+    let said = first["msg"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("stored a snapshot at TXID 0x0000000000000001 (")
+            && said.ends_with("the first file of a new replica"),
+        "{first}"
+    );
 
-    // Text: time, level, then the line as before.
-    let w = dest.watch(&[&db], &["--sync-interval", "50ms"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Text: time, level, then the line as before; info says why a
+    // snapshot or a checkpoint happened.
+    let w = dest.watch(
+        &[&db],
+        &[
+            "--sync-interval",
+            "50ms",
+            "--snapshot-interval",
+            "1s",
+            "--min-checkpoint-pages",
+            "8",
+        ],
+    );
+    let mut conn = app_conn(&db);
+    for id in 1..=20 {
+        insert_ids(&mut conn, id..=id, 3000);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
     let (status, log) = w.stop();
     assert_eq!(status, 0, "{log}");
+    assert!(log.contains("): snapshot_interval"), "{log}");
+    assert!(
+        log.contains("checkpointed (PASSIVE): the WAL held"),
+        "{log}"
+    );
     let watching = log
         .lines()
         .find(|l| l.contains("walsync: watching"))
