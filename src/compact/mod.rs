@@ -270,9 +270,9 @@ fn compact(
 
 /// The TXID a replica restores to as of `at_ms` (0 before its first).
 fn txid_as_of(storage: &dyn Storage, tracked: &mut Tracked, at_ms: i64) -> Result<u64> {
-    let files = tracked.files().to_vec();
-    let points = plan::commit_points(&files);
-    let found = plan::txid_at_time_with(&points, at_ms, &mut |f| tracked.time_ms(storage, f))?;
+    let (files, mut times) = tracked.split();
+    let points = plan::commit_points(files);
+    let found = plan::txid_at_time_with(&points, at_ms, &mut |f| times.time_ms(storage, f))?;
     Ok(found.map_or(0, |(txid, _)| txid))
 }
 
@@ -370,18 +370,14 @@ fn kept_snapshots(
 
 /// Every snapshot with its commit time.
 fn snapshots_of(storage: &dyn Storage, tracked: &mut Tracked) -> Result<Vec<Snapshot>> {
-    let files: Vec<RemoteLtx> = tracked
-        .files()
-        .iter()
-        .filter(|f| f.id.level == SNAPSHOT_LEVEL)
-        .cloned()
-        .collect();
+    let (files, mut times) = tracked.split();
     files
         .iter()
+        .filter(|f| f.id.level == SNAPSHOT_LEVEL)
         .map(|f| {
             Ok(Snapshot {
                 txid: f.id.max_txid,
-                time_ms: tracked.time_ms(storage, f)?,
+                time_ms: times.time_ms(storage, f)?,
             })
         })
         .collect()

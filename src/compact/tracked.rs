@@ -45,12 +45,12 @@ impl Tracked {
 
     /// When `f` was committed: known, or read once from storage.
     pub fn time_ms(&mut self, storage: &dyn Storage, f: &RemoteLtx) -> Result<i64> {
-        if let Some(&ms) = self.times.get(&f.id) {
-            return Ok(ms);
-        }
-        let ms = plan::file_time_ms(storage, f)?;
-        self.times.insert(f.id, ms);
-        Ok(ms)
+        Times(&mut self.times).time_ms(storage, f)
+    }
+
+    /// The files, and their commit times to look up while reading them.
+    pub fn split(&mut self) -> (&[RemoteLtx], Times<'_>) {
+        (&self.files, Times(&mut self.times))
     }
 
     /// Records a file this process stored, committed at `time_ms`. Returns
@@ -87,6 +87,21 @@ impl Tracked {
             }
             keep
         });
+    }
+}
+
+/// The commit times a [`Tracked`] knows, borrowed apart from its files.
+pub struct Times<'t>(&'t mut HashMap<LtxId, i64>);
+
+impl Times<'_> {
+    /// When `f` was committed: known, or read once from storage.
+    pub fn time_ms(&mut self, storage: &dyn Storage, f: &RemoteLtx) -> Result<i64> {
+        if let Some(&ms) = self.0.get(&f.id) {
+            return Ok(ms);
+        }
+        let ms = plan::file_time_ms(storage, f)?;
+        self.0.insert(f.id, ms);
+        Ok(ms)
     }
 }
 
