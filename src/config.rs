@@ -24,6 +24,8 @@ pub struct ConfigFile {
     /// `None` without a `[retention]` section: nothing is ever deleted.
     pub retention: Option<RetentionSection>,
     #[serde(default)]
+    pub monitoring: MonitoringSection,
+    #[serde(default)]
     pub databases: Vec<DatabaseEntry>,
 }
 
@@ -90,6 +92,47 @@ impl RetentionSection {
             l0_retention: self.l0_retention.map_or(d.l0_retention, |v| v.0),
             levels,
         })
+    }
+}
+
+/// `[monitoring]`: how `watch` tells the world it is alive.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSection {
+    /// GET this URL every `heartbeat_interval` while every database is
+    /// caught up (a dead-man's switch).
+    pub heartbeat_url: Option<String>,
+    /// Default 1 minute.
+    pub heartbeat_interval: Option<DurationValue>,
+}
+
+impl MonitoringSection {
+    /// The heartbeat, if one is set. The URL (it often holds a token) is
+    /// never quoted in an error.
+    pub fn heartbeat(&self) -> Result<Option<crate::watch::heartbeat::HeartbeatSettings>> {
+        let Some(text) = &self.heartbeat_url else {
+            if self.heartbeat_interval.is_some() {
+                return Err(Error::Usage(
+                    "[monitoring] heartbeat_interval without heartbeat_url".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let url = url::Url::parse(text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                Error::Usage(
+                    "[monitoring] heartbeat_url is not an http:// or https:// URL with a host"
+                        .into(),
+                )
+            })?;
+        Ok(Some(crate::watch::heartbeat::HeartbeatSettings {
+            url,
+            interval: self
+                .heartbeat_interval
+                .map_or(std::time::Duration::from_secs(60), |v| v.0),
+        }))
     }
 }
 

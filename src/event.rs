@@ -122,6 +122,10 @@ pub enum Event {
         wal_pages: u64,
         setting: &'static str,
     },
+    /// The heartbeat is held back: `why` names a database behind.
+    HeartbeatHeld { why: String },
+    /// A heartbeat request to `host` failed.
+    HeartbeatFailed { host: String, error: String },
     /// An upload succeeded after `failures` failed ones over `after`.
     Recovered {
         db: String,
@@ -198,6 +202,7 @@ impl Event {
             | Event::Snapshotted { .. }
             | Event::Checkpointed { .. }
             | Event::Restored { .. } => Level::Info,
+            Event::HeartbeatHeld { .. } | Event::HeartbeatFailed { .. } => Level::Warn,
             Event::Shipping { .. }
             | Event::LetGo { .. }
             | Event::Unavailable { .. }
@@ -224,7 +229,9 @@ impl Event {
             | Event::DiscoveryFailed { .. }
             | Event::StorageDown { .. }
             | Event::StorageBack { .. }
-            | Event::Rescanned { .. } => None,
+            | Event::Rescanned { .. }
+            | Event::HeartbeatHeld { .. }
+            | Event::HeartbeatFailed { .. } => None,
             Event::Stored { db, .. }
             | Event::Shipping { db, .. }
             | Event::NothingToShip { db, .. }
@@ -311,6 +318,8 @@ impl Event {
             Event::StillFailing { .. } => "still_failing",
             Event::Recovered { .. } => "recovered",
             Event::Snapshotted { .. } => "snapshotted",
+            Event::HeartbeatHeld { .. } => "heartbeat_held",
+            Event::HeartbeatFailed { .. } => "heartbeat_failed",
             Event::Checkpointed { .. } => "checkpointed",
             Event::CompactionFailed { .. } => "compaction_failed",
             Event::RestoreProgress { .. } => "restore_progress",
@@ -449,6 +458,13 @@ impl fmt::Display for Message<'_> {
                     write!(f, "; the oldest commit not stored is {:.0}s old", age.as_secs_f64())?;
                 }
                 write!(f, "; last error: {error}")
+            }
+            Event::HeartbeatHeld { why } => write!(
+                f,
+                "heartbeat held back (its service will alert): {why}"
+            ),
+            Event::HeartbeatFailed { host, error } => {
+                write!(f, "heartbeat to {host} failed: {error}")
             }
             Event::Snapshotted {
                 txid, bytes, why, ..

@@ -127,6 +127,7 @@ impl Resolver {
             upload_retry: self.upload_retry(defaults.upload_retry),
             circuit: self.circuit(defaults.circuit),
             retention,
+            heartbeat: config.monitoring.heartbeat()?,
         })
     }
 

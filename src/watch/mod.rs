@@ -19,6 +19,7 @@ mod compactor;
 pub mod control;
 mod fleet;
 mod folders;
+pub mod heartbeat;
 pub mod identity;
 mod inotify;
 mod outage;
@@ -72,6 +73,8 @@ pub struct WatchOptions {
     /// Compact and apply this retention as files are stored (see
     /// [`compactor`]); `None` keeps every file.
     pub retention: Option<crate::compact::policy::Retention>,
+    /// The dead-man's-switch heartbeat (see [`heartbeat`]), if one.
+    pub heartbeat: Option<heartbeat::HeartbeatSettings>,
 }
 
 impl Default for WatchOptions {
@@ -88,6 +91,7 @@ impl Default for WatchOptions {
             upload_retry: crate::backoff::UPLOAD_DELAYS,
             circuit: CircuitSettings::default(),
             retention: None,
+            heartbeat: None,
         }
     }
 }
@@ -191,6 +195,14 @@ pub fn watch(
             &events,
         )
     });
+    let heartbeat = options.heartbeat.clone().map(|settings| {
+        let (board, stop, events) = (
+            Arc::clone(&board),
+            controls.stop.clone(),
+            Arc::clone(&events),
+        );
+        thread::spawn(move || heartbeat::run(&settings, &board, &stop, &events))
+    });
     supervise(&mut fleet, options, controls, &released_rx, &request_rx);
     let mut clean = true;
     for t in poller_threads {
@@ -200,6 +212,9 @@ pub fn watch(
         let _ = t.join();
     }
     if let Some(t) = compactor {
+        let _ = t.join();
+    }
+    if let Some(t) = heartbeat {
         let _ = t.join();
     }
     if let Some(t) = control {

@@ -11,6 +11,7 @@ mod faults;
 mod fleet;
 mod interop;
 mod ltx;
+mod monitoring;
 mod restore;
 mod storage_contract;
 mod verify;
