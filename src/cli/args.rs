@@ -3,9 +3,9 @@
 //! the arguments before argh parses them.
 
 /// The commands, in the order `walsync help` lists them.
-pub const COMMANDS: [&str; 10] = [
-    "watch", "snapshot", "restore", "list", "verify", "compact", "delete", "status", "pragma",
-    "version",
+pub const COMMANDS: [&str; 11] = [
+    "watch", "snapshot", "restore", "list", "verify", "compact", "delete", "status", "explain",
+    "pragma", "version",
 ];
 
 /// Litestream's single-dash flags whose walsync spelling differs by more

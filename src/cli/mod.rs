@@ -7,6 +7,7 @@
 //! argh's default 1; `--help` prints to standard output and exits 0.
 
 mod args;
+mod explain;
 mod output;
 mod resolve;
 
@@ -59,6 +60,7 @@ pub enum Command {
     Compact(CompactCmd),
     Delete(DeleteCmd),
     Status(StatusCmd),
+    Explain(ExplainCmd),
     Pragma(PragmaCmd),
     Version(VersionCmd),
 }
@@ -299,6 +301,20 @@ pub struct StatusCmd {
 #[argh(subcommand, name = "pragma")]
 pub struct PragmaCmd {}
 
+replica_command! {
+/// Say what `watch` would do with this config, without starting it: each
+/// database, its name and settings, the destination, retention and the
+/// heartbeat.
+#[argh(subcommand, name = "explain")]
+pub struct ExplainCmd {
+    /// database files (as for watch; or use [[databases]] in --config)
+    #[argh(positional)]
+    pub databases: Vec<PathBuf>,
+    /// print JSON for scripts
+    #[argh(switch)]
+    pub json: bool,
+}}
+
 #[derive(FromArgs, Debug)]
 /// Print the walsync version and its SQLite version.
 #[argh(subcommand, name = "version")]
@@ -449,6 +465,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Delete(c) => within(c.timeout, None, || delete(c)),
         Command::Status(c) => status(c),
+        Command::Explain(c) => explain(c),
         Command::Pragma(_) => {
             print!("{}", PRAGMAS);
             Ok(())
@@ -776,6 +793,16 @@ fn refuse_if_active(
         age.as_secs(),
         quiet.as_secs()
     )))
+}
+
+fn explain(c: ExplainCmd) -> Result<()> {
+    let target = target!(c);
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), c.databases.clone())?;
+    let storage = resolver.storage_for_watch(&target)?;
+    let options = resolver.watch_options(&EngineFlags::default())?;
+    let dbs = resolver.databases()?;
+    let plan = explain::plan(&storage.describe(), &dbs, &options);
+    explain::print(&plan, c.json)
 }
 
 fn delete(c: DeleteCmd) -> Result<()> {

@@ -172,3 +172,72 @@ fn a_bad_heartbeat_url_is_a_config_error_that_does_not_quote_it() {
     );
     assert!(!text(&out).contains("secret-token"), "{}", text(&out));
 }
+
+#[test]
+fn explain_says_what_watch_would_do_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    for tenant in ["acme", "bolt"] {
+        create_db(
+            &dir.path().join("tenants").join(tenant).join("app.db"),
+            4096,
+        );
+    }
+    let main = dir.path().join("main.db");
+    create_db(&main, 4096);
+    let cfg = dir.path().join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[s3]\nbucket = \"{}\"\n[sync]\nsnapshot_interval = \"30m\"\n[retention]\npitr_window = \"6h\"\nsnapshot_retention = \"7d\"\n[monitoring]\nheartbeat_url = \"https://hc-ping.com/secret-token\"\n[[databases]]\npath = \"{}/tenants/*/app.db\"\nname = \"t/{{1}}\"\n[[databases]]\npath = \"{}\"\nname = \"main\"\nsync_interval = \"250ms\"\nsnapshot_max_changes = 5000\n",
+            dest.url,
+            dir.path().display(),
+            main.display()
+        ),
+    )
+    .unwrap();
+    let out = walsync(
+        &["explain", "--config", cfg.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let names: Vec<&str> = plan["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["main", "t/acme", "t/bolt"], "{plan}");
+    let main_db = &plan["databases"][0]["settings"];
+    assert_eq!(main_db["sync_interval"], "250ms", "{plan}");
+    assert_eq!(
+        main_db["snapshot_interval"], "30m",
+        "[sync] applies: {plan}"
+    );
+    assert_eq!(main_db["snapshot_max_changes"], 5000, "{plan}");
+    assert_eq!(
+        plan["databases"][1]["settings"]["sync_interval"], "1s",
+        "{plan}"
+    );
+    assert_eq!(plan["retention"]["pitr_window"], "6h", "{plan}");
+    assert_eq!(
+        plan["retention"]["snapshots_kept"]["by_age"], "7d",
+        "{plan}"
+    );
+    assert_eq!(plan["heartbeat"]["host"], "hc-ping.com", "{plan}");
+    assert!(!text(&out).contains("secret-token"), "{}", text(&out));
+    // Nothing was replicated.
+    assert!(dest.files("main").is_empty());
+    let out = walsync(&["explain", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("databases: 3") && said.contains("-> t/acme"),
+        "{said}"
+    );
+    assert!(
+        said.contains("retention: every TXID of the last 6h restores"),
+        "{said}"
+    );
+}
