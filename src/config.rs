@@ -221,18 +221,7 @@ pub struct DurationValue(pub Duration);
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Float(f64),
-            Text(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Int(n) => n.to_string(),
-            Raw::Float(f) => f.to_string(),
-            Raw::Text(s) => s,
-        };
+        let text = duration_text(d)?;
         parse_duration(&text)
             .map(DurationValue)
             .map_err(serde::de::Error::custom)
@@ -246,22 +235,27 @@ pub struct TriggerValue(pub Duration);
 
 impl<'de> Deserialize<'de> for TriggerValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Float(f64),
-            Text(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Int(n) => n.to_string(),
-            Raw::Float(f) => f.to_string(),
-            Raw::Text(s) => s,
-        };
+        let text = duration_text(d)?;
         parse_trigger(&text)
             .map(TriggerValue)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// A duration as written in the file: a number of seconds or a string.
+fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Int(n) => n.to_string(),
+        Raw::Float(f) => f.to_string(),
+        Raw::Text(s) => s,
+    })
 }
 
 /// Parses a snapshot trigger's duration: 0 (`0`, `0s`, `0m`…) is off,

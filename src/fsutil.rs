@@ -87,6 +87,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A duration in milliseconds, as the Unix-ms times walsync keeps
+/// (saturating: a duration of centuries is "never").
+pub fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()

@@ -149,10 +149,6 @@ pub fn pass(
     Ok(report)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The newest file of `level`, if it has one.
 fn newest_of(files: &[RemoteLtx], level: u32) -> Option<&RemoteLtx> {
     files
@@ -189,7 +185,9 @@ fn compaction_due_ms(
         return Ok(Some(i64::MIN));
     };
     let written = tracked.time_ms(storage, &last)?;
-    Ok(Some(written.saturating_add(millis(interval))))
+    Ok(Some(
+        written.saturating_add(crate::fsutil::duration_ms(interval)),
+    ))
 }
 
 /// The level n−1 files a compaction into `level` merges now, if it is due
@@ -289,12 +287,12 @@ fn doomed(
     let window_start = txid_as_of(
         storage,
         tracked,
-        now_ms.saturating_sub(millis(retention.pitr_window)),
+        now_ms.saturating_sub(crate::fsutil::duration_ms(retention.pitr_window)),
     )?;
     let l0_start = txid_as_of(
         storage,
         tracked,
-        now_ms.saturating_sub(millis(retention.l0_retention)),
+        now_ms.saturating_sub(crate::fsutil::duration_ms(retention.l0_retention)),
     )?;
     report.window_starts_at = Some(window_start.max(1));
     let kept_snapshots = kept_snapshots(storage, tracked, retention, now_ms)?;

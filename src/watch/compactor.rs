@@ -97,8 +97,8 @@ impl Compactor {
             events,
             databases: HashMap::new(),
             schedule: BTreeSet::new(),
-            gap_ms: millis(gap),
-            next_forget_ms: now_ms().saturating_add(millis(FORGET_AFTER)),
+            gap_ms: crate::fsutil::duration_ms(gap),
+            next_forget_ms: now_ms().saturating_add(crate::fsutil::duration_ms(FORGET_AFTER)),
         }
     }
 
@@ -126,8 +126,8 @@ impl Compactor {
         if now < self.next_forget_ms {
             return;
         }
-        self.next_forget_ms = now.saturating_add(millis(FORGET_AFTER) / 10);
-        let horizon = now.saturating_sub(millis(FORGET_AFTER));
+        self.next_forget_ms = now.saturating_add(crate::fsutil::duration_ms(FORGET_AFTER) / 10);
+        let horizon = now.saturating_sub(crate::fsutil::duration_ms(FORGET_AFTER));
         self.databases
             .retain(|_, db| db.due_ms.is_some() || db.last_stored_ms > horizon);
     }
@@ -231,12 +231,8 @@ impl Compactor {
                         retry_in: retry,
                     });
                 }
-                Some(now.saturating_add(millis(retry)))
+                Some(now.saturating_add(crate::fsutil::duration_ms(retry)))
             }
         }
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -43,7 +43,7 @@ impl Outages {
             return Tell::Began;
         };
         o.failures = o.failures.saturating_add(1);
-        if now_ms.saturating_sub(o.said_ms) < millis(SUMMARY_EVERY) {
+        if now_ms.saturating_sub(o.said_ms) < crate::fsutil::duration_ms(SUMMARY_EVERY) {
             return Tell::Nothing;
         }
         o.said_ms = now_ms;
@@ -60,10 +60,6 @@ impl Outages {
             .take()
             .map(|o| (since(o.began_ms, now_ms), o.failures))
     }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn since(from_ms: i64, to_ms: i64) -> Duration {

@@ -45,7 +45,9 @@ impl fmt::Display for Trigger {
 
 /// The first trigger that makes a snapshot due at `now_ms`, if any.
 pub fn snapshot_due(settings: &Settings, state: &LocalState, now_ms: i64) -> Option<Trigger> {
-    let passed = |since: i64, d: Duration| !d.is_zero() && now_ms.saturating_sub(since) >= ms(d);
+    let passed = |since: i64, d: Duration| {
+        !d.is_zero() && now_ms.saturating_sub(since) >= crate::fsutil::duration_ms(d)
+    };
     let changed = state.pages_since_snapshot > 0 || state.txid != state.last_snapshot_txid;
     if passed(state.last_snapshot_ms, settings.snapshot_interval) {
         return Some(Trigger::Interval);
@@ -82,10 +84,6 @@ pub fn record_snapshot(state: &mut LocalState, now_ms: i64) {
     state.last_snapshot_ms = now_ms;
     state.pages_since_snapshot = 0;
     state.first_change_ms = 0;
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
