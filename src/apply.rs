@@ -79,7 +79,7 @@ impl ObjectError {
     pub fn classify(error: Error) -> ObjectError {
         let fault = match &error {
             Error::Integrity(_) => Fault::Corrupt,
-            Error::Storage(_) => Fault::Storage,
+            Error::Storage(_) | Error::Credentials(_) => Fault::Storage,
             Error::Cancelled => Fault::Cancelled,
             _ => Fault::Local,
         };

@@ -26,7 +26,67 @@ pub struct ConfigFile {
     #[serde(default)]
     pub monitoring: MonitoringSection,
     #[serde(default)]
+    pub webhooks: Vec<WebhookEntry>,
+    #[serde(default)]
     pub databases: Vec<DatabaseEntry>,
+}
+
+/// One `[[webhooks]]` entry: where to POST which events, and the secret
+/// that signs them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    pub url: String,
+    /// Event names (see [`crate::monitor::webhook::Alert`]); all when absent.
+    pub events: Option<Vec<String>>,
+    pub secret: Option<Secret>,
+}
+
+impl WebhookEntry {
+    /// The webhook, checked. Neither the URL (it may hold a token) nor the
+    /// secret is quoted in an error.
+    pub fn webhook(&self, index: usize) -> Result<crate::monitor::webhook::Webhook> {
+        use crate::monitor::webhook::{Alert, Webhook};
+        let n = index + 1;
+        let url = url::Url::parse(&self.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "[[webhooks]] entry {n}: url is not an http:// or https:// URL with a host"
+                ))
+            })?;
+        let events = match &self.events {
+            None => Alert::ALL.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    Alert::parse(name).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "[[webhooks]] entry {n}: unknown event '{name}'; known: {}",
+                            Alert::ALL.map(Alert::name).join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(Webhook {
+            url,
+            events,
+            secret: self.secret.clone(),
+        })
+    }
+}
+
+/// A secret from the config file: never shown by `Debug`, never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// `[retention]`: what a replica keeps, and how often levels compact (see
@@ -104,6 +164,9 @@ pub struct MonitoringSection {
     pub heartbeat_url: Option<String>,
     /// Default 1 minute.
     pub heartbeat_interval: Option<DurationValue>,
+    /// Serve Prometheus metrics here: `HOST:PORT`, or `:PORT` for
+    /// loopback. Off when absent.
+    pub metrics_addr: Option<String>,
 }
 
 impl MonitoringSection {
@@ -166,6 +229,8 @@ pub struct SyncSection {
     pub min_checkpoint_pages: Option<u64>,
     /// WAL size in pages past which walsync runs a TRUNCATE checkpoint.
     pub truncate_checkpoint_pages: Option<u64>,
+    /// How often each replica is verified in the background (0: never).
+    pub validation_interval: Option<TriggerValue>,
     /// Number of poller threads (whole process; ignored per database).
     pub pollers: Option<usize>,
     /// Number of uploader threads (whole process; ignored per database).
@@ -212,6 +277,7 @@ pub struct DatabaseEntry {
     pub snapshot_max_interval: Option<TriggerValue>,
     pub min_checkpoint_pages: Option<u64>,
     pub truncate_checkpoint_pages: Option<u64>,
+    pub validation_interval: Option<TriggerValue>,
 }
 
 /// A duration written as a string with a unit ("50ms", "1s", "5m", "1h") or

@@ -18,8 +18,12 @@ pub enum Error {
     Usage(String),
     /// Missing file, not in WAL mode, SQLite error. Exit 3.
     Database(String),
-    /// Network, authentication or bucket access failure after retries. Exit 4.
+    /// Network or bucket access failure after retries. Exit 4.
     Storage(String),
+    /// Storage refused the credentials (wrong, expired, or not allowed on
+    /// the bucket): retrying cannot help until someone renews them. Exit 4,
+    /// a storage error to scripts; its own variant so alerts can tell it.
+    Credentials(String),
     /// Checksum mismatch, malformed LTX, gap in TXIDs. Exit 5.
     Integrity(String),
     /// Nothing to restore, nothing at that point in time, output exists. Exit 6.
@@ -42,7 +46,7 @@ impl Error {
             Error::Other(_) => 1,
             Error::Usage(_) => 2,
             Error::Database(_) => 3,
-            Error::Storage(_) => 4,
+            Error::Storage(_) | Error::Credentials(_) => 4,
             Error::Integrity(_) => 5,
             Error::Restore(_) => 6,
             Error::Local(_) => 7,
@@ -57,6 +61,7 @@ impl Error {
             | Error::Usage(m)
             | Error::Database(m)
             | Error::Storage(m)
+            | Error::Credentials(m)
             | Error::Integrity(m)
             | Error::Restore(m)
             | Error::Local(m) => m,
@@ -69,7 +74,7 @@ impl Error {
             Error::Other(_) => "error",
             Error::Usage(_) => "usage error",
             Error::Database(_) => "database error",
-            Error::Storage(_) => "storage error",
+            Error::Storage(_) | Error::Credentials(_) => "storage error",
             Error::Integrity(_) => "integrity error",
             Error::Restore(_) => "restore error",
             Error::Local(_) => "local file error",
@@ -85,10 +90,69 @@ impl Error {
             Error::Usage(m) => Error::Usage(wrap(m)),
             Error::Database(m) => Error::Database(wrap(m)),
             Error::Storage(m) => Error::Storage(wrap(m)),
+            Error::Credentials(m) => Error::Credentials(wrap(m)),
             Error::Integrity(m) => Error::Integrity(wrap(m)),
             Error::Restore(m) => Error::Restore(wrap(m)),
             Error::Local(m) => Error::Local(wrap(m)),
             Error::Cancelled => Error::Cancelled,
+        }
+    }
+}
+
+/// What kind of failure an error is, for metrics and alerts: the exit
+/// code's classes, with refused credentials told apart from other storage
+/// failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorClass {
+    Storage,
+    Credentials,
+    Database,
+    Integrity,
+    Local,
+    Other,
+}
+
+impl ErrorClass {
+    /// Every class, in the order of [`ErrorClass::index`].
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::Storage,
+        ErrorClass::Credentials,
+        ErrorClass::Database,
+        ErrorClass::Integrity,
+        ErrorClass::Local,
+        ErrorClass::Other,
+    ];
+
+    /// Its label in metrics (`class="storage"`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::Storage => "storage",
+            ErrorClass::Credentials => "credentials",
+            ErrorClass::Database => "database",
+            ErrorClass::Integrity => "integrity",
+            ErrorClass::Local => "local",
+            ErrorClass::Other => "other",
+        }
+    }
+
+    /// Its position in [`ErrorClass::ALL`], to index a table of counts.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Error {
+    /// The class metrics and alerts count this error in.
+    pub fn error_class(&self) -> ErrorClass {
+        match self {
+            Error::Storage(_) => ErrorClass::Storage,
+            Error::Credentials(_) => ErrorClass::Credentials,
+            Error::Database(_) => ErrorClass::Database,
+            Error::Integrity(_) => ErrorClass::Integrity,
+            Error::Local(_) => ErrorClass::Local,
+            Error::Other(_) | Error::Usage(_) | Error::Restore(_) | Error::Cancelled => {
+                ErrorClass::Other
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! embedding application can route them anywhere. An event's `Display` is
 //! its log line without the `walsync: ` prefix.
 
+use crate::error::ErrorClass;
 use crate::watch::Cause;
 use std::fmt;
 use std::path::PathBuf;
@@ -95,6 +96,7 @@ pub enum Event {
     UploadFailed {
         db: String,
         error: String,
+        class: ErrorClass,
         retry_in: Duration,
     },
     /// Uploads of a database kept failing: `failures` over `lasted`; its
@@ -103,6 +105,7 @@ pub enum Event {
     StillFailing {
         db: String,
         error: String,
+        class: ErrorClass,
         failures: u32,
         lasted: Duration,
         oldest_unstored: Option<Duration>,
@@ -122,20 +125,38 @@ pub enum Event {
         wal_pages: u64,
         setting: &'static str,
     },
+    /// A periodic validation found the replica restorable to `txid`,
+    /// checking `files` files.
+    Validated { db: String, txid: u64, files: usize },
+    /// A periodic validation found the replica damaged or unrestorable.
+    ValidationFailed { db: String, problems: String },
+    /// A periodic validation could not finish (storage failing, or files
+    /// changed under it); tried again at the next interval.
+    ValidationIncomplete { db: String, error: String },
+    /// A webhook delivery of `event` to `host` failed after its retries.
+    WebhookFailed {
+        host: String,
+        event: &'static str,
+        error: String,
+    },
     /// The heartbeat is held back: `why` names a database behind.
     HeartbeatHeld { why: String },
     /// A heartbeat request to `host` failed.
     HeartbeatFailed { host: String, error: String },
-    /// An upload succeeded after `failures` failed ones over `after`.
+    /// A database is caught up after an outage that lasted `after`, in
+    /// which `failures` uploads failed and `shipped` files were stored once
+    /// uploads succeeded again.
     Recovered {
         db: String,
         after: Duration,
         failures: u32,
+        shipped: u32,
     },
     /// Looking for work failed; tried again after `retry_in`.
     PollFailed {
         db: String,
         error: String,
+        class: ErrorClass,
         retry_in: Duration,
     },
     /// walsync's own checkpoint failed.
@@ -187,9 +208,11 @@ impl Event {
     /// How much it matters.
     pub fn level(&self) -> Level {
         match self {
-            Event::Stored { .. } | Event::RestoreProgress { .. } | Event::Rescanned { .. } => {
-                Level::Debug
-            }
+            Event::Stored { .. }
+            | Event::RestoreProgress { .. }
+            | Event::Rescanned { .. }
+            | Event::Validated { .. } => Level::Debug,
+            Event::ValidationFailed { .. } => Level::Error,
             Event::Watching { .. }
             | Event::Stopped { clean: true }
             | Event::Discovered { .. }
@@ -202,7 +225,10 @@ impl Event {
             | Event::Snapshotted { .. }
             | Event::Checkpointed { .. }
             | Event::Restored { .. } => Level::Info,
-            Event::HeartbeatHeld { .. } | Event::HeartbeatFailed { .. } => Level::Warn,
+            Event::HeartbeatHeld { .. }
+            | Event::HeartbeatFailed { .. }
+            | Event::WebhookFailed { .. }
+            | Event::ValidationIncomplete { .. } => Level::Warn,
             Event::Shipping { .. }
             | Event::LetGo { .. }
             | Event::Unavailable { .. }
@@ -231,7 +257,11 @@ impl Event {
             | Event::StorageBack { .. }
             | Event::Rescanned { .. }
             | Event::HeartbeatHeld { .. }
-            | Event::HeartbeatFailed { .. } => None,
+            | Event::HeartbeatFailed { .. }
+            | Event::WebhookFailed { .. } => None,
+            Event::Validated { db, .. }
+            | Event::ValidationFailed { db, .. }
+            | Event::ValidationIncomplete { db, .. } => Some(db),
             Event::Stored { db, .. }
             | Event::Shipping { db, .. }
             | Event::NothingToShip { db, .. }
@@ -319,6 +349,10 @@ impl Event {
             Event::Recovered { .. } => "recovered",
             Event::Snapshotted { .. } => "snapshotted",
             Event::HeartbeatHeld { .. } => "heartbeat_held",
+            Event::Validated { .. } => "validated",
+            Event::ValidationFailed { .. } => "validation_failed",
+            Event::ValidationIncomplete { .. } => "validation_incomplete",
+            Event::WebhookFailed { .. } => "webhook_failed",
             Event::HeartbeatFailed { .. } => "heartbeat_failed",
             Event::Checkpointed { .. } => "checkpointed",
             Event::CompactionFailed { .. } => "compaction_failed",
@@ -466,6 +500,21 @@ impl fmt::Display for Message<'_> {
             Event::HeartbeatFailed { host, error } => {
                 write!(f, "heartbeat to {host} failed: {error}")
             }
+            Event::Validated { txid, files, .. } => write!(
+                f,
+                "validated: restorable to TXID {}, {files} file(s) checked",
+                crate::plan::txid_hex(*txid)
+            ),
+            Event::ValidationFailed { problems, .. } => write!(
+                f,
+                "validation FAILED: {problems}; run `walsync verify` for the details, and take a fresh snapshot (`walsync snapshot`)"
+            ),
+            Event::ValidationIncomplete { error, .. } => {
+                write!(f, "validation could not finish: {error}; will try again")
+            }
+            Event::WebhookFailed { host, event, error } => {
+                write!(f, "webhook {event} to {host} failed: {error}")
+            }
             Event::Snapshotted {
                 txid, bytes, why, ..
             } => write!(
@@ -483,10 +532,13 @@ impl fmt::Display for Message<'_> {
                 "checkpointed ({mode}): the WAL held {wal_pages} pages, past {setting}"
             ),
             Event::Recovered {
-                after, failures, ..
+                after,
+                failures,
+                shipped,
+                ..
             } => write!(
                 f,
-                "recovered after {:.0}s ({failures} failed uploads); shipping again",
+                "recovered after {:.0}s, {shipped} file(s) shipped; caught up ({failures} failed uploads)",
                 after.as_secs_f64()
             ),
             Event::CompactionFailed {

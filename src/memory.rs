@@ -7,6 +7,15 @@
 //! so that large buffers are mapped on their own and unmapped when freed.)
 //! musl's allocator, in the static build, returns freed pages by itself.
 
+/// The process's resident memory in bytes (Linux: `/proc/self/statm`).
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 /// Returns the free pages of every malloc arena to the system. Costs a
 /// walk over the allocator's free lists; meant for after a wave of work,
 /// not for a hot path.

@@ -27,6 +27,7 @@ pub struct SettingFlags {
     pub snapshot_max_interval: Option<Duration>,
     pub min_checkpoint_pages: Option<u64>,
     pub truncate_checkpoint_pages: Option<u64>,
+    pub validation_interval: Option<Duration>,
     /// `--takeover`: the databases named become their replicas' sources.
     pub takeover: bool,
 }
@@ -135,6 +136,19 @@ impl Selection {
         &self.config
     }
 
+    /// Whether any database may be validated in the background (a
+    /// `validation_interval` in a flag, `[sync]` or an entry).
+    pub fn validates_any(&self) -> bool {
+        let on = |d: Option<Duration>| d.is_some_and(|d| !d.is_zero());
+        on(self.flags.validation_interval)
+            || on(self.config.sync.validation_interval.map(|v| v.0))
+            || self
+                .config
+                .databases
+                .iter()
+                .any(|e| on(e.validation_interval.map(|v| v.0)))
+    }
+
     /// The paths given on the command line: they must be usable at start.
     pub fn given_paths(&self) -> &[PathBuf] {
         &self.paths
@@ -189,6 +203,12 @@ impl Selection {
                 .or(entry.and_then(|e| e.truncate_checkpoint_pages))
                 .or(sync.truncate_checkpoint_pages)
                 .unwrap_or(d.truncate_checkpoint_pages),
+            validation_interval: duration(
+                f.validation_interval,
+                entry.and_then(|e| e.validation_interval).map(|v| v.0),
+                sync.validation_interval.map(|v| v.0),
+                d.validation_interval,
+            ),
             takeover: f.takeover,
         }
     }

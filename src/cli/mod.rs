@@ -120,6 +120,12 @@ pub struct WatchCmd {
     /// WAL pages after which walsync runs a TRUNCATE checkpoint (default 121359, about 500 MB at 4 KiB pages)
     #[argh(option)]
     pub truncate_checkpoint_pages: Option<u64>,
+    /// verify each replica in the background this often, e.g. 1h (default 0: never)
+    #[argh(option, from_str_fn(trigger))]
+    pub validation_interval: Option<Duration>,
+    /// serve Prometheus metrics at this address, e.g. 127.0.0.1:9090 or :9090 (loopback); default off
+    #[argh(option)]
+    pub metrics_addr: Option<String>,
     /// poller threads (default min(4, cores))
     #[argh(option)]
     pub pollers: Option<usize>,
@@ -503,6 +509,7 @@ fn watch(c: WatchCmd) -> Result<()> {
         snapshot_max_interval: c.snapshot_max_interval,
         min_checkpoint_pages: c.min_checkpoint_pages,
         truncate_checkpoint_pages: c.truncate_checkpoint_pages,
+        validation_interval: c.validation_interval,
         takeover: c.takeover,
     };
     let mut resolver = Resolver::load(&target, flags, c.databases.clone())?;
@@ -512,6 +519,7 @@ fn watch(c: WatchCmd) -> Result<()> {
         uploaders: c.uploaders,
         shutdown_timeout: c.shutdown_timeout,
         socket: c.socket.clone(),
+        metrics_addr: c.metrics_addr.clone(),
     })?;
     raise_open_files_limit(resolver.databases()?.len())?;
     let controls = Controls::default();

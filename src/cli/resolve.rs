@@ -34,6 +34,7 @@ pub struct EngineFlags {
     pub uploaders: Option<usize>,
     pub shutdown_timeout: Option<Duration>,
     pub socket: Option<PathBuf>,
+    pub metrics_addr: Option<String>,
 }
 
 /// A command's view of its configuration.
@@ -128,6 +129,18 @@ impl Resolver {
             circuit: self.circuit(defaults.circuit),
             retention,
             heartbeat: config.monitoring.heartbeat()?,
+            metrics_addr: flags
+                .metrics_addr
+                .as_deref()
+                .or(config.monitoring.metrics_addr.as_deref())
+                .map(crate::monitor::endpoint::parse_addr)
+                .transpose()?,
+            webhooks: config
+                .webhooks
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w.webhook(i))
+                .collect::<Result<_>>()?,
         })
     }
 

@@ -42,10 +42,13 @@ impl Shipper {
             None => self.state(),
         };
         self.last_checkpoint = at.map(|s| (s.wal_salt1, s.wal_offset));
-        let (mode, setting) = match mode {
-            Checkpoint::Passive => ("PASSIVE", "min_checkpoint_pages"),
-            Checkpoint::Truncate => ("TRUNCATE", "truncate_checkpoint_pages"),
+        // The tally's index is the order of `Tally::checkpoints`.
+        let (mode, setting, index) = match mode {
+            Checkpoint::Passive => ("PASSIVE", "min_checkpoint_pages", 0),
+            Checkpoint::Truncate => ("TRUNCATE", "truncate_checkpoint_pages", 1),
         };
+        self.health.tally.checkpoints[index] += 1;
+        self.health.changed = true;
         self.emit(Event::Checkpointed {
             db: self.name.clone(),
             mode,
@@ -93,6 +96,7 @@ impl Shipper {
                 if self.pending.is_none() {
                     return Err(e);
                 }
+                self.health.count_error(e.error_class());
                 self.emit(Event::CheckpointFailed {
                     db: self.name.clone(),
                     error: e.to_string(),
@@ -193,6 +197,7 @@ impl Shipper {
                         self.emit(Event::UploadFailed {
                             db: self.name.clone(),
                             error: format!("upload before a checkpoint: {e}"),
+                            class: e.error_class(),
                             retry_in,
                         });
                         Ok(false)

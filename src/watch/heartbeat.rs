@@ -11,6 +11,7 @@
 use super::status::Board;
 use crate::cancel::CancelToken;
 use crate::event::{Event, EventSink};
+use crate::monitor::outbound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,6 @@ pub struct HeartbeatSettings {
     pub interval: Duration,
 }
 
-/// The longest a heartbeat request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Sends heartbeats until `stop` is cancelled.
 pub(super) fn run(
     settings: &HeartbeatSettings,
@@ -31,14 +29,8 @@ pub(super) fn run(
     stop: &CancelToken,
     events: &Arc<dyn EventSink>,
 ) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .max_redirects(3)
-            .user_agent(concat!("walsync/", env!("CARGO_PKG_VERSION")))
-            .build(),
-    );
-    let host = settings.url.host_str().unwrap_or("?").to_string();
+    let agent = outbound::agent();
+    let host = outbound::host(&settings.url);
     let mut held = false;
     let mut next = Instant::now() + settings.interval;
     while !stop.is_cancelled() {
@@ -56,10 +48,10 @@ pub(super) fn run(
             }
             None => {
                 held = false;
-                if let Err(e) = agent.get(settings.url.as_str()).call() {
+                if let Err(error) = outbound::send(&agent, &settings.url, None) {
                     events.emit(Event::HeartbeatFailed {
                         host: host.clone(),
-                        error: describe(&e),
+                        error,
                     });
                 }
             }
@@ -94,16 +86,4 @@ fn behind(board: &Board, interval: Duration) -> Option<String> {
             )
         })
     })
-}
-
-/// A request failure without the URL (ureq's messages may quote it).
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::StatusCode(code) => format!("HTTP {code}"),
-        ureq::Error::Timeout(_) => "no answer in time".into(),
-        ureq::Error::Io(io) => format!("{:?}", io.kind()),
-        ureq::Error::HostNotFound => "the host does not resolve".into(),
-        ureq::Error::ConnectionFailed => "could not connect".into(),
-        _ => "the request failed".into(),
-    }
 }

@@ -31,6 +31,7 @@ mod spool;
 mod state;
 pub mod status;
 mod triggers;
+mod validator;
 
 pub use build::{Batch, BatchKind, UploadRequest};
 pub use circuit::CircuitSettings;
@@ -43,6 +44,9 @@ use crate::backoff::Backoff;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventSink};
+use crate::monitor::metered::Metered;
+use crate::monitor::webhook::Alerting;
+use crate::monitor::{exposition, Metrics};
 use crate::selection::Selection;
 use crate::storage::Storage;
 use control::Request;
@@ -75,6 +79,11 @@ pub struct WatchOptions {
     pub retention: Option<crate::compact::policy::Retention>,
     /// The dead-man's-switch heartbeat (see [`heartbeat`]), if one.
     pub heartbeat: Option<heartbeat::HeartbeatSettings>,
+    /// Where Prometheus metrics are served (see [`crate::monitor`]), if
+    /// anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where alerts are POSTed (see [`crate::monitor::webhook`]).
+    pub webhooks: Vec<crate::monitor::webhook::Webhook>,
 }
 
 impl Default for WatchOptions {
@@ -92,6 +101,8 @@ impl Default for WatchOptions {
             circuit: CircuitSettings::default(),
             retention: None,
             heartbeat: None,
+            metrics_addr: None,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -120,6 +131,27 @@ pub fn watch(
 ) -> Result<()> {
     let pollers = options.pollers.max(1);
     let uploaders = options.uploaders.max(1);
+    // Bound first: a port in use stops `watch` before anything starts.
+    let metrics_listener = options
+        .metrics_addr
+        .map(crate::monitor::endpoint::bind)
+        .transpose()?;
+    let metrics = Arc::new(Metrics::default());
+    let storage: Arc<dyn Storage> = Arc::new(Metered::new(storage, Arc::clone(&metrics)));
+    // Cancelled once everything else stopped: the endpoint answers and the
+    // webhooks deliver until then.
+    let finish = CancelToken::new();
+    let (events, alerting) = if options.webhooks.is_empty() {
+        (events, None)
+    } else {
+        let (sink, thread) = Alerting::start(
+            options.webhooks.clone(),
+            events,
+            Arc::clone(&metrics),
+            finish.clone(),
+        );
+        (sink as Arc<dyn EventSink>, Some(thread))
+    };
     let mut fleet = Fleet::new(Arc::clone(&storage), selection, Arc::clone(&events));
     let shards = fleet.open_initial(pollers, pollers.max(8))?;
     if fleet.len() == 0 && fleet.selection.config().databases.is_empty() {
@@ -136,6 +168,7 @@ pub fn watch(
     let board = Arc::new(Board::default());
     let circuit = Arc::new(circuit::Circuit::new(options.circuit));
     let (job_tx, job_rx) = bounded::<Job>(uploaders * 2);
+    let queue = job_rx.clone();
     let (ack_txs, ack_rxs): (Vec<_>, Vec<_>) = (0..pollers).map(|_| unbounded::<Ack>()).unzip();
     let uploader_threads: Vec<_> = (0..uploaders)
         .map(|_| {
@@ -203,6 +236,29 @@ pub fn watch(
         );
         thread::spawn(move || heartbeat::run(&settings, &board, &stop, &events))
     });
+    let validator = fleet.selection.validates_any().then(|| {
+        let (storage, board, stop, events) = (
+            Arc::clone(&storage),
+            Arc::clone(&board),
+            controls.stop.clone(),
+            Arc::clone(&events),
+        );
+        thread::spawn(move || validator::run(storage.as_ref(), &board, &stop, &events))
+    });
+    let endpoint = metrics_listener.map(|listener| {
+        let (board, metrics, finish) = (Arc::clone(&board), Arc::clone(&metrics), finish.clone());
+        thread::spawn(move || {
+            let render = |out: &mut dyn std::io::Write| {
+                let rows = board.metrics_rows(crate::fsutil::now_ms());
+                let process = exposition::Process {
+                    queue_depth: queue.len(),
+                    resident_bytes: crate::memory::resident_bytes(),
+                };
+                exposition::write(out, &rows, &metrics, process)
+            };
+            crate::monitor::endpoint::serve(&listener, &finish, &render);
+        })
+    });
     supervise(&mut fleet, options, controls, &released_rx, &request_rx);
     let mut clean = true;
     for t in poller_threads {
@@ -220,7 +276,14 @@ pub fn watch(
     if let Some(t) = control {
         let _ = t.join();
     }
+    if let Some(t) = validator {
+        let _ = t.join();
+    }
     events.emit(Event::Stopped { clean });
+    finish.cancel();
+    for t in [endpoint, alerting].into_iter().flatten() {
+        let _ = t.join();
+    }
     if clean {
         Ok(())
     } else {

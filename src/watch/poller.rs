@@ -228,6 +228,7 @@ impl Poller {
         if let Some(slot) = &mut self.slots[i] {
             let db = slot.shipper.name.clone();
             slot.shipper.settings = settings;
+            slot.shipper.health.changed = true;
             slot.next_poll = Instant::now();
             slot.shipper.events.emit(Event::Retuned { db });
         }
@@ -436,6 +437,7 @@ impl Poller {
                 s.shipper.emit(Event::UploadFailed {
                     db: s.shipper.name.clone(),
                     error: "the uploader pool is gone".into(),
+                    class: crate::error::ErrorClass::Other,
                     retry_in: Duration::ZERO,
                 });
             }
@@ -461,10 +463,13 @@ fn poll_one(
                 return Some(req);
             }
             Ok(None) => {}
-            Err(e) => s.emit(Event::CheckpointFailed {
-                db: s.name.clone(),
-                error: e.to_string(),
-            }),
+            Err(e) => {
+                s.health.count_error(e.error_class());
+                s.emit(Event::CheckpointFailed {
+                    db: s.name.clone(),
+                    error: e.to_string(),
+                })
+            }
         }
     }
     match s.poll(now_ms).map(|b| b.map(Batch::request)) {

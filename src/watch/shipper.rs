@@ -57,6 +57,9 @@ pub struct Settings {
     pub snapshot_max_interval: Duration,
     pub min_checkpoint_pages: u64,
     pub truncate_checkpoint_pages: u64,
+    /// How often the replica is verified in the background (see
+    /// [`super::validator`]); 0: never.
+    pub validation_interval: Duration,
     /// Make this database its replica's source even when the replica
     /// records another one (see [`super::identity`]).
     pub takeover: bool,
@@ -72,6 +75,7 @@ impl Default for Settings {
             snapshot_max_interval: Duration::ZERO,
             min_checkpoint_pages: 1000,
             truncate_checkpoint_pages: 121_359,
+            validation_interval: Duration::ZERO,
             takeover: false,
         }
     }
@@ -456,6 +460,7 @@ impl Shipper {
         };
         if batch.is_none() && self.continuity == Continuity::Covered {
             self.quiet = Some(stamp);
+            self.report_caught_up(now_ms);
         }
         let image = matches!(
             batch.as_ref().map(|b| b.kind),
@@ -559,6 +564,10 @@ impl Shipper {
         self.shipped = Shipped::Known(batch.new_state);
         self.retry.backoff.reset();
         let now_ms = crate::fsutil::now_ms();
+        let tally = &mut self.health.tally;
+        tally.files_shipped += 1;
+        tally.bytes_shipped += batch.len;
+        tally.snapshots += u64::from(batch.kind == BatchKind::Snapshot);
         self.health.last_shipped_ms = Some(now_ms);
         self.health.unshipped_since_ms = None;
         self.health.error = None;
@@ -574,12 +583,8 @@ impl Shipper {
         let (key, txid, bytes) = (stored.key.clone(), stored.id.max_txid, stored.size);
         let snapshot_why = self.pending.as_ref().and_then(|b| b.why);
         let db = self.name.clone();
-        if let Some((after, failures)) = self.outages.succeeded(crate::fsutil::now_ms()) {
-            self.emit(Event::Recovered {
-                db: db.clone(),
-                after,
-                failures,
-            });
+        if let Some(ended) = self.outages.succeeded(crate::fsutil::now_ms()) {
+            self.report_recovered(ended);
         }
         if let Some(why) = snapshot_why {
             self.emit(Event::Snapshotted {
@@ -605,18 +610,36 @@ impl Shipper {
         Some((stored, time_ms))
     }
 
+    /// Says that an outage is over, when a poll finds nothing more to
+    /// ship after uploads succeeded again.
+    fn report_caught_up(&mut self, now_ms: i64) {
+        if let Some(ended) = self.outages.caught_up(now_ms) {
+            self.report_recovered(ended);
+        }
+    }
+
+    fn report_recovered(&self, ended: super::outage::Ended) {
+        self.emit(Event::Recovered {
+            db: self.name.clone(),
+            after: ended.lasted,
+            failures: ended.failures,
+            shipped: ended.shipped,
+        });
+    }
+
     /// [`Shipper::upload_failed`], said as an event.
     /// Only the first failure of a run and a summary at intervals are
     /// said (see [`super::outage`]).
     pub fn upload_failed_and_report(&mut self, e: Error, now: Instant, recoveries: u64) {
         let retry_in = self.upload_failed(now, recoveries);
         let now_ms = crate::fsutil::now_ms();
-        self.health.failed(e.to_string(), now_ms);
+        self.health.failed(&e, now_ms);
         let db = self.name.clone();
         match self.outages.failed(now_ms) {
             super::outage::Tell::Began => self.emit(Event::UploadFailed {
                 db,
                 error: e.to_string(),
+                class: e.error_class(),
                 retry_in,
             }),
             super::outage::Tell::Summary { failures, lasted } => {
@@ -627,6 +650,7 @@ impl Shipper {
                 self.emit(Event::StillFailing {
                     db,
                     error: e.to_string(),
+                    class: e.error_class(),
                     failures,
                     lasted,
                     oldest_unstored: oldest,
@@ -638,10 +662,11 @@ impl Shipper {
 
     /// A poll failed; said as an event.
     pub fn poll_failed_and_report(&mut self, e: Error, retry_in: Duration, now_ms: i64) {
-        self.health.failed(e.to_string(), now_ms);
+        self.health.failed(&e, now_ms);
         self.emit(Event::PollFailed {
             db: self.name.clone(),
             error: e.to_string(),
+            class: e.error_class(),
             retry_in,
         });
     }
@@ -703,7 +728,13 @@ impl Shipper {
     pub fn publish(&mut self, board: &super::status::Board) {
         if std::mem::take(&mut self.health.changed) {
             self.health.txid = self.txid();
-            board.update(&self.name, &self.path.display().to_string(), &self.health);
+            let path = self.path.display().to_string();
+            board.update(
+                &self.name,
+                &path,
+                &self.health,
+                self.settings.validation_interval,
+            );
         }
     }
 

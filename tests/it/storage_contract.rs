@@ -371,7 +371,7 @@ fn s3_wrong_secret_fails_fast_without_leaking() {
         started.elapsed()
     );
     for e in &errors {
-        assert!(matches!(e, Error::Storage(_)), "{e:?}");
+        assert!(matches!(e, Error::Credentials(_)), "{e:?}");
         assert_eq!(e.exit_code(), 4);
         let msg = e.to_string();
         assert_no_secrets(&msg, &[wrong, &server.secret_key, &server.access_key]);

@@ -427,7 +427,7 @@ impl S3Storage {
                  (for example `aws s3 mb s3://{bucket}`), or fix the replica URL"
             )),
             "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" => {
-                Error::Storage(format!(
+                Error::Credentials(format!(
                     "S3 refused the credentials for bucket '{bucket}' at {host} ({code_str}) \
                      during {op} of '{key}': check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY \
                      and the bucket policy"
@@ -444,10 +444,10 @@ impl S3Storage {
                     self.bucket.region()
                 ))
             }
-            "ExpiredToken" | "InvalidToken" => Error::Storage(format!(
+            "ExpiredToken" | "InvalidToken" => Error::Credentials(format!(
                 "S3 at {host} rejected the credentials for bucket '{bucket}' ({code_str}): renew them"
             )),
-            _ if status == 403 => Error::Storage(format!(
+            _ if status == 403 => Error::Credentials(format!(
                 "S3 refused the credentials for bucket '{bucket}' at {host} (HTTP 403) \
                  during {op} of '{key}': check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY \
                  and the bucket policy"
