@@ -65,6 +65,7 @@ pub mod storage;
 pub mod wal;
 
 // What the library does, one module per concept.
+pub mod estimate;
 pub mod event;
 pub mod list;
 pub mod monitor;

@@ -1,11 +1,14 @@
 //! `walsync explain`: what `watch` would do with the same flags and config,
 //! without starting it or reading the replica: each database with its
 //! name and settings after overrides, the destination, the snapshot,
-//! compaction and retention policy, the heartbeat (its host only), and the
-//! engine's threads.
+//! compaction and retention policy, the heartbeat and webhooks (their
+//! hosts only, never a secret), the metrics address, the engine's threads,
+//! and a monthly estimate of storage, requests and cost at the WAL rate
+//! walsync recorded (see [`crate::estimate`]).
 
 use crate::compact::policy::{Retention, SnapshotPolicy};
 use crate::error::{Error, Result};
+use crate::estimate::{self, Load};
 use crate::names::NamedDb;
 use crate::watch::{Settings, WatchOptions};
 use serde_json::{json, Value};
@@ -33,6 +36,45 @@ fn settings_json(s: &Settings) -> Value {
         "snapshot_max_interval": human(s.snapshot_max_interval),
         "min_checkpoint_pages": s.min_checkpoint_pages,
         "truncate_checkpoint_pages": s.truncate_checkpoint_pages,
+        "validation_interval": human(s.validation_interval),
+    })
+}
+
+/// The monthly estimate of one database (see [`crate::estimate`]).
+fn estimate_of(replica: &str, db: &NamedDb, s: &Settings, options: &WatchOptions) -> Estimate {
+    let state = crate::watch::peek_local_state(&db.path, replica).filter(|st| st.name == db.name);
+    let load = Load {
+        db_bytes: std::fs::metadata(&db.path).map_or(0, |m| m.len()),
+        page_size: state.as_ref().map_or(4096, |st| st.page_size),
+        pages_per_second: state
+            .as_ref()
+            .and_then(|st| estimate::recorded_rate(st, crate::fsutil::now_ms())),
+    };
+    let e = estimate::monthly(&load, s, options.retention.as_ref());
+    Estimate { load, month: e }
+}
+
+struct Estimate {
+    load: Load,
+    month: estimate::Estimate,
+}
+
+fn estimate_json(e: &estimate::Estimate) -> Value {
+    let usd: serde_json::Map<String, Value> = estimate::PROVIDERS
+        .iter()
+        .map(|p| {
+            (
+                p.name.to_string(),
+                json!((e.cost(p) * 100.0).round() / 100.0),
+            )
+        })
+        .collect();
+    json!({
+        "uploaded_gb": (e.uploaded_bytes / 1e6).round() / 1e3,
+        "stored_gb": (e.stored_bytes / 1e6).round() / 1e3,
+        "write_requests": e.writes.round() as u64,
+        "read_requests": e.reads.round() as u64,
+        "usd": usd,
     })
 }
 
@@ -59,12 +101,31 @@ fn retention_json(r: Option<&Retention>) -> Value {
 
 /// The plan as one JSON value.
 pub fn plan(replica: &str, dbs: &[(NamedDb, Settings)], options: &WatchOptions) -> Value {
+    let mut total = estimate::Estimate::default();
+    let databases: Vec<Value> = dbs
+        .iter()
+        .map(|(db, s)| {
+            let e = estimate_of(replica, db, s, options);
+            total.add(&e.month);
+            let mut month = estimate_json(&e.month);
+            month["wal_pages_per_second"] = json!(e.load.pages_per_second);
+            json!({
+                "path": db.path.display().to_string(),
+                "name": db.name,
+                "settings": settings_json(s),
+                "estimate_per_month": month,
+            })
+        })
+        .collect();
     json!({
         "destination": replica,
-        "databases": dbs.iter().map(|(db, s)| json!({
-            "path": db.path.display().to_string(),
-            "name": db.name,
-            "settings": settings_json(s),
+        "databases": databases,
+        "estimate_per_month": estimate_json(&total),
+        "metrics_addr": options.metrics_addr.map(|a| a.to_string()),
+        "webhooks": options.webhooks.iter().map(|w| json!({
+            "host": w.url.host_str().unwrap_or("?"),
+            "events": w.events.iter().map(|e| e.name()).collect::<Vec<_>>(),
+            "signed": w.secret.is_some(),
         })).collect::<Vec<_>>(),
         "retention": retention_json(options.retention.as_ref()),
         "heartbeat": options.heartbeat.as_ref().map(|h| json!({
@@ -131,6 +192,8 @@ pub fn print(plan: &Value, as_json: bool) -> Result<()> {
             );
         }
     }
+    print_monitoring(plan);
+    print_estimate(plan);
     match plan["heartbeat"].as_object() {
         None => println!("heartbeat: off"),
         Some(h) => println!(
@@ -149,6 +212,60 @@ pub fn print(plan: &Value, as_json: bool) -> Result<()> {
         s(&e["control_socket"])
     );
     Ok(())
+}
+
+fn print_monitoring(plan: &Value) {
+    match plan["metrics_addr"].as_str() {
+        None => println!("metrics: off (--metrics-addr or [monitoring] metrics_addr)"),
+        Some(addr) => println!("metrics: http://{addr}/metrics"),
+    }
+    let hooks = plan["webhooks"].as_array().cloned().unwrap_or_default();
+    if hooks.is_empty() {
+        println!("webhooks: none");
+    }
+    for hook in hooks {
+        let events: Vec<&str> = hook["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "webhook: POST to {} ({}) on {}",
+            hook["host"].as_str().unwrap_or("?"),
+            if hook["signed"] == true {
+                "signed"
+            } else {
+                "unsigned"
+            },
+            events.join(", ")
+        );
+    }
+}
+
+fn print_estimate(plan: &Value) {
+    let e = &plan["estimate_per_month"];
+    let usd: Vec<String> = e["usd"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, v)| format!("{name} ${}", v))
+        .collect();
+    let unknown = plan["databases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["estimate_per_month"]["wal_pages_per_second"].is_null())
+        .count();
+    println!(
+        "estimate per month: uploads {} GB, stores {} GB, {} write and {} read requests; {} (list prices; egress not counted)",
+        e["uploaded_gb"], e["stored_gb"], e["write_requests"], e["read_requests"], usd.join(", ")
+    );
+    if unknown > 0 {
+        println!(
+            "  {unknown} database(s) have no recorded WAL rate yet (walsync records it while it watches them): counted as idle"
+        );
+    }
 }
 
 #[cfg(test)]

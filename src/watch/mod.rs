@@ -37,7 +37,7 @@ pub use build::{Batch, BatchKind, UploadRequest};
 pub use circuit::CircuitSettings;
 pub use shipper::{Cause, Settings, Shipper};
 pub use spool::{MEMORY_BUDGET as SPOOL_MEMORY_BUDGET, MEMORY_SPELL as SPOOL_MEMORY_SPELL};
-pub use state::kept_name;
+pub use state::{kept_name, peek as peek_local_state, LocalState};
 pub use status::{Board, DbStatus};
 
 use crate::backoff::Backoff;

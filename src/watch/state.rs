@@ -141,13 +141,19 @@ impl StateDir {
 /// The name a database's replica was given in `replica`, as its local state
 /// records it, without creating anything (see [`crate::names`], rule 2).
 pub fn kept_name(db_path: &Path, replica: &str) -> Option<String> {
+    peek(db_path, replica).map(|state| state.name)
+}
+
+/// The local state a database keeps for `replica`, read without creating
+/// anything (`explain` estimates a WAL rate from it).
+pub fn peek(db_path: &Path, replica: &str) -> Option<LocalState> {
     let file = db_path.file_name()?.to_string_lossy().into_owned();
     let path = db_path
         .with_file_name(format!(".{file}-walsync"))
         .join("state.json");
     let bytes = std::fs::read(path).ok()?;
     let state: LocalState = serde_json::from_slice(&bytes).ok()?;
-    (state.replica == replica).then_some(state.name)
+    (state.replica == replica).then_some(state)
 }
 
 /// A fresh state value (not yet saved).

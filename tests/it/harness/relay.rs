@@ -30,6 +30,9 @@ pub enum Action {
     /// Read it whole, answer `501 NotImplemented` and close the connection
     /// (a provider without this operation).
     NotImplemented,
+    /// Read it whole, answer `403 AccessDenied` and close the connection
+    /// (credentials revoked or a bucket policy that refuses).
+    AccessDenied,
 }
 
 /// One request as the relay read it.
@@ -163,7 +166,7 @@ fn serve(client: TcpStream, up: SocketAddr, rule: &Rule, log: &Mutex<Vec<Request
             (index, action)
         };
         match action {
-            Action::SlowDown | Action::NotImplemented => {
+            Action::SlowDown | Action::NotImplemented | Action::AccessDenied => {
                 let _ = std::io::copy(&mut (&mut from_client).take(len), &mut std::io::sink());
                 refuse(&client, action);
                 break;
@@ -289,6 +292,7 @@ fn refuse(mut client: &TcpStream, action: Action) {
             "NotImplemented",
             "A header you provided implies functionality that is not implemented.",
         ),
+        Action::AccessDenied => ("403 Forbidden", "AccessDenied", "Access Denied"),
         _ => (
             "503 Service Unavailable",
             "SlowDown",
