@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+mod monitoring;
 mod retention;
 
 const ACCESS_KEY: &str = "benchkey";
@@ -110,6 +111,9 @@ struct Opts {
     latency_commits: usize,
     day_secs: u64,
     day_idle_secs: u64,
+    /// Databases per process and seconds of writes in the monitoring phase.
+    monitor_dbs: usize,
+    monitor_secs: u64,
     keep: bool,
     only: Vec<String>,
 }
@@ -136,6 +140,8 @@ impl Opts {
                 latency_commits: 1000,
                 day_secs: 180,
                 day_idle_secs: 180,
+                monitor_dbs: 1000,
+                monitor_secs: 60,
                 keep: false,
                 only: Vec::new(),
             }
@@ -158,6 +164,8 @@ impl Opts {
                 latency_commits: 5000,
                 day_secs: 600,
                 day_idle_secs: 240,
+                monitor_dbs: 1000,
+                monitor_secs: 300,
                 keep: false,
                 only: Vec::new(),
             }
@@ -197,6 +205,8 @@ impl Opts {
                         "--latency-commits" => o.latency_commits = val()?.parse()?,
                         "--day" => o.day_secs = val()?.parse()?,
                         "--day-idle" => o.day_idle_secs = val()?.parse()?,
+                        "--monitor-dbs" => o.monitor_dbs = val()?.parse()?,
+                        "--monitor-secs" => o.monitor_secs = val()?.parse()?,
                         "--only" => o.only = val()?.split(',').map(str::to_string).collect(),
                         _ => return Err(format!("unknown flag {other}").into()),
                     }
@@ -1517,6 +1527,7 @@ fn report(r: &Value) -> String {
         );
     }
     retention::report(&mut s, &r["retention"]);
+    monitoring::report(&mut s, &r["monitoring"]);
     let _ = writeln!(s, "\n### Targets\n");
     let _ = writeln!(s, "| target | measured | met |");
     let _ = writeln!(s, "|---|---|---|");
@@ -1730,6 +1741,11 @@ fn run(opts: &Opts) -> R<bool> {
         } else {
             Value::Null
         };
+        let monitoring_r = if on("monitoring") {
+            monitoring::run(&env)?
+        } else {
+            Value::Null
+        };
         let mut r = json!({
             "mode": opts.mode,
             "date": jiff::Timestamp::now().to_string(),
@@ -1743,6 +1759,7 @@ fn run(opts: &Opts) -> R<bool> {
             "commit_latency": lat_r,
             "restore": restore_r,
             "retention": retention_r,
+            "monitoring": monitoring_r,
         });
         r["targets"] = Value::Array(targets(&r));
         let failures = env.failures.lock().unwrap().clone();

@@ -11,6 +11,9 @@
 //!   webhook that asked for its event, with [`ATTEMPTS`] tries.
 //! - `sync_failed` is sent once per outage of a database (when its first
 //!   summary line is), and `recovered` only for a database that had one.
+//! - `auth_failure` and `corruption_detected` of one database are sent at
+//!   most once per [`REPEAT_AFTER`]: a failing poll retried every few
+//!   seconds raises one alert, not one per retry.
 //! - With a secret, `X-Walsync-Signature: sha256=<hex>` is the HMAC-SHA256
 //!   of the exact body under the secret. Neither secret nor URL is logged.
 
@@ -21,7 +24,7 @@ use crate::config::Secret;
 use crate::error::ErrorClass;
 use crate::event::{Event, EventSink};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -130,12 +133,18 @@ pub const QUEUE: usize = 256;
 pub const ATTEMPTS: usize = 3;
 const RETRY_AFTER: [Duration; ATTEMPTS - 1] = [Duration::from_secs(1), Duration::from_secs(4)];
 
+/// The least time between two alerts of one kind about one database
+/// (`auth_failure`, `corruption_detected`).
+pub const REPEAT_AFTER: Duration = Duration::from_secs(600);
+
 /// The event sink that raises alerts: see the module doc.
 pub struct Alerting {
     inner: Arc<dyn EventSink>,
     queue: Sender<Notice>,
     /// The databases a `sync_failed` was queued for and no `recovered` yet.
     failing: Mutex<HashSet<String>>,
+    /// When each (database, alert) that repeats was last raised.
+    raised: Mutex<HashMap<(String, &'static str), Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -153,6 +162,7 @@ impl Alerting {
             inner: Arc::clone(&inner),
             queue: tx,
             failing: Mutex::new(HashSet::new()),
+            raised: Mutex::new(HashMap::new()),
             metrics: Arc::clone(&metrics),
         });
         let thread = std::thread::spawn(move || deliver(&rx, &hooks, &metrics, &finish, &inner));
@@ -162,8 +172,17 @@ impl Alerting {
     /// The alert `event` calls for, if any.
     fn notice(&self, event: &Event) -> Option<Notice> {
         let (alert, error, attempts) = match event {
-            Event::UploadFailed { error, class, .. } | Event::PollFailed { error, class, .. } => {
-                (class_alert(*class)?, Some(error.clone()), None)
+            Event::UploadFailed {
+                db, error, class, ..
+            }
+            | Event::PollFailed {
+                db, error, class, ..
+            } => {
+                let alert = class_alert(*class)?;
+                if !self.first_in_a_while(db, alert) {
+                    return None;
+                }
+                (alert, Some(error.clone()), None)
             }
             Event::StillFailing {
                 db,
@@ -185,11 +204,13 @@ impl Alerting {
                 }
                 (Alert::Recovered, None, Some(*failures))
             }
-            Event::SnapshotRebased { .. } => (
-                Alert::CorruptionDetected,
-                Some(event.message().to_string()),
-                None,
-            ),
+            Event::SnapshotRebased { db } => {
+                if !self.first_in_a_while(db, Alert::CorruptionDetected) {
+                    return None;
+                }
+                let error = Some(event.message().to_string());
+                (Alert::CorruptionDetected, error, None)
+            }
             Event::ValidationFailed { problems, .. } => {
                 (Alert::ValidationFailed, Some(problems.clone()), None)
             }
@@ -205,6 +226,20 @@ impl Alerting {
             attempts,
             timestamp_ms: crate::fsutil::now_ms(),
         })
+    }
+
+    /// Whether `alert` about `db` was not raised in the last
+    /// [`REPEAT_AFTER`]; records it as raised now.
+    fn first_in_a_while(&self, db: &str, alert: Alert) -> bool {
+        let now = Instant::now();
+        let mut raised = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+        raised.retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
+        let key = (db.to_string(), alert.name());
+        if raised.contains_key(&key) {
+            return false;
+        }
+        raised.insert(key, now);
+        true
     }
 
     fn failing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -317,6 +352,7 @@ mod tests {
             inner,
             queue: tx,
             failing: Mutex::new(HashSet::new()),
+            raised: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
         };
         let failing = |failures| Event::StillFailing {
@@ -342,6 +378,27 @@ mod tests {
         assert_eq!(
             alerts,
             [(Alert::SyncFailed, Some(5)), (Alert::Recovered, Some(9))]
+        );
+        // A poll failing on damage every few seconds: one alert.
+        let damaged = |db: &str| Event::PollFailed {
+            db: db.into(),
+            error: "integrity error: bad WAL".into(),
+            class: ErrorClass::Integrity,
+            retry_in: Duration::from_secs(5),
+        };
+        sink.emit(damaged("a"));
+        sink.emit(damaged("a"));
+        sink.emit(damaged("b"));
+        let alerts: Vec<_> = rx
+            .try_iter()
+            .map(|n| (n.alert, n.database.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            alerts,
+            [
+                (Alert::CorruptionDetected, "a".to_string()),
+                (Alert::CorruptionDetected, "b".to_string())
+            ]
         );
     }
 }
