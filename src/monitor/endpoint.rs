@@ -77,6 +77,9 @@ fn answer(
     render: &dyn Fn(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
+    // The answer goes out in several writes: without this, Nagle's
+    // algorithm and the client's delayed ACK stall each scrape ~40 ms.
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(CLIENT_DEADLINE))?;
     stream.set_write_timeout(Some(CLIENT_DEADLINE))?;
     let head = read_head(&mut stream)?;

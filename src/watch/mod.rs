@@ -309,6 +309,12 @@ fn supervise(
 ) {
     let mut next_discovery = Instant::now() + options.discover_interval;
     let mut next_give_back = Instant::now() + GIVE_BACK_INTERVAL;
+    // A channel with no sender left (no control socket could be served,
+    // say) is ready at once, forever: it is swapped for one that never is,
+    // or the wait below would return at once and spin.
+    let never_released = crossbeam_channel::never();
+    let never_requested = crossbeam_channel::never();
+    let (mut released, mut requests) = (released, requests);
     while !controls.stop.is_cancelled() {
         if controls.reload.take() {
             if let Err(e) = fleet.selection.reload() {
@@ -326,8 +332,14 @@ fn supervise(
             next_give_back = Instant::now() + GIVE_BACK_INTERVAL;
         }
         crossbeam_channel::select! {
-            recv(released) -> r => if let Ok(r) = r { fleet.released(r) },
-            recv(requests) -> r => if let Ok(r) = r { answer(fleet, r) },
+            recv(released) -> r => match r {
+                Ok(r) => fleet.released(r),
+                Err(_) => released = &never_released,
+            },
+            recv(requests) -> r => match r {
+                Ok(r) => answer(fleet, r),
+                Err(_) => requests = &never_requested,
+            },
             default(Duration::from_millis(100)) => {}
         }
     }

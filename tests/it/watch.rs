@@ -1325,3 +1325,44 @@ fn log_lines_carry_time_level_and_database_as_text_or_json() {
         text(&bad)
     );
 }
+
+/// CPU time (user + system) of a process so far, in seconds.
+fn cpu_seconds(pid: libc::pid_t) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A second `watch` whose control socket another one holds warns once and
+/// replicates on, idle like the first: found by the monitoring benchmark,
+/// where the one without the socket spun a core (its control requests
+/// channel had no sender left, and the supervisor's wait returned at once).
+#[test]
+fn a_watch_without_its_control_socket_does_not_spin() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let socket = socket.to_str().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    create_db(&a, 4096);
+    create_db(&b, 4096);
+    let dest = Dest::file(&dir.path().join("replica"));
+    let first = dest.watch(&[&a], &["--socket", socket]);
+    dest.wait_for_txid("a", 1, Duration::from_secs(20));
+    let second = dest.watch(&[&b], &["--socket", socket]);
+    dest.wait_for_txid("b", 1, Duration::from_secs(20));
+    let before = cpu_seconds(second.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_seconds(second.pid()) - before;
+    let (code, log) = second.stop();
+    first.stop_clean();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("is in use by another walsync"), "{log}");
+    assert!(spent < 0.5, "{spent:.2} s of CPU in 3 idle seconds\n{log}");
+}
