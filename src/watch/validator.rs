@@ -6,8 +6,9 @@
 //!
 //! It never delays shipping: one thread validates one database at a time,
 //! reading storage only (no lock a poller takes but the board's, briefly),
-//! and rests at least as long as the last validation took before the next,
-//! so it uses at most half of one core and its requests come in a trickle.
+//! and rests at least as long as the last validation took (and at least
+//! [`LEAST_REST`]) before the next, so it uses at most half of one core and
+//! its requests come in a trickle.
 //! A validation that could not finish (storage failing, or a file deleted
 //! by compaction while it was read) is not a verdict: it is said as such
 //! and tried again at the next interval.
@@ -20,8 +21,10 @@ use crate::verify::{Counts, Report};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often the board is looked at for a database due.
+/// How often the board is looked at when no database is due.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The least rest between two validations: at most ten a second.
+const LEAST_REST: Duration = Duration::from_millis(100);
 
 /// Validates the databases due until `stop` is cancelled.
 pub(super) fn run(
@@ -43,7 +46,7 @@ pub(super) fn run(
         };
         let started = Instant::now();
         validate(storage, board, &db, stop, events.as_ref());
-        rest = rest.max(started.elapsed());
+        rest = LEAST_REST.max(started.elapsed());
     }
 }
 
