@@ -635,7 +635,7 @@ impl Shipper {
         let now_ms = crate::fsutil::now_ms();
         self.health.failed(&e, now_ms);
         let db = self.name.clone();
-        match self.outages.failed(now_ms) {
+        match self.outages.failed(now_ms, e.error_class()) {
             super::outage::Tell::Began => self.emit(Event::UploadFailed {
                 db,
                 error: e.to_string(),

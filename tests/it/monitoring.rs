@@ -556,6 +556,15 @@ fn webhooks_arrive_in_order_and_signed() {
     }
     mode.store(UP, Ordering::SeqCst);
     dest.wait_for_txid("a", dest.max_txid("a") + 1, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver
+        .posts("/hook/tok-123")
+        .iter()
+        .any(|h| h.body.contains("\"recovered\""))
+    {
+        assert!(Instant::now() < deadline, "no recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Credentials refused.
     mode.store(DENIED, Ordering::SeqCst);
     insert_ids(&mut conn, id..=id, 100);
