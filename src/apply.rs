@@ -143,6 +143,32 @@ impl<P: Pages> Applier<P> {
         }
     }
 
+    /// Carries on from a state applied before (a read replica's, see
+    /// [`crate::replica`]): `pages_target` holds the database at `txid`,
+    /// `pages` pages of `page_size` bytes whose database checksum is
+    /// `checksum`.
+    pub fn resume(
+        pages_target: P,
+        page_size: u32,
+        pages: u32,
+        checksum: u64,
+        txid: u64,
+    ) -> Applier<P> {
+        Applier {
+            page_size: Some(page_size),
+            pages,
+            checksum,
+            txid,
+            first: false,
+            ..Applier::new(pages_target)
+        }
+    }
+
+    /// The TXID of the state applied so far.
+    pub fn txid(&self) -> u64 {
+        self.txid
+    }
+
     /// Applies one file read from `src`. Its expected database checksums come
     /// from the LTX header and trailer, or, for files written with the
     /// NoChecksum flag (Litestream compatibility), from walsync's object

@@ -184,6 +184,14 @@ pub enum Event {
         error: String,
         retry_in: Duration,
     },
+    /// A read replica applied `files` files up to `txid`, visible to its
+    /// readers `lag` after the primary committed it.
+    Followed {
+        db: String,
+        txid: u64,
+        files: usize,
+        lag: Duration,
+    },
     /// A restore is under way.
     RestoreProgress {
         db: String,
@@ -211,7 +219,8 @@ impl Event {
             Event::Stored { .. }
             | Event::RestoreProgress { .. }
             | Event::Rescanned { .. }
-            | Event::Validated { .. } => Level::Debug,
+            | Event::Validated { .. }
+            | Event::Followed { .. } => Level::Debug,
             Event::ValidationFailed { .. } => Level::Error,
             Event::Watching { .. }
             | Event::Stopped { clean: true }
@@ -260,6 +269,7 @@ impl Event {
             | Event::HeartbeatFailed { .. }
             | Event::WebhookFailed { .. } => None,
             Event::Validated { db, .. }
+            | Event::Followed { db, .. }
             | Event::ValidationFailed { db, .. }
             | Event::ValidationIncomplete { db, .. } => Some(db),
             Event::Stored { db, .. }
@@ -350,6 +360,7 @@ impl Event {
             Event::Snapshotted { .. } => "snapshotted",
             Event::HeartbeatHeld { .. } => "heartbeat_held",
             Event::Validated { .. } => "validated",
+            Event::Followed { .. } => "followed",
             Event::ValidationFailed { .. } => "validation_failed",
             Event::ValidationIncomplete { .. } => "validation_incomplete",
             Event::WebhookFailed { .. } => "webhook_failed",
@@ -508,6 +519,14 @@ impl fmt::Display for Message<'_> {
             Event::ValidationFailed { problems, .. } => write!(
                 f,
                 "validation FAILED: {problems}; run `walsync verify` for the details, and take a fresh snapshot (`walsync snapshot`)"
+            ),
+            Event::Followed {
+                txid, files, lag, ..
+            } => write!(
+                f,
+                "applied {files} file(s) up to TXID {}: visible {:.0} ms after the primary's commit",
+                crate::plan::txid_hex(*txid),
+                lag.as_secs_f64() * 1e3
             ),
             Event::ValidationIncomplete { error, .. } => {
                 write!(f, "validation could not finish: {error}; will try again")

@@ -71,6 +71,7 @@ pub mod list;
 pub mod monitor;
 pub mod names;
 pub mod plan;
+pub mod replica;
 pub mod restore;
 pub mod selection;
 pub mod verify;

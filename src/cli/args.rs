@@ -3,9 +3,19 @@
 //! the arguments before argh parses them.
 
 /// The commands, in the order `walsync help` lists them.
-pub const COMMANDS: [&str; 11] = [
-    "watch", "snapshot", "restore", "list", "verify", "compact", "delete", "status", "explain",
-    "pragma", "version",
+pub const COMMANDS: [&str; 12] = [
+    "watch",
+    "snapshot",
+    "restore",
+    "replicate",
+    "list",
+    "verify",
+    "compact",
+    "delete",
+    "status",
+    "explain",
+    "pragma",
+    "version",
 ];
 
 /// Litestream's single-dash flags whose walsync spelling differs by more

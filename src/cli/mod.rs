@@ -55,6 +55,7 @@ pub enum Command {
     Watch(WatchCmd),
     Snapshot(SnapshotCmd),
     Restore(RestoreCmd),
+    Replicate(ReplicateCmd),
     List(ListCmd),
     Verify(VerifyCmd),
     Compact(CompactCmd),
@@ -201,6 +202,33 @@ pub struct RestoreCmd {
     /// parallel downloads (default 32)
     #[argh(option, default = "32")]
     pub parallelism: usize,
+    /// keep following the replica after the restore, as `walsync replicate` does
+    #[argh(switch)]
+    pub follow: bool,
+    /// with --follow: how often storage is asked for new files (default 1s)
+    #[argh(option, from_str_fn(duration))]
+    pub interval: Option<Duration>,
+}}
+
+replica_command! {
+/// Follow a replica into a local database that readers can query (a read replica), until SIGINT/SIGTERM. For Litestream users: `litestream replicate` is `walsync watch`; this is `litestream restore -f`.
+#[argh(subcommand, name = "replicate")]
+pub struct ReplicateCmd {
+    /// replica name of the database (see `walsync list`)
+    #[argh(positional)]
+    pub name: String,
+    /// the local database readers query (WAL mode; walsync alone writes it)
+    #[argh(option)]
+    pub local: PathBuf,
+    /// how often storage is asked for new files, e.g. 1s or 5m (default 1s)
+    #[argh(option, from_str_fn(duration))]
+    pub interval: Option<Duration>,
+    /// apply what is there now and exit (non-zero on damage or a gap)
+    #[argh(switch)]
+    pub once: bool,
+    /// replace --local when it exists and walsync keeps no position for it
+    #[argh(switch)]
+    pub force: bool,
 }}
 
 replica_command! {
@@ -456,6 +484,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(timeout) => within(Some(timeout), None, || snapshot(c)),
             None => snapshot(c),
         },
+        Command::Restore(c) if c.follow => restore_and_follow(c),
+        Command::Replicate(c) => replicate(c),
         Command::Restore(c) => {
             let cancel = CancelToken::new();
             within(c.timeout, Some(cancel.clone()), || restore(c, cancel))
@@ -686,6 +716,45 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// `walsync replicate`: follows the replica into `--local`.
+fn replicate(c: ReplicateCmd) -> Result<()> {
+    let target = target!(c);
+    let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
+    let storage = resolver.storage(&target)?;
+    let cancel = CancelToken::new();
+    on_signals(cancel.clone(), None)?;
+    let opts = crate::replica::FollowOptions {
+        name: resolver.replica_name(&c.name)?,
+        local: c.local,
+        interval: c.interval.unwrap_or(Duration::from_secs(1)),
+        once: c.once,
+        force: c.force,
+        cancel,
+    };
+    crate::replica::follow(storage.as_ref(), &opts, log().as_ref())
+}
+
+/// `walsync restore --follow`: `walsync replicate` spelled Litestream's way.
+fn restore_and_follow(c: RestoreCmd) -> Result<()> {
+    if c.txid.is_some() || c.point_in_time.is_some() || c.if_db_not_exists || c.if_replica_exists {
+        return Err(Error::Usage(
+            "--follow restores the latest state and follows it: it takes no --txid, --point-in-time, --if-db-not-exists or --if-replica-exists".into(),
+        ));
+    }
+    replicate(ReplicateCmd {
+        name: c.name,
+        local: c.output,
+        interval: c.interval,
+        once: false,
+        force: c.force,
+        bucket: c.bucket,
+        config: c.config,
+        endpoint: c.endpoint,
+        region: c.region,
+        force_path_style: c.force_path_style,
+    })
 }
 
 fn list(c: ListCmd) -> Result<()> {

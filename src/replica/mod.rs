@@ -1,0 +1,370 @@
+//! Read replicas: `walsync replicate NAME -b URL --local PATH` (and
+//! `restore NAME -o PATH --follow`) keeps a local database that follows a
+//! replica, for readers that query it: offloaded reads, analytics, a warm
+//! standby. It never writes to the replica's storage.
+//!
+//! How it goes:
+//! - Start: the latest state is restored into `PATH` (the restore's checks,
+//!   written beside it and renamed into place), or, when a position is kept
+//!   beside `PATH` ([`position`]), the local database is proven to be the
+//!   state it names (its database checksum, page by page) and followed on
+//!   without downloading the snapshot again.
+//! - Every interval: one listing of level 0 after its TXID (`start-after`);
+//!   the files that continue it are downloaded, checked (length, SHA-256,
+//!   LTX checksums, the database checksum before and after each) and
+//!   applied, all of a poll's files in one SQLite transaction through
+//!   [`pages`]. When level 0 no longer holds the next TXID (compaction
+//!   pruned it), the other levels are listed and the files that continue
+//!   it are used; when nothing continues it and a newer full image exists,
+//!   the position is gone from storage, and the replica re-bootstraps from
+//!   that image, in one transaction too.
+//! - Damage, or a gap nothing bridges, stops it with the last good state in
+//!   place (the transaction is rolled back). It never guesses.
+//!
+//! Invariant: readers see only whole states: the local database is in WAL
+//! mode and walsync writes it only in transactions that end at a TXID the
+//! primary committed. Another program writing it is detected (SQLite's
+//! `data_version`, and the checksum on start) and stops the follower.
+
+pub mod pages;
+pub mod position;
+
+use crate::apply::Applier;
+use crate::cancel::CancelToken;
+use crate::catalog::{self, RemoteLtx};
+use crate::error::{Error, ErrorClass, Result};
+use crate::event::{Event, EventSink};
+use crate::fetch;
+use crate::restore::{self, RestoreOptions, RestoreOutcome};
+use crate::storage::Storage;
+use pages::ReplicaPages;
+use position::{Applied, Position};
+use rusqlite::Connection;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How to follow.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    pub name: String,
+    /// The local database readers query.
+    pub local: PathBuf,
+    /// How often storage is asked for new files.
+    pub interval: Duration,
+    /// Apply what is there once and return (exit status for scripts).
+    pub once: bool,
+    /// Replace `local` when it exists and no position is kept for it.
+    pub force: bool,
+    /// Cancelled: return after the batch under way.
+    pub cancel: CancelToken,
+}
+
+/// Follows the replica until `opts.cancel` is cancelled (or once). Errors:
+/// the local database changed by another program, or not the state kept
+/// ([`Error::Restore`]); damage or a gap in the replica
+/// ([`Error::Integrity`]); storage failing, with `once`.
+pub fn follow(storage: &dyn Storage, opts: &FollowOptions, events: &dyn EventSink) -> Result<()> {
+    let mut follower = Follower::start(storage, opts, events)?;
+    loop {
+        match follower.poll() {
+            Ok(()) => {}
+            Err(e) if opts.once || !transient(&e) => return Err(e),
+            Err(e) => events.emit(Event::PollFailed {
+                db: opts.name.clone(),
+                error: e.to_string(),
+                class: e.error_class(),
+                retry_in: opts.interval,
+            }),
+        }
+        if opts.once {
+            return Ok(());
+        }
+        let until = Instant::now() + opts.interval;
+        while Instant::now() < until {
+            if opts.cancel.is_cancelled() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+        }
+    }
+}
+
+/// Whether a failed poll is tried again at the next interval: storage
+/// trouble is; damage, a gap, or a local database someone else changed is
+/// not.
+fn transient(e: &Error) -> bool {
+    matches!(
+        e.error_class(),
+        ErrorClass::Storage | ErrorClass::Credentials
+    )
+}
+
+struct Follower<'s> {
+    storage: &'s dyn Storage,
+    opts: &'s FollowOptions,
+    events: &'s dyn EventSink,
+    replica: String,
+    conn: Connection,
+    applied: Applied,
+    /// SQLite's `data_version` after walsync's last commit: it moves when
+    /// another connection commits.
+    data_version: i64,
+}
+
+impl<'s> Follower<'s> {
+    /// Resumes from the kept position, or restores the latest state.
+    fn start(
+        storage: &'s dyn Storage,
+        opts: &'s FollowOptions,
+        events: &'s dyn EventSink,
+    ) -> Result<Follower<'s>> {
+        let replica = storage.describe();
+        let kept = position::load(&opts.local)
+            .filter(|p| p.replica == replica && p.name == opts.name)
+            .filter(|_| opts.local.exists());
+        let applied = match kept {
+            Some(p) => resume(opts, &p)?,
+            None => bootstrap(storage, opts, events)?,
+        };
+        let conn = open(opts)?;
+        let data_version = data_version(&conn)?;
+        let follower = Follower {
+            storage,
+            opts,
+            events,
+            replica,
+            conn,
+            applied,
+            data_version,
+        };
+        follower.save(None)?;
+        Ok(follower)
+    }
+
+    /// One poll: what continues the local state, applied.
+    fn poll(&mut self) -> Result<()> {
+        self.check_unchanged()?;
+        let txid = self.applied.txid;
+        let after = catalog::list_level_from(self.storage, &self.opts.name, 0, txid + 1)?;
+        let mut chain = continuing(&after, txid);
+        if chain.is_empty() && after.is_empty() {
+            return Ok(()); // nothing new
+        }
+        if chain.is_empty() {
+            // Level 0 no longer holds the next TXID: compaction pruned it.
+            let all = catalog::list_db(self.storage, &self.opts.name)?;
+            chain = continuing(&all, txid);
+            if chain.is_empty() {
+                return self.rebootstrap(&all);
+            }
+        }
+        self.apply(&chain, false)
+    }
+
+    /// Applies `chain` in one transaction (from scratch when `fresh`: a
+    /// re-bootstrap from a full image).
+    fn apply(&mut self, chain: &[RemoteLtx], fresh: bool) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = self.apply_in_transaction(chain, fresh);
+        let committed = applied.and_then(|next| {
+            self.save(Some(next))?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(next)
+        });
+        let next = match committed {
+            Ok(next) => next,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        self.applied = next;
+        self.data_version = data_version(&self.conn)?;
+        self.save(None)?;
+        let lag_ms = crate::fsutil::now_ms().saturating_sub(next.committed_ms);
+        self.events.emit(Event::Followed {
+            db: self.opts.name.clone(),
+            txid: next.txid,
+            files: chain.len(),
+            lag: Duration::from_millis(u64::try_from(lag_ms).unwrap_or(0)),
+        });
+        Ok(())
+    }
+
+    fn apply_in_transaction(&self, chain: &[RemoteLtx], fresh: bool) -> Result<Applied> {
+        let target = ReplicaPages::new(&self.conn);
+        let mut applier = if fresh {
+            Applier::new(target)
+        } else {
+            let a = &self.applied;
+            Applier::resume(target, a.page_size, a.pages, a.checksum, a.txid)
+        };
+        let stop = fetch::Stop::new(&self.opts.cancel);
+        for f in chain {
+            let dl = fetch::get(self.storage, f)?;
+            let meta = dl.head.meta.parsed_db_checksums();
+            let mut body = Vec::with_capacity(usize::try_from(f.size).unwrap_or(0));
+            fetch::read_checked(self.storage, f, dl, &stop, |chunk| {
+                body.extend_from_slice(chunk);
+                Ok(())
+            })?;
+            applier.apply(f, &mut &body[..], meta)?;
+        }
+        Ok(Applied {
+            txid: applier.txid(),
+            checksum: applier.checksum,
+            pages: applier.pages,
+            page_size: applier.page_size.unwrap_or(self.applied.page_size),
+            committed_ms: applier.timestamp_ms,
+        })
+    }
+
+    /// Nothing continues the local state. Only when a newer full image
+    /// exists is the position proven gone (pruned by retention): the
+    /// replica then starts over from it, in one transaction. Otherwise the
+    /// replica has a gap: stop.
+    fn rebootstrap(&mut self, all: &[RemoteLtx]) -> Result<()> {
+        let txid = self.applied.txid;
+        let latest = all.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
+        if latest <= txid {
+            return Ok(());
+        }
+        let newer_image = all.iter().any(|f| f.image && f.id.max_txid > txid);
+        let plan = crate::plan::plan_chain(all, latest)
+            .ok()
+            .filter(|_| newer_image);
+        let Some(plan) = plan else {
+            return Err(Error::Integrity(format!(
+                "replica '{}' in {} has no file after TXID {} (its newest is {}) and no newer snapshot to start over from; the local database keeps TXID {}",
+                self.opts.name,
+                self.replica,
+                crate::plan::txid_hex(txid),
+                crate::plan::txid_hex(latest),
+                crate::plan::txid_hex(txid)
+            )));
+        };
+        self.apply(&plan, true)
+    }
+
+    /// Fails when another program committed to the local database.
+    fn check_unchanged(&self) -> Result<()> {
+        if data_version(&self.conn)? == self.data_version && self.opts.local.exists() {
+            return Ok(());
+        }
+        Err(Error::Restore(format!(
+            "{} was changed by another program since walsync applied TXID {}; a read replica must only be read. Move it away (with {}) and run walsync replicate again to start over",
+            self.opts.local.display(),
+            crate::plan::txid_hex(self.applied.txid),
+            position::path_for(&self.opts.local).display()
+        )))
+    }
+
+    fn save(&self, pending: Option<Applied>) -> Result<()> {
+        position::save(
+            &self.opts.local,
+            &Position {
+                replica: self.replica.clone(),
+                name: self.opts.name.clone(),
+                applied: self.applied,
+                pending,
+            },
+        )
+    }
+}
+
+/// The files that continue `txid`, in order: each starts at or before the
+/// next TXID and ends after the state so far (a compaction may start
+/// before it, see [`crate::plan`]); the one reaching furthest is taken.
+/// Full images (min TXID 1) are not continuations.
+fn continuing(files: &[RemoteLtx], txid: u64) -> Vec<RemoteLtx> {
+    let mut chain = Vec::new();
+    let mut at = txid;
+    while let Some(next) = files
+        .iter()
+        .filter(|f| f.id.min_txid > 1 && f.id.min_txid <= at + 1 && f.id.max_txid > at)
+        .max_by_key(|f| (f.id.max_txid, std::cmp::Reverse(f.id.level)))
+    {
+        at = next.id.max_txid;
+        chain.push(next.clone());
+    }
+    chain
+}
+
+/// Proves the local database is the state `kept` names (or the batch it
+/// was committing), and returns it.
+fn resume(opts: &FollowOptions, kept: &Position) -> Result<Applied> {
+    let conn = open(opts)?;
+    let (checksum, _) = pages::db_checksum(&conn)?;
+    [Some(kept.applied), kept.pending]
+        .into_iter()
+        .flatten()
+        .find(|a| a.checksum == checksum)
+        .ok_or_else(|| {
+            Error::Restore(format!(
+                "{} is not the state walsync left it in (TXID {}): another program changed it. Move it away (with {}) and run walsync replicate again to start over",
+                opts.local.display(),
+                crate::plan::txid_hex(kept.applied.txid),
+                position::path_for(&opts.local).display()
+            ))
+        })
+}
+
+/// Restores the latest state into `opts.local` and reads what it holds.
+fn bootstrap(
+    storage: &dyn Storage,
+    opts: &FollowOptions,
+    events: &dyn EventSink,
+) -> Result<Applied> {
+    position::forget(&opts.local);
+    let restore_opts = RestoreOptions {
+        name: opts.name.clone(),
+        output: opts.local.clone(),
+        txid: None,
+        point_in_time_ms: None,
+        force: opts.force,
+        if_db_not_exists: false,
+        if_replica_exists: false,
+        parallelism: 8,
+        cancel: opts.cancel.clone(),
+    };
+    let RestoreOutcome::Restored {
+        txid, committed_ms, ..
+    } = restore::run(storage, &restore_opts, events)?
+    else {
+        return Err(Error::Restore(format!(
+            "nothing to follow for '{}' in {}",
+            opts.name,
+            storage.describe()
+        )));
+    };
+    let conn = open(opts)?;
+    let (checksum, pages) = pages::db_checksum(&conn)?;
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(Applied {
+        txid,
+        checksum,
+        pages,
+        page_size,
+        committed_ms,
+    })
+}
+
+/// Opens the local database for writing pages: WAL mode (readers never
+/// wait), a busy timeout for a reader's checkpoint, `sqlite_dbpage` there.
+fn open(opts: &FollowOptions) -> Result<Connection> {
+    let conn = Connection::open(&opts.local)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Database(format!(
+            "{} cannot be put in WAL mode (it is in {mode}); a read replica needs it so readers never see a half-applied state",
+            opts.local.display()
+        )));
+    }
+    pages::check_available(&conn)?;
+    Ok(conn)
+}
+
+fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
