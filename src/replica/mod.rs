@@ -178,7 +178,10 @@ impl<'s> Follower<'s> {
                 return Err(e);
             }
         };
-        self.applied = next;
+        self.applied = Applied {
+            local_page1: page1_checksum(&self.conn)?,
+            ..next
+        };
         self.data_version = data_version(&self.conn)?;
         self.save(None)?;
         let lag_ms = crate::fsutil::now_ms().saturating_sub(next.committed_ms);
@@ -192,11 +195,11 @@ impl<'s> Follower<'s> {
     }
 
     fn apply_in_transaction(&self, chain: &[RemoteLtx], fresh: bool) -> Result<Applied> {
-        let target = ReplicaPages::new(&self.conn);
+        let a = &self.applied;
+        let target = ReplicaPages::new(&self.conn, a.pages, a.page_size, a.page1);
         let mut applier = if fresh {
             Applier::new(target)
         } else {
-            let a = &self.applied;
             Applier::resume(target, a.page_size, a.pages, a.checksum, a.txid)
         };
         let stop = fetch::Stop::new(&self.opts.cancel);
@@ -210,12 +213,16 @@ impl<'s> Follower<'s> {
             })?;
             applier.apply(f, &mut &body[..], meta)?;
         }
+        applier.pages_target.finish()?;
         Ok(Applied {
             txid: applier.txid(),
             checksum: applier.checksum,
             pages: applier.pages,
             page_size: applier.page_size.unwrap_or(self.applied.page_size),
             committed_ms: applier.timestamp_ms,
+            page1: applier.pages_target.page1(),
+            // Known once committed (see `apply`).
+            local_page1: self.applied.local_page1,
         })
     }
 
@@ -291,14 +298,25 @@ fn continuing(files: &[RemoteLtx], txid: u64) -> Vec<RemoteLtx> {
 }
 
 /// Proves the local database is the state `kept` names (or the batch it
-/// was committing), and returns it.
+/// was committing), and returns it. Page 1 counts as the primary wrote
+/// it; the local page 1 must be the one walsync left (any commit by
+/// another program rewrites it), unless the batch under way was.
 fn resume(opts: &FollowOptions, kept: &Position) -> Result<Applied> {
     let conn = open(opts)?;
-    let (checksum, _) = pages::db_checksum(&conn)?;
-    [Some(kept.applied), kept.pending]
-        .into_iter()
-        .flatten()
-        .find(|a| a.checksum == checksum)
+    let scan = pages::scan(&conn)?;
+    let applied = kept.applied;
+    let matches_applied =
+        scan.page1 == applied.local_page1 && scan.as_primary(applied.page1) == applied.checksum;
+    let pending = kept
+        .pending
+        .filter(|p| scan.as_primary(p.page1) == p.checksum)
+        .map(|p| Applied {
+            local_page1: scan.page1,
+            ..p
+        });
+    matches_applied
+        .then_some(applied)
+        .or(pending)
         .ok_or_else(|| {
             Error::Restore(format!(
                 "{} is not the state walsync left it in (TXID {}): another program changed it. Move it away (with {}) and run walsync replicate again to start over",
@@ -337,15 +355,18 @@ fn bootstrap(
             storage.describe()
         )));
     };
+    // The restored file is the primary's, page 1 included.
     let conn = open(opts)?;
-    let (checksum, pages) = pages::db_checksum(&conn)?;
+    let scan = pages::scan(&conn)?;
     let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     Ok(Applied {
         txid,
-        checksum,
-        pages,
+        checksum: scan.checksum,
+        pages: scan.pages,
         page_size,
         committed_ms,
+        page1: scan.page1,
+        local_page1: scan.page1,
     })
 }
 
@@ -363,6 +384,15 @@ fn open(opts: &FollowOptions) -> Result<Connection> {
     }
     pages::check_available(&conn)?;
     Ok(conn)
+}
+
+/// The checksum of the local page 1.
+fn page1_checksum(conn: &Connection) -> Result<u64> {
+    let data: Vec<u8> =
+        conn.query_row("SELECT data FROM sqlite_dbpage WHERE pgno = 1", [], |r| {
+            r.get(0)
+        })?;
+    Ok(crate::ltx::page_checksum(1, &data))
 }
 
 fn data_version(conn: &Connection) -> Result<i64> {

@@ -7,24 +7,70 @@
 //! reader (another process, `?mode=ro` or not) sees the state before a
 //! batch or the state after it, never a mixture, and is never blocked; a
 //! crash mid-batch leaves an uncommitted WAL tail that SQLite discards.
+//!
+//! One difference from the primary's bytes is SQLite's own: committing a
+//! transaction that wrote page 1 sets its change counter, version-valid-for
+//! and SQLite version fields. The checksums walsync checks are the
+//! primary's, so page 1's is kept as the primary wrote it (see
+//! [`super::position::Applied::page1`]).
 
 use crate::apply::Pages;
 use crate::error::{Error, Result};
 use crate::ltx;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 
-/// Pages of the replica, written through `conn` (a transaction is open).
+/// Pages of the replica, written through `conn` in one transaction.
+///
+/// Invariant: SQLite's b-tree layer reads the database size once, when the
+/// transaction begins, and `sqlite_dbpage` shows no page beyond it; pages
+/// this transaction wrote are therefore answered from `written`, and a
+/// shrink is applied once, at [`ReplicaPages::finish`], after every file.
 pub struct ReplicaPages<'c> {
     conn: &'c Connection,
-    zeros: Vec<u8>,
+    /// Checksums of the pages written in this transaction.
+    written: HashMap<u32, u64>,
+    /// The size when the transaction began, and the highest page written.
+    began_len: u32,
+    high: u32,
+    /// The size the files applied so far leave.
+    len: u32,
+    page_size: u32,
+    /// The checksum of page 1 as the primary wrote it, before this
+    /// transaction (the local page 1 differs in SQLite's own fields).
+    page1: u64,
 }
 
 impl<'c> ReplicaPages<'c> {
-    pub fn new(conn: &'c Connection) -> ReplicaPages<'c> {
+    /// Pages of a database of `len` pages of `page_size` bytes whose page
+    /// 1, as the primary wrote it, has the checksum `page1`.
+    pub fn new(conn: &'c Connection, len: u32, page_size: u32, page1: u64) -> ReplicaPages<'c> {
         ReplicaPages {
             conn,
-            zeros: Vec::new(),
+            written: HashMap::new(),
+            began_len: len,
+            high: 0,
+            len,
+            page_size,
+            page1,
         }
+    }
+
+    /// The checksum of page 1 as the primary wrote it, now.
+    pub fn page1(&self) -> u64 {
+        self.written.get(&1).copied().unwrap_or(self.page1)
+    }
+
+    /// Cuts the database to its final size, when the files shrank it.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.len < self.began_len.max(self.high) {
+            // sqlite_dbpage: a NULL page N deletes page N and all after it.
+            self.conn.execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)",
+                params![self.len + 1],
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -40,27 +86,59 @@ pub fn check_available(conn: &Connection) -> Result<()> {
         })
 }
 
-/// The database checksum (LTX's: every page's checksum XORed) and the size
-/// in pages of the database `conn` has open, read page by page.
-pub fn db_checksum(conn: &Connection) -> Result<(u64, u32)> {
+/// What the local file holds, read page by page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// The database checksum (LTX's: every page's checksum XORed).
+    pub checksum: u64,
+    pub pages: u32,
+    /// The checksum of page 1 alone.
+    pub page1: u64,
+}
+
+impl Scan {
+    /// The database checksum with page 1 counted as `primary_page1` (the
+    /// primary's page 1 in place of the local one).
+    pub fn as_primary(&self, primary_page1: u64) -> u64 {
+        ltx::db_checksum_replace(self.checksum, self.page1, primary_page1)
+    }
+}
+
+/// Reads every page of the database `conn` has open.
+pub fn scan(conn: &Connection) -> Result<Scan> {
     let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
     let mut rows = stmt.query([])?;
     let mut checksum = ltx::EMPTY_DB_CHECKSUM;
     let mut pages = 0u32;
+    let mut page1 = 0u64;
     while let Some(row) = rows.next()? {
         let pgno: u32 = row.get(0)?;
         let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
         pages = pages.max(pgno);
         let lock = u32::try_from(data.len()).map_or(0, ltx::lock_pgno);
         if pgno != lock {
-            checksum = ltx::db_checksum_add(checksum, ltx::page_checksum(pgno, data));
+            let sum = ltx::page_checksum(pgno, data);
+            checksum = ltx::db_checksum_add(checksum, sum);
+            if pgno == 1 {
+                page1 = sum;
+            }
         }
     }
-    Ok((checksum, pages))
+    Ok(Scan {
+        checksum,
+        pages,
+        page1,
+    })
 }
 
 impl Pages for ReplicaPages<'_> {
     fn checksum_of(&mut self, pgno: u32) -> Result<u64> {
+        if let Some(sum) = self.written.get(&pgno) {
+            return Ok(*sum);
+        }
+        if pgno == 1 {
+            return Ok(self.page1);
+        }
         let data: Option<Vec<u8>> = self
             .conn
             .query_row(
@@ -75,40 +153,28 @@ impl Pages for ReplicaPages<'_> {
         Ok(ltx::page_checksum(pgno, &data))
     }
 
-    fn put(&mut self, pgno: u32, page: &[u8], _checksum: u64) -> Result<()> {
+    fn put(&mut self, pgno: u32, page: &[u8], checksum: u64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)",
             params![pgno, page],
         )?;
+        self.written.insert(pgno, checksum);
+        self.high = self.high.max(pgno);
         Ok(())
     }
 
-    fn put_hole(&mut self, pgno: u32, _checksum: u64) -> Result<()> {
-        let size: u32 = self
-            .conn
-            .query_row("PRAGMA page_size", [], |row| row.get(0))?;
-        self.zeros.resize(size as usize, 0);
-        let zeros = std::mem::take(&mut self.zeros);
-        let put = self.put(pgno, &zeros, 0);
-        self.zeros = zeros;
-        put
+    fn put_hole(&mut self, pgno: u32, checksum: u64) -> Result<()> {
+        let zeros = vec![0u8; self.page_size as usize];
+        self.put(pgno, &zeros, checksum)
     }
 
     fn flush(&mut self) -> Result<()> {
         Ok(())
     }
 
-    fn set_len(&mut self, pages: u32, _page_size: u32) -> Result<()> {
-        let now: u32 = self
-            .conn
-            .query_row("PRAGMA page_count", [], |row| row.get(0))?;
-        if pages < now {
-            // sqlite_dbpage: a NULL page N deletes page N and all after it.
-            self.conn.execute(
-                "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)",
-                params![pages + 1],
-            )?;
-        }
+    fn set_len(&mut self, pages: u32, page_size: u32) -> Result<()> {
+        self.len = pages;
+        self.page_size = page_size;
         Ok(())
     }
 }

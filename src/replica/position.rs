@@ -24,6 +24,12 @@ pub struct Applied {
     pub page_size: u32,
     /// When the primary committed `txid` (Unix ms, from its LTX file).
     pub committed_ms: i64,
+    /// The page checksum of page 1 as the primary wrote it, and as it is in
+    /// the local file: SQLite rewrites three fields of page 1 (change
+    /// counter, version-valid-for, SQLite version) whenever a transaction
+    /// writes it, so the local page 1 is the primary's but for those.
+    pub page1: u64,
+    pub local_page1: u64,
 }
 
 /// What the position file holds.

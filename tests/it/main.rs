@@ -12,6 +12,7 @@ mod fleet;
 mod interop;
 mod ltx;
 mod monitoring;
+mod replica;
 mod restore;
 mod storage_contract;
 mod verify;

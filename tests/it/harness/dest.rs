@@ -135,12 +135,26 @@ impl Dest {
 
     /// Starts `walsync watch` on `dbs` with extra flags.
     pub fn watch(&self, dbs: &[&Path], extra: &[&str]) -> Watcher {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["watch".as_ref()];
+        args.extend(dbs.iter().map(|d| d.as_os_str()));
+        self.spawn(&args, extra)
+    }
+
+    /// Starts `walsync replicate NAME --local LOCAL` with extra flags.
+    pub fn replicate(&self, name: &str, local: &Path, extra: &[&str]) -> Watcher {
+        let args: [&std::ffi::OsStr; 4] = [
+            "replicate".as_ref(),
+            name.as_ref(),
+            "--local".as_ref(),
+            local.as_os_str(),
+        ];
+        self.spawn(&args, extra)
+    }
+
+    /// Starts `walsync ARGS -b URL EXTRA` in the background.
+    fn spawn(&self, args: &[&std::ffi::OsStr], extra: &[&str]) -> Watcher {
         let (mut cmd, runtime) = walsync_command();
-        cmd.arg("watch");
-        for db in dbs {
-            cmd.arg(db);
-        }
-        cmd.args(["-b", &self.url]).args(extra);
+        cmd.args(args).args(["-b", &self.url]).args(extra);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .stdin(Stdio::null())
@@ -151,7 +165,7 @@ impl Dest {
                 Stdio::piped()
             })
             .spawn()
-            .expect("start walsync watch");
+            .expect("start walsync");
         Watcher {
             child: Some(child),
             _runtime: runtime,
