@@ -803,3 +803,38 @@ fn litestream_pruned_replica_restores_with_walsync_file() {
     let root = dir.path().join("replica");
     litestream_pruned_to_walsync(Backend::File(root), dir.path());
 }
+
+/// `walsync replicate` follows a replica Litestream writes (NoChecksum
+/// files, its compaction levels and snapshots) and ends equal to the
+/// source.
+#[test]
+fn walsync_follows_a_replica_litestream_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("replica");
+    let backend = Backend::File(root);
+    let dest = backend.dest();
+    let db = dir.path().join("src").join(format!("{NAME}.db"));
+    let mut conn = create_db(&db, 4096);
+    insert_ids(&mut conn, 1..=5, 200);
+    let config = write_config(dir.path(), &db, &backend);
+    let ls = Litestream::start(&config);
+    dest.wait_for_txid(NAME, 1, Duration::from_secs(30));
+    let local = dir.path().join("read.db");
+    let r = dest.replicate(NAME, &local, &["--interval", "200ms"]);
+    let mut next = 6;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        insert_ids(&mut conn, next..=next + 2, 200);
+        next += 3;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(local.exists() && row_count(&local) == next - 1) {
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, log) = r.stop();
+    ls.stop();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(rows_consistent(&local, 200), next - 1);
+}

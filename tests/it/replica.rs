@@ -314,3 +314,70 @@ fn a_replica_only_reads_storage_and_polls_with_one_listing() {
         "{idle} requests in 3 idle seconds at 500 ms"
     );
 }
+
+/// The primary compacts and prunes level 0 faster than the replica polls:
+/// the replica bridges with compacted levels (or starts over from a newer
+/// snapshot when its position is gone) and ends equal, never stopping on a
+/// gap. Spelled `restore --follow`, as Litestream users would.
+#[test]
+fn the_replica_follows_across_compaction_and_level_0_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    let mut conn = create_db(&db, 4096);
+    insert_ids(&mut conn, 1..=5, BODY);
+    let cfg = dir.path().join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        "[sync]\nsnapshot_interval = \"4s\"\n[retention]\npitr_window = \"2s\"\nsnapshot_retention = \"6s\"\nl0_retention = \"1s\"\ncompaction_levels = [\"1s\", \"2s\"]\n",
+    )
+    .unwrap();
+    let w = dest.watch(
+        &[&db],
+        &[
+            "--sync-interval",
+            "100ms",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    dest.wait_for_txid("app", 1, Duration::from_secs(20));
+    let local = dir.path().join("read.db");
+    let local_s = local.to_str().unwrap().to_string();
+    let follow = |interval: &str| {
+        let out = [
+            "restore",
+            "app",
+            "-o",
+            &local_s,
+            "--follow",
+            "--interval",
+            interval,
+        ];
+        let (mut cmd, runtime) = walsync_command();
+        cmd.args(out).args(["-b", &dest.url]);
+        (cmd, runtime)
+    };
+    let (mut cmd, _runtime) = follow("5s");
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for_rows(&local, 5, Duration::from_secs(20));
+    let mut next = 6;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        insert_ids(&mut conn, next..=next + 2, BODY);
+        next += 3;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let levels: Vec<u32> = dest.files("app").iter().map(|f| f.id.level).collect();
+    assert!(levels.contains(&1), "compacted: {levels:?}");
+    wait_for_rows(&local, next - 1, Duration::from_secs(30));
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    w.stop_clean();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(!log.contains("integrity error"), "{log}");
+}
