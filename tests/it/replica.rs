@@ -359,7 +359,7 @@ fn the_replica_follows_across_compaction_and_level_0_pruning() {
         (cmd, runtime)
     };
     let (mut cmd, _runtime) = follow("5s");
-    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for_rows(&local, 5, Duration::from_secs(20));
     let mut next = 6;
     let started = Instant::now();
