@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+mod follow;
 mod monitoring;
 mod retention;
 
@@ -114,6 +115,9 @@ struct Opts {
     /// Databases per process and seconds of writes in the monitoring phase.
     monitor_dbs: usize,
     monitor_secs: u64,
+    /// Commits and idle seconds of the follow phase.
+    follow_commits: usize,
+    follow_idle_secs: u64,
     keep: bool,
     only: Vec<String>,
 }
@@ -142,6 +146,8 @@ impl Opts {
                 day_idle_secs: 180,
                 monitor_dbs: 1000,
                 monitor_secs: 60,
+                follow_commits: 60,
+                follow_idle_secs: 30,
                 keep: false,
                 only: Vec::new(),
             }
@@ -166,6 +172,8 @@ impl Opts {
                 day_idle_secs: 240,
                 monitor_dbs: 1000,
                 monitor_secs: 300,
+                follow_commits: 300,
+                follow_idle_secs: 120,
                 keep: false,
                 only: Vec::new(),
             }
@@ -207,6 +215,8 @@ impl Opts {
                         "--day-idle" => o.day_idle_secs = val()?.parse()?,
                         "--monitor-dbs" => o.monitor_dbs = val()?.parse()?,
                         "--monitor-secs" => o.monitor_secs = val()?.parse()?,
+                        "--follow-commits" => o.follow_commits = val()?.parse()?,
+                        "--follow-idle" => o.follow_idle_secs = val()?.parse()?,
                         "--only" => o.only = val()?.split(',').map(str::to_string).collect(),
                         _ => return Err(format!("unknown flag {other}").into()),
                     }
@@ -1528,6 +1538,7 @@ fn report(r: &Value) -> String {
     }
     retention::report(&mut s, &r["retention"]);
     monitoring::report(&mut s, &r["monitoring"]);
+    follow::report(&mut s, &r["follow"]);
     let _ = writeln!(s, "\n### Targets\n");
     let _ = writeln!(s, "| target | measured | met |");
     let _ = writeln!(s, "|---|---|---|");
@@ -1746,6 +1757,11 @@ fn run(opts: &Opts) -> R<bool> {
         } else {
             Value::Null
         };
+        let follow_r = if on("follow") {
+            follow::run(&env)?
+        } else {
+            Value::Null
+        };
         let mut r = json!({
             "mode": opts.mode,
             "date": jiff::Timestamp::now().to_string(),
@@ -1760,6 +1776,7 @@ fn run(opts: &Opts) -> R<bool> {
             "restore": restore_r,
             "retention": retention_r,
             "monitoring": monitoring_r,
+            "follow": follow_r,
         });
         r["targets"] = Value::Array(targets(&r));
         let failures = env.failures.lock().unwrap().clone();
