@@ -32,7 +32,7 @@ pub mod position;
 use crate::apply::Applier;
 use crate::cancel::CancelToken;
 use crate::catalog::{self, RemoteLtx};
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{Error, ErrorClass, IoContext, Result};
 use crate::event::{Event, EventSink};
 use crate::fetch;
 use crate::restore::{self, RestoreOptions, RestoreOutcome};
@@ -40,6 +40,7 @@ use crate::storage::Storage;
 use pages::ReplicaPages;
 use position::{Applied, Position};
 use rusqlite::Connection;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -204,14 +205,8 @@ impl<'s> Follower<'s> {
         };
         let stop = fetch::Stop::new(&self.opts.cancel);
         for f in chain {
-            let dl = fetch::get(self.storage, f)?;
-            let meta = dl.head.meta.parsed_db_checksums();
-            let mut body = Vec::with_capacity(usize::try_from(f.size).unwrap_or(0));
-            fetch::read_checked(self.storage, f, dl, &stop, |chunk| {
-                body.extend_from_slice(chunk);
-                Ok(())
-            })?;
-            applier.apply(f, &mut &body[..], meta)?;
+            let (mut body, meta) = self.download(f, &stop)?;
+            applier.apply(f, &mut body, meta)?;
         }
         applier.pages_target.finish()?;
         Ok(Applied {
@@ -224,6 +219,37 @@ impl<'s> Follower<'s> {
             // Known once committed (see `apply`).
             local_page1: self.applied.local_page1,
         })
+    }
+
+    /// Downloads `f` whole and checked (length, SHA-256): small files into
+    /// memory, larger ones ([`IN_MEMORY`]) into an unlinked file beside the
+    /// replica. Returns its body and the database checksums its metadata
+    /// records.
+    fn download(
+        &self,
+        f: &RemoteLtx,
+        stop: &fetch::Stop,
+    ) -> Result<(Box<dyn Read>, RecordedChecksums)> {
+        let dl = fetch::get(self.storage, f)?;
+        let meta = dl.head.meta.parsed_db_checksums();
+        if f.size <= IN_MEMORY {
+            let mut body = Vec::with_capacity(usize::try_from(f.size).unwrap_or(0));
+            fetch::read_checked(self.storage, f, dl, stop, |chunk| {
+                body.extend_from_slice(chunk);
+                Ok(())
+            })?;
+            return Ok((Box::new(std::io::Cursor::new(body)), meta));
+        }
+        let path = staging_path(&self.opts.local);
+        let what = || format!("writing {}", path.display());
+        let mut file = std::fs::File::create(&path).local_io(what)?;
+        let written = fetch::read_checked(self.storage, f, dl, stop, |chunk| {
+            file.write_all(chunk).local_io(what)
+        });
+        let opened = std::fs::File::open(&path).local_io(what);
+        let _ = std::fs::remove_file(&path);
+        written?;
+        Ok((Box::new(std::io::BufReader::new(opened?)), meta))
     }
 
     /// Nothing continues the local state. Only when a newer full image
@@ -277,6 +303,22 @@ impl<'s> Follower<'s> {
             },
         )
     }
+}
+
+/// The database checksums before and after a file, as its metadata
+/// records them (walsync's files carry them in the LTX itself too).
+type RecordedChecksums = Option<(u64, u64)>;
+
+/// Files up to this size are held in memory while they are applied.
+const IN_MEMORY: u64 = 8 << 20;
+
+/// Where a large file waits while it is applied (unlinked once opened).
+fn staging_path(local: &std::path::Path) -> PathBuf {
+    let file = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    local.with_file_name(format!(".{file}-walsync-replica.ltx"))
 }
 
 /// The files that continue `txid`, in order: each starts at or before the
