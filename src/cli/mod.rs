@@ -229,6 +229,9 @@ pub struct ReplicateCmd {
     /// replace --local when it exists and walsync keeps no position for it
     #[argh(switch)]
     pub force: bool,
+    /// serve Prometheus metrics (TXID, lag) at this address, e.g. 127.0.0.1:9465 or :9465 (loopback); default off
+    #[argh(option)]
+    pub metrics_addr: Option<String>,
 }}
 
 replica_command! {
@@ -723,8 +726,17 @@ fn replicate(c: ReplicateCmd) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
     let storage = resolver.storage(&target)?;
+    let listener = c
+        .metrics_addr
+        .as_deref()
+        .map(|a| crate::monitor::endpoint::parse_addr(a).and_then(crate::monitor::endpoint::bind))
+        .transpose()?;
     let cancel = CancelToken::new();
     on_signals(cancel.clone(), None)?;
+    let metrics = Arc::new(crate::monitor::Metrics::default());
+    let storage: Arc<dyn crate::storage::Storage> = Arc::new(
+        crate::monitor::metered::Metered::new(Arc::from(storage), Arc::clone(&metrics)),
+    );
     let opts = crate::replica::FollowOptions {
         name: resolver.replica_name(&c.name)?,
         local: c.local,
@@ -732,8 +744,24 @@ fn replicate(c: ReplicateCmd) -> Result<()> {
         once: c.once,
         force: c.force,
         cancel,
+        status: Arc::default(),
     };
-    crate::replica::follow(storage.as_ref(), &opts, log().as_ref())
+    let finish = CancelToken::new();
+    let endpoint = listener.map(|listener| {
+        let (status, finish, name) = (Arc::clone(&opts.status), finish.clone(), opts.name.clone());
+        std::thread::spawn(move || {
+            let render = |out: &mut dyn std::io::Write| {
+                crate::monitor::exposition::write_replica(out, &name, &status, &metrics)
+            };
+            crate::monitor::endpoint::serve(&listener, &finish, &render);
+        })
+    });
+    let followed = crate::replica::follow(storage.as_ref(), &opts, log().as_ref());
+    finish.cancel();
+    if let Some(t) = endpoint {
+        let _ = t.join();
+    }
+    followed
 }
 
 /// `walsync restore --follow`: `walsync replicate` spelled Litestream's way.
@@ -749,6 +777,7 @@ fn restore_and_follow(c: RestoreCmd) -> Result<()> {
         interval: c.interval,
         once: false,
         force: c.force,
+        metrics_addr: None,
         bucket: c.bucket,
         config: c.config,
         endpoint: c.endpoint,

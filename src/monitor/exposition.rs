@@ -119,12 +119,8 @@ fn write_databases(out: &mut dyn Write, rows: &[MetricsRow]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_process(
-    out: &mut dyn Write,
-    databases: usize,
-    metrics: &Metrics,
-    process: Process,
-) -> io::Result<()> {
+/// Storage requests by kind and outcome (watch and replicate alike).
+fn write_requests(out: &mut dyn Write, metrics: &Metrics) -> io::Result<()> {
     header(
         out,
         &Family {
@@ -143,6 +139,16 @@ fn write_process(
             )?;
         }
     }
+    Ok(())
+}
+
+fn write_process(
+    out: &mut dyn Write,
+    databases: usize,
+    metrics: &Metrics,
+    process: Process,
+) -> io::Result<()> {
+    write_requests(out, metrics)?;
     header(
         out,
         &Family {
@@ -231,6 +237,59 @@ fn write_process(
         out,
         "walsync_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The metrics of `walsync replicate` following `db`.
+pub fn write_replica(
+    out: &mut dyn Write,
+    db: &str,
+    status: &crate::replica::FollowStatus,
+    metrics: &Metrics,
+) -> io::Result<()> {
+    let (txid, committed_ms, applied_ms) = status.get();
+    let families = [
+        ("walsync_replica_txid", "The TXID the local database holds.", txid as f64),
+        (
+            "walsync_replica_lag_seconds",
+            "Time from the primary's commit of the newest TXID applied to it being visible locally.",
+            (applied_ms - committed_ms).max(0) as f64 / 1000.0,
+        ),
+        (
+            "walsync_replica_applied_timestamp_seconds",
+            "Unix time the last batch became visible.",
+            applied_ms as f64 / 1000.0,
+        ),
+        (
+            "walsync_replica_committed_timestamp_seconds",
+            "Unix time the primary committed the TXID held.",
+            committed_ms as f64 / 1000.0,
+        ),
+    ];
+    for (name, help, value) in families {
+        header(
+            out,
+            &Family {
+                name,
+                kind: "gauge",
+                help,
+            },
+        )?;
+        writeln!(out, "{name}{{db=\"{}\"}} {value}", Escaped(db))?;
+    }
+    write_requests(out, metrics)?;
+    header(
+        out,
+        &Family {
+            name: "walsync_uptime_seconds",
+            kind: "gauge",
+            help: "Seconds since the command started.",
+        },
+    )?;
+    writeln!(
+        out,
+        "walsync_uptime_seconds {}",
+        metrics.uptime().as_secs_f64()
     )
 }
 

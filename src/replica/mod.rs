@@ -42,6 +42,7 @@ use position::{Applied, Position};
 use rusqlite::Connection;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to follow.
@@ -58,6 +59,35 @@ pub struct FollowOptions {
     pub force: bool,
     /// Cancelled: return after the batch under way.
     pub cancel: CancelToken,
+    /// Where the follower publishes its position (for metrics).
+    pub status: std::sync::Arc<FollowStatus>,
+}
+
+/// What a follower publishes: the TXID the local database holds, when the
+/// primary committed it and when it became visible (Unix ms).
+#[derive(Debug, Default)]
+pub struct FollowStatus {
+    txid: AtomicU64,
+    committed_ms: AtomicI64,
+    applied_ms: AtomicI64,
+}
+
+impl FollowStatus {
+    fn set(&self, applied: &Applied, visible_ms: i64) {
+        self.txid.store(applied.txid, Ordering::Relaxed);
+        self.committed_ms
+            .store(applied.committed_ms, Ordering::Relaxed);
+        self.applied_ms.store(visible_ms, Ordering::Relaxed);
+    }
+
+    /// (TXID, committed at, visible at).
+    pub fn get(&self) -> (u64, i64, i64) {
+        (
+            self.txid.load(Ordering::Relaxed),
+            self.committed_ms.load(Ordering::Relaxed),
+            self.applied_ms.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Follows the replica until `opts.cancel` is cancelled (or once). Errors:
@@ -129,6 +159,7 @@ impl<'s> Follower<'s> {
         };
         let conn = open(opts)?;
         let data_version = data_version(&conn)?;
+        opts.status.set(&applied, crate::fsutil::now_ms());
         let follower = Follower {
             storage,
             opts,
@@ -185,7 +216,9 @@ impl<'s> Follower<'s> {
         };
         self.data_version = data_version(&self.conn)?;
         self.save(None)?;
-        let lag_ms = crate::fsutil::now_ms().saturating_sub(next.committed_ms);
+        let visible_ms = crate::fsutil::now_ms();
+        self.opts.status.set(&next, visible_ms);
+        let lag_ms = visible_ms.saturating_sub(next.committed_ms);
         self.events.emit(Event::Followed {
             db: self.opts.name.clone(),
             txid: next.txid,

@@ -277,8 +277,22 @@ fn damage_or_another_writer_stops_the_replica_and_keeps_the_last_good_state() {
     assert_eq!(read_consistent(&local), Ok(20));
 }
 
+/// The body of `GET /metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 /// The replica never writes to the replica's storage: every request a
-/// follow makes through the relay is a read.
+/// follow makes through the relay is a read. Its metrics say where it is.
 #[test]
 fn a_replica_only_reads_storage_and_polls_with_one_listing() {
     let server = S3Server::start();
@@ -292,10 +306,28 @@ fn a_replica_only_reads_storage_and_polls_with_one_listing() {
     primary.wait_for_txid("app", 1, Duration::from_secs(20));
     let follower = Dest::s3(&server, "follow", "r").via(&relay);
     let local = dir.path().join("read.db");
-    let r = follower.replicate("app", &local, &["--interval", "500ms"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let r = follower.replicate(
+        "app",
+        &local,
+        &["--interval", "500ms", "--metrics-addr", &addr],
+    );
     wait_for_rows(&local, 5, Duration::from_secs(20));
     insert_ids(&mut conn, 6..=9, BODY);
     wait_for_rows(&local, 9, Duration::from_secs(20));
+    // The replica's position and lag, as its metrics say.
+    let metrics = scrape(&addr);
+    let txid = primary.max_txid("app");
+    assert!(
+        metrics.contains(&format!("walsync_replica_txid{{db=\"app\"}} {txid}\n")),
+        "{metrics}"
+    );
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("walsync_replica_lag_seconds{db=\"app\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("a lag sample");
+    assert!((0.0..5.0).contains(&lag), "{metrics}");
     // Idle: one listing a poll.
     std::thread::sleep(Duration::from_millis(500));
     let before = relay.requests().len();
