@@ -735,7 +735,7 @@ fn replicate(c: ReplicateCmd) -> Result<()> {
     on_signals(cancel.clone(), None)?;
     let metrics = Arc::new(crate::monitor::Metrics::default());
     let storage: Arc<dyn crate::storage::Storage> = Arc::new(
-        crate::monitor::metered::Metered::new(Arc::from(storage), Arc::clone(&metrics)),
+        crate::monitor::metered::Metered::new(storage, Arc::clone(&metrics)),
     );
     let opts = crate::replica::FollowOptions {
         name: resolver.replica_name(&c.name)?,
