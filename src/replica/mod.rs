@@ -285,23 +285,24 @@ impl<'s> Follower<'s> {
         Ok((Box::new(std::io::BufReader::new(opened?)), meta))
     }
 
-    /// Nothing continues the local state. Only when a newer full image
-    /// exists is the position proven gone (pruned by retention): the
-    /// replica then starts over from it, in one transaction. Otherwise the
-    /// replica has a gap: stop.
+    /// Nothing continues the local state. The position is proven gone
+    /// only when retention pruned it: no file but full images reaches back
+    /// to the next TXID, and a newer full image exists; the replica then
+    /// starts over from it, in one transaction. Files older than the
+    /// position still there while the next TXID is missing are a gap:
+    /// stop.
     fn rebootstrap(&mut self, all: &[RemoteLtx]) -> Result<()> {
         let txid = self.applied.txid;
         let latest = all.iter().map(|f| f.id.max_txid).max().unwrap_or(0);
         if latest <= txid {
             return Ok(());
         }
-        let newer_image = all.iter().any(|f| f.image && f.id.max_txid > txid);
-        let plan = crate::plan::plan_chain(all, latest)
-            .ok()
-            .filter(|_| newer_image);
+        let plan = position_pruned(all, txid)
+            .then(|| crate::plan::plan_chain(all, latest).ok())
+            .flatten();
         let Some(plan) = plan else {
             return Err(Error::Integrity(format!(
-                "replica '{}' in {} has no file after TXID {} (its newest is {}) and no newer snapshot to start over from; the local database keeps TXID {}",
+                "replica '{}' in {} has no file after TXID {} (its newest is {}) and its history there was not pruned (a gap: files are missing), or no newer snapshot to start over from; the local database keeps TXID {}",
                 self.opts.name,
                 self.replica,
                 crate::plan::txid_hex(txid),
@@ -370,6 +371,17 @@ fn continuing(files: &[RemoteLtx], txid: u64) -> Vec<RemoteLtx> {
         chain.push(next.clone());
     }
     chain
+}
+
+/// Whether retention pruned the history at `txid`: no file but full
+/// images starts at or before the next TXID, and a full image newer than
+/// `txid` exists.
+fn position_pruned(files: &[RemoteLtx], txid: u64) -> bool {
+    let history_there = files
+        .iter()
+        .any(|f| !f.image && f.id.min_txid > 1 && f.id.min_txid <= txid + 1);
+    let newer_image = files.iter().any(|f| f.image && f.id.max_txid > txid);
+    !history_there && newer_image
 }
 
 /// Proves the local database is the state `kept` names (or the batch it
@@ -472,4 +484,64 @@ fn page1_checksum(conn: &Connection) -> Result<u64> {
 
 fn data_version(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LtxId;
+
+    fn file(level: u32, min: u64, max: u64) -> RemoteLtx {
+        let id = LtxId {
+            level,
+            min_txid: min,
+            max_txid: max,
+        };
+        let mut f = RemoteLtx::new(id, format!("app/{level}/{min}-{max}"), 100);
+        f.image = level == 9;
+        f
+    }
+
+    #[test]
+    fn a_compacted_file_continues_where_level_0_was_pruned() {
+        // Level 0 holds 7.. only; level 1 merged 4-6 (and 2-3 before it).
+        let files = [
+            file(9, 1, 1),
+            file(1, 2, 3),
+            file(1, 4, 6),
+            file(0, 7, 7),
+            file(0, 8, 8),
+        ];
+        let chain: Vec<(u64, u64)> = continuing(&files, 3)
+            .iter()
+            .map(|f| (f.id.min_txid, f.id.max_txid))
+            .collect();
+        assert_eq!(chain, [(4, 6), (7, 7), (8, 8)]);
+        // A compaction that starts before the position continues it too.
+        let files = [file(1, 2, 6), file(0, 7, 7)];
+        let chain: Vec<u64> = continuing(&files, 4)
+            .iter()
+            .map(|f| f.id.max_txid)
+            .collect();
+        assert_eq!(chain, [6, 7]);
+        // Snapshots never continue a position.
+        assert!(continuing(&[file(9, 1, 9)], 3).is_empty());
+    }
+
+    #[test]
+    fn only_a_pruned_position_with_a_newer_snapshot_starts_over() {
+        // Retention removed everything up to 10; a snapshot at 12 remains.
+        let pruned = [
+            file(9, 1, 2),
+            file(9, 1, 12),
+            file(0, 11, 11),
+            file(0, 13, 13),
+        ];
+        assert!(position_pruned(&pruned, 5));
+        // A file before the position is still there and 6 is missing: a gap.
+        let gap = [file(9, 1, 12), file(0, 5, 5), file(0, 7, 7)];
+        assert!(!position_pruned(&gap, 5));
+        // No newer image to start over from.
+        assert!(!position_pruned(&[file(9, 1, 2), file(0, 11, 11)], 5));
+    }
 }
