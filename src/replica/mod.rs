@@ -15,9 +15,10 @@
 //!   applied, all of a poll's files in one SQLite transaction through
 //!   [`pages`]. When level 0 no longer holds the next TXID (compaction
 //!   pruned it), the other levels are listed and the files that continue
-//!   it are used; when nothing continues it and a newer full image exists,
-//!   the position is gone from storage, and the replica re-bootstraps from
-//!   that image, in one transaction too.
+//!   it are used; when nothing continues it, no file but full images
+//!   reaches back to its next TXID (retention pruned its history) and a
+//!   newer full image exists, the position is proven gone from storage, and
+//!   the replica re-bootstraps from that image, in one transaction too.
 //! - Damage, or a gap nothing bridges, stops it with the last good state in
 //!   place (the transaction is rolled back). It never guesses.
 //!
@@ -99,6 +100,8 @@ pub fn follow(storage: &dyn Storage, opts: &FollowOptions, events: &dyn EventSin
     loop {
         match follower.poll() {
             Ok(()) => {}
+            // A signal mid-batch: the batch was rolled back; a clean stop.
+            Err(Error::Cancelled) => return Ok(()),
             Err(e) if opts.once || !transient(&e) => return Err(e),
             Err(e) => events.emit(Event::PollFailed {
                 db: opts.name.clone(),
@@ -263,7 +266,13 @@ impl<'s> Follower<'s> {
         f: &RemoteLtx,
         stop: &fetch::Stop,
     ) -> Result<(Box<dyn Read>, RecordedChecksums)> {
-        let dl = fetch::get(self.storage, f)?;
+        // A file listed and then deleted (retention, after a compaction
+        // merged it) is storage moving on, not damage: the next poll plans
+        // again from what is there.
+        let dl = fetch::get(self.storage, f).map_err(|e| match e.fault {
+            crate::apply::Fault::Missing => Error::Storage(e.error.message().to_string()),
+            _ => e.error,
+        })?;
         let meta = dl.head.meta.parsed_db_checksums();
         if f.size <= IN_MEMORY {
             let mut body = Vec::with_capacity(usize::try_from(f.size).unwrap_or(0));
