@@ -143,7 +143,12 @@ struct Follower<'s> {
     /// SQLite's `data_version` after walsync's last commit: it moves when
     /// another connection commits.
     data_version: i64,
+    /// When an empty level 0 calls for a listing of every level again.
+    next_full_look: Instant,
 }
+
+/// How often a follower that finds nothing at level 0 lists every level.
+const FULL_LOOK_EVERY: Duration = Duration::from_secs(300);
 
 impl<'s> Follower<'s> {
     /// Resumes from the kept position, or restores the latest state.
@@ -171,6 +176,7 @@ impl<'s> Follower<'s> {
             conn,
             applied,
             data_version,
+            next_full_look: Instant::now(),
         };
         follower.save(None)?;
         Ok(follower)
@@ -183,9 +189,17 @@ impl<'s> Follower<'s> {
         let after = catalog::list_level_from(self.storage, &self.opts.name, 0, txid + 1)?;
         let mut chain = continuing(&after, txid);
         if chain.is_empty() && after.is_empty() {
-            return Ok(()); // nothing new
+            // Nothing new at level 0, or level 0 was pruned past the
+            // position while the primary went idle (the replica was down,
+            // or polls more slowly than level 0 is kept): the other levels
+            // are looked at on the first poll and then every
+            // FULL_LOOK_EVERY, a listing more per few minutes.
+            if Instant::now() < self.next_full_look {
+                return Ok(());
+            }
         }
         if chain.is_empty() {
+            self.next_full_look = Instant::now() + FULL_LOOK_EVERY;
             // Level 0 no longer holds the next TXID: compaction pruned it.
             let all = catalog::list_db(self.storage, &self.opts.name)?;
             chain = continuing(&all, txid);
