@@ -41,7 +41,7 @@ fn settings_json(s: &Settings) -> Value {
 }
 
 /// The monthly estimate of one database (see [`crate::estimate`]).
-fn estimate_of(replica: &str, db: &NamedDb, s: &Settings, options: &WatchOptions) -> Estimate {
+fn estimate_of(replica: &str, db: &NamedDb, s: &Settings, options: &WatchOptions) -> DbEstimate {
     let state = crate::watch::peek_local_state(&db.path, replica).filter(|st| st.name == db.name);
     let load = Load {
         db_bytes: std::fs::metadata(&db.path).map_or(0, |m| m.len()),
@@ -51,10 +51,11 @@ fn estimate_of(replica: &str, db: &NamedDb, s: &Settings, options: &WatchOptions
             .and_then(|st| estimate::recorded_rate(st, crate::fsutil::now_ms())),
     };
     let e = estimate::monthly(&load, s, options.retention.as_ref());
-    Estimate { load, month: e }
+    DbEstimate { load, month: e }
 }
 
-struct Estimate {
+/// One database's load as known, and its month.
+struct DbEstimate {
     load: Load,
     month: estimate::Estimate,
 }
