@@ -39,6 +39,32 @@ fn header(out: &mut dyn Write, f: &Family) -> io::Result<()> {
     writeln!(out, "# TYPE {} {}", f.name, f.kind)
 }
 
+/// A gauge family of one sample: its header, then `name{labels} value`
+/// (`labels` empty or written with its braces).
+fn gauge(
+    out: &mut dyn Write,
+    name: &'static str,
+    help: &'static str,
+    labels: &str,
+    value: f64,
+) -> io::Result<()> {
+    let kind = "gauge";
+    header(out, &Family { name, kind, help })?;
+    writeln!(out, "{name}{labels} {value}")
+}
+
+/// `walsync_uptime_seconds`, of `watch` and `replicate` alike.
+fn uptime(out: &mut dyn Write, metrics: &Metrics) -> io::Result<()> {
+    let help = "Seconds since the command started.";
+    gauge(
+        out,
+        "walsync_uptime_seconds",
+        help,
+        "",
+        metrics.uptime().as_secs_f64(),
+    )
+}
+
 fn write_databases(out: &mut dyn Write, rows: &[MetricsRow]) -> io::Result<()> {
     type Value = fn(&MetricsRow) -> Option<f64>;
     let simple: [(Family, Value); 9] = [
@@ -206,38 +232,16 @@ fn write_process(
             "Resident memory of the process.",
             process.resident_bytes.map(|b| b as f64),
         ),
-        (
-            "walsync_uptime_seconds",
-            "Seconds since watch started.",
-            Some(metrics.uptime().as_secs_f64()),
-        ),
     ];
     for (name, help, value) in gauges {
         if let Some(v) = value {
-            header(
-                out,
-                &Family {
-                    name,
-                    kind: "gauge",
-                    help,
-                },
-            )?;
-            writeln!(out, "{name} {v}")?;
+            gauge(out, name, help, "", v)?;
         }
     }
-    header(
-        out,
-        &Family {
-            name: "walsync_build_info",
-            kind: "gauge",
-            help: "Always 1; the version is a label.",
-        },
-    )?;
-    writeln!(
-        out,
-        "walsync_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    )
+    uptime(out, metrics)?;
+    let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    let help = "Always 1; the version is a label.";
+    gauge(out, "walsync_build_info", help, &version, 1.0)
 }
 
 /// The metrics of `walsync replicate` following `db`.
@@ -266,31 +270,12 @@ pub fn write_replica(
             committed_ms as f64 / 1000.0,
         ),
     ];
+    let labels = format!("{{db=\"{}\"}}", Escaped(db));
     for (name, help, value) in families {
-        header(
-            out,
-            &Family {
-                name,
-                kind: "gauge",
-                help,
-            },
-        )?;
-        writeln!(out, "{name}{{db=\"{}\"}} {value}", Escaped(db))?;
+        gauge(out, name, help, &labels, value)?;
     }
     write_requests(out, metrics)?;
-    header(
-        out,
-        &Family {
-            name: "walsync_uptime_seconds",
-            kind: "gauge",
-            help: "Seconds since the command started.",
-        },
-    )?;
-    writeln!(
-        out,
-        "walsync_uptime_seconds {}",
-        metrics.uptime().as_secs_f64()
-    )
+    uptime(out, metrics)
 }
 
 /// A label value with `\`, `"` and newlines escaped.

@@ -161,11 +161,13 @@ impl<'s> Follower<'s> {
         let kept = position::load(&opts.local)
             .filter(|p| p.replica == replica && p.name == opts.name)
             .filter(|_| opts.local.exists());
-        let applied = match kept {
-            Some(p) => resume(opts, &p)?,
+        let (applied, conn) = match kept {
+            Some(p) => {
+                let conn = open(opts)?;
+                (resume(&conn, opts, &p)?, conn)
+            }
             None => bootstrap(storage, opts, events)?,
         };
-        let conn = open(opts)?;
         let data_version = data_version(&conn)?;
         opts.status.set(&applied, crate::fsutil::now_ms());
         let follower = Follower {
@@ -411,9 +413,8 @@ fn position_pruned(files: &[RemoteLtx], txid: u64) -> bool {
 /// was committing), and returns it. Page 1 counts as the primary wrote
 /// it; the local page 1 must be the one walsync left (any commit by
 /// another program rewrites it), unless the batch under way was.
-fn resume(opts: &FollowOptions, kept: &Position) -> Result<Applied> {
-    let conn = open(opts)?;
-    let scan = pages::scan(&conn)?;
+fn resume(conn: &Connection, opts: &FollowOptions, kept: &Position) -> Result<Applied> {
+    let scan = pages::scan(conn)?;
     let applied = kept.applied;
     let matches_applied =
         scan.page1 == applied.local_page1 && scan.as_primary(applied.page1) == applied.checksum;
@@ -437,12 +438,13 @@ fn resume(opts: &FollowOptions, kept: &Position) -> Result<Applied> {
         })
 }
 
-/// Restores the latest state into `opts.local` and reads what it holds.
+/// Restores the latest state into `opts.local`; returns what it holds and
+/// the connection to follow it with.
 fn bootstrap(
     storage: &dyn Storage,
     opts: &FollowOptions,
     events: &dyn EventSink,
-) -> Result<Applied> {
+) -> Result<(Applied, Connection)> {
     position::forget(&opts.local);
     let restore_opts = RestoreOptions {
         name: opts.name.clone(),
@@ -469,7 +471,7 @@ fn bootstrap(
     let conn = open(opts)?;
     let scan = pages::scan(&conn)?;
     let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    Ok(Applied {
+    let applied = Applied {
         txid,
         checksum: scan.checksum,
         pages: scan.pages,
@@ -477,7 +479,8 @@ fn bootstrap(
         committed_ms,
         page1: scan.page1,
         local_page1: scan.page1,
-    })
+    };
+    Ok((applied, conn))
 }
 
 /// Opens the local database for writing pages: WAL mode (readers never

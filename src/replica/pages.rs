@@ -139,13 +139,11 @@ impl Pages for ReplicaPages<'_> {
         if pgno == 1 {
             return Ok(self.page1);
         }
+        // Prepared once per connection: this and `put` run once a page.
         let data: Option<Vec<u8>> = self
             .conn
-            .query_row(
-                "SELECT data FROM sqlite_dbpage WHERE pgno = ?1",
-                params![pgno],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?
+            .query_row(params![pgno], |row| row.get(0))
             .optional()?;
         let data = data.ok_or_else(|| {
             Error::Other(format!("the replica has no page {pgno} it should have"))
@@ -154,10 +152,9 @@ impl Pages for ReplicaPages<'_> {
     }
 
     fn put(&mut self, pgno: u32, page: &[u8], checksum: u64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)",
-            params![pgno, page],
-        )?;
+        self.conn
+            .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?
+            .execute(params![pgno, page])?;
         self.written.insert(pgno, checksum);
         self.high = self.high.max(pgno);
         Ok(())

@@ -277,20 +277,6 @@ fn damage_or_another_writer_stops_the_replica_and_keeps_the_last_good_state() {
     assert_eq!(read_consistent(&local), Ok(20));
 }
 
-/// The body of `GET /metrics` at `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
 /// The replica never writes to the replica's storage: every request a
 /// follow makes through the relay is a read. Its metrics say where it is.
 #[test]
@@ -316,17 +302,14 @@ fn a_replica_only_reads_storage_and_polls_with_one_listing() {
     insert_ids(&mut conn, 6..=9, BODY);
     wait_for_rows(&local, 9, Duration::from_secs(20));
     // The replica's position and lag, as its metrics say.
-    let metrics = scrape(&addr);
-    let txid = primary.max_txid("app");
-    assert!(
-        metrics.contains(&format!("walsync_replica_txid{{db=\"app\"}} {txid}\n")),
+    let metrics = scrape(&addr).expect("the metrics endpoint answers");
+    let txid = primary.max_txid("app") as f64;
+    assert_eq!(
+        sample(&metrics, r#"walsync_replica_txid{db="app"}"#),
+        Some(txid),
         "{metrics}"
     );
-    let lag: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("walsync_replica_lag_seconds{db=\"app\"} "))
-        .and_then(|v| v.parse().ok())
-        .expect("a lag sample");
+    let lag = sample(&metrics, r#"walsync_replica_lag_seconds{db="app"}"#).expect("a lag sample");
     assert!((0.0..5.0).contains(&lag), "{metrics}");
     // Idle: one listing a poll.
     std::thread::sleep(Duration::from_millis(500));
@@ -375,23 +358,16 @@ fn the_replica_follows_across_compaction_and_level_0_pruning() {
     );
     dest.wait_for_txid("app", 1, Duration::from_secs(20));
     let local = dir.path().join("read.db");
-    let local_s = local.to_str().unwrap().to_string();
-    let follow = |interval: &str| {
-        let out = [
-            "restore",
-            "app",
-            "-o",
-            &local_s,
-            "--follow",
-            "--interval",
-            interval,
-        ];
-        let (mut cmd, runtime) = walsync_command();
-        cmd.args(out).args(["-b", &dest.url]);
-        (cmd, runtime)
-    };
-    let (mut cmd, _runtime) = follow("5s");
-    let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let local_s = local.to_str().unwrap();
+    let r = dest.background(&[
+        "restore",
+        "app",
+        "-o",
+        local_s,
+        "--follow",
+        "--interval",
+        "5s",
+    ]);
     wait_for_rows(&local, 5, Duration::from_secs(20));
     let mut next = 6;
     let started = Instant::now();
@@ -403,13 +379,8 @@ fn the_replica_follows_across_compaction_and_level_0_pruning() {
     let levels: Vec<u32> = dest.files("app").iter().map(|f| f.id.level).collect();
     assert!(levels.contains(&1), "compacted: {levels:?}");
     wait_for_rows(&local, next - 1, Duration::from_secs(30));
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    let out = child.wait_with_output().unwrap();
+    let (code, log) = r.stop();
     w.stop_clean();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(code, 0, "{log}");
     assert!(!log.contains("integrity error"), "{log}");
 }

@@ -151,6 +151,13 @@ impl Dest {
         self.spawn(&args, extra)
     }
 
+    /// Starts `walsync ARGS -b URL` in the background (any long-running
+    /// command: `restore --follow`…).
+    pub fn background(&self, args: &[&str]) -> Watcher {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        self.spawn(&args, &[])
+    }
+
     /// Starts `walsync ARGS -b URL EXTRA` in the background.
     fn spawn(&self, args: &[&std::ffi::OsStr], extra: &[&str]) -> Watcher {
         let (mut cmd, runtime) = walsync_command();

@@ -11,16 +11,19 @@
 //!   damaged and put back;
 //! - [`db`]: application-side SQLite databases, written with deterministic
 //!   bytes, checkpointed and checked;
-//! - [`alloc`]: the binary's allocator, which notes the largest allocation.
+//! - [`alloc`]: the binary's allocator, which notes the largest allocation;
+//! - [`metrics`]: a metrics endpoint scraped and read.
 
 mod alloc;
 mod db;
 mod dest;
+mod metrics;
 mod relay;
 mod server;
 
 pub use alloc::{max_alloc, reset_max_alloc};
 pub use db::*;
 pub use dest::*;
+pub use metrics::{sample, scrape};
 pub use relay::{Action, Relay, Request};
 pub use server::{free_port, litestream_bin, walsync_bin, walsync_command, S3Server};
