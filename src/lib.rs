@@ -72,6 +72,7 @@ pub mod monitor;
 pub mod names;
 pub mod plan;
 pub mod replica;
+pub mod resolve;
 pub mod restore;
 pub mod selection;
 pub mod verify;

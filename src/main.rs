@@ -19,9 +19,6 @@ fn main() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
-    let cli = walsync::cli::parse();
-    if let Err(e) = walsync::cli::run(cli) {
-        eprintln!("walsync: {e}");
-        std::process::exit(e.exit_code());
-    }
+    let args: Vec<String> = std::env::args().collect();
+    std::process::exit(walsync::cli::main(&args));
 }

@@ -1,7 +1,7 @@
 //! The `walsync` command line: flags, dispatch, and everything that owns
 //! the process (signal handlers, the open-files limit, printing). The
 //! library below it does none of that; configuration is resolved in
-//! [`resolve`], and what is printed is made in [`output`].
+//! [`crate::resolve`], and what is printed is made in [`output`].
 //!
 //! Usage errors (unknown flag, missing argument, bad value) exit 2, not
 //! argh's default 1; `--help` prints to standard output and exits 0.
@@ -9,18 +9,17 @@
 mod args;
 mod explain;
 mod output;
-mod resolve;
 
 use crate::cancel::CancelToken;
 use crate::config;
 use crate::error::{Error, Result};
 use crate::event::{EventSink, Level};
+use crate::resolve::{EngineFlags, Resolver, Target};
 use crate::restore::{self, RestoreOptions, RestoreOutcome};
 use crate::selection::SettingFlags;
 use crate::watch::control::{self, ClientRequest};
 use crate::watch::{self, Controls, Shipper};
 use argh::FromArgs;
-use resolve::{EngineFlags, Resolver, Target};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -385,9 +384,24 @@ pub fn txid(s: &str) -> std::result::Result<u64, String> {
     })
 }
 
-/// Parses the process arguments; usage errors exit 2, help exits 0.
-pub fn parse() -> Cli {
-    let args: Vec<String> = std::env::args().collect();
+/// Runs the command line `args` (the program name first) as the `walsync`
+/// binary does and returns its exit code: the binary and the Python
+/// package's `walsync` command both call this. It owns the process: usage
+/// errors and `--help` exit from here, and long commands install SIGINT and
+/// SIGTERM handlers.
+pub fn main(args: &[String]) -> i32 {
+    match run(parse(args)) {
+        Ok(()) => crate::error::EXIT_OK,
+        Err(e) => {
+            eprintln!("walsync: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Parses a command line (the program name first); usage errors exit 2,
+/// help exits 0.
+pub fn parse(args: &[String]) -> Cli {
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let cmd = strs.first().map_or("walsync", |c| {
         std::path::Path::new(c)
@@ -618,7 +632,7 @@ fn snapshot(c: SnapshotCmd) -> Result<()> {
         ..SettingFlags::default()
     };
     let mut resolver = Resolver::load(&target, flags, Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     let (db, settings) = resolver.database(&c.database, c.name.as_deref())?;
     // A running watch that replicates the database takes the snapshot.
     let socket = resolver.socket(c.socket.as_deref());
@@ -683,7 +697,7 @@ fn status(c: StatusCmd) -> Result<()> {
 fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     let point_in_time_ms = c
         .point_in_time
         .as_deref()
@@ -725,7 +739,7 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
 fn replicate(c: ReplicateCmd) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     let listener = c
         .metrics_addr
         .as_deref()
@@ -789,7 +803,7 @@ fn restore_and_follow(c: RestoreCmd) -> Result<()> {
 fn list(c: ListCmd) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     match &c.name {
         Some(name) => {
             let name = resolver.replica_name(name)?;
@@ -802,7 +816,7 @@ fn list(c: ListCmd) -> Result<()> {
 fn verify(c: VerifyCmd, cancel: CancelToken) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     let names = match (&c.name, c.all) {
         (Some(n), false) => vec![resolver.replica_name(n)?],
         (None, true) => crate::list::database_names(storage.as_ref())?,
@@ -825,7 +839,7 @@ fn verify(c: VerifyCmd, cancel: CancelToken) -> Result<()> {
 fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     let mut retention = match &resolver.selection.config().retention {
         Some(section) => section.policy()?,
         None => crate::compact::policy::Retention::default(),
@@ -853,7 +867,13 @@ fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
     for name in &names {
         let mut tracked = crate::compact::Tracked::list(storage.as_ref(), name)?;
         if mode == crate::compact::Mode::Apply && !c.even_if_active {
-            refuse_if_active(storage.as_ref(), name, &mut tracked, &retention, now_ms)?;
+            crate::compact::refuse_if_active(
+                storage.as_ref(),
+                name,
+                &mut tracked,
+                &retention,
+                now_ms,
+            )?;
         }
         let report = crate::compact::pass(
             storage.as_ref(),
@@ -875,32 +895,6 @@ fn compact(c: CompactCmd, cancel: CancelToken) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to compact a replica written so recently that a `watch` may be
-/// writing it: a watch touches a replica only in answer to writes, at most
-/// one compaction interval after them, so a quiet minute (or two shortest
-/// intervals) means none is.
-fn refuse_if_active(
-    storage: &dyn crate::storage::Storage,
-    name: &str,
-    tracked: &mut crate::compact::Tracked,
-    retention: &crate::compact::policy::Retention,
-    now_ms: i64,
-) -> Result<()> {
-    let shortest = retention.levels.iter().copied().min().unwrap_or_default();
-    let quiet = Duration::from_secs(60).max(shortest * 2);
-    let Some(age) = crate::compact::newest_write_age(storage, tracked, now_ms)? else {
-        return Ok(());
-    };
-    if age >= quiet {
-        return Ok(());
-    }
-    Err(Error::Usage(format!(
-        "the replica of '{name}' was written {} s ago: a `watch` may be writing it, and a watch with [retention] compacts its own replicas. Run compact on replicas no watch writes (stop the watch and wait {} s), or pass --even-if-active",
-        age.as_secs(),
-        quiet.as_secs()
-    )))
-}
-
 fn explain(c: ExplainCmd) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), c.databases.clone())?;
@@ -914,7 +908,7 @@ fn explain(c: ExplainCmd) -> Result<()> {
 fn delete(c: DeleteCmd) -> Result<()> {
     let target = target!(c);
     let mut resolver = Resolver::load(&target, SettingFlags::default(), Vec::new())?;
-    let storage = resolver.storage(&target)?;
+    let storage = resolver.storage(&target, retries_on_stderr())?;
     let name = resolver.replica_name(&c.name)?;
     let mode = if c.force {
         crate::compact::Mode::Apply
@@ -930,6 +924,11 @@ fn delete(c: DeleteCmd) -> Result<()> {
     }
     output::deletion(&name, &deleted, mode, c.json);
     Ok(())
+}
+
+/// A one-shot command says each retry of a storage request on stderr.
+fn retries_on_stderr() -> crate::storage::s3::RetryProgress {
+    Arc::new(|line: &str| eprintln!("walsync: {line}"))
 }
 
 /// SIGHUP sets `reload` (watch reads its config file again).

@@ -430,24 +430,7 @@ pub fn compaction(r: &crate::compact::PassReport, mode: crate::compact::Mode) {
 /// The passes of `compact --json`, one JSON object per database.
 pub fn compactions_json(reports: &[crate::compact::PassReport], mode: crate::compact::Mode) {
     for r in reports {
-        let line = serde_json::json!({
-            "name": r.name,
-            "dry_run": mode == crate::compact::Mode::DryRun,
-            "compacted": r.compacted.iter().map(|c| serde_json::json!({
-                "level": c.id.level,
-                "min_txid": c.id.min_txid,
-                "max_txid": c.id.max_txid,
-                "inputs": c.inputs,
-                "input_bytes": c.input_bytes,
-                "bytes": c.bytes,
-            })).collect::<Vec<_>>(),
-            "deleted": r.deleted.iter().map(|(key, size)| serde_json::json!({"key": key, "bytes": size})).collect::<Vec<_>>(),
-            "files_after": r.files_after,
-            "bytes_after": r.bytes_after,
-            "window_starts_at": r.window_starts_at,
-            "snapshots_kept": r.snapshots_kept,
-        });
-        println!("{line}");
+        println!("{}", r.to_json(mode));
     }
 }
 

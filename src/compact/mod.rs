@@ -74,6 +74,27 @@ pub struct PassReport {
 
 impl PassReport {
     /// Whether the pass wrote or deleted anything.
+    /// The report as `walsync compact --json` prints it (one object).
+    pub fn to_json(&self, mode: Mode) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "dry_run": mode == Mode::DryRun,
+            "compacted": self.compacted.iter().map(|c| serde_json::json!({
+                "level": c.id.level,
+                "min_txid": c.id.min_txid,
+                "max_txid": c.id.max_txid,
+                "inputs": c.inputs,
+                "input_bytes": c.input_bytes,
+                "bytes": c.bytes,
+            })).collect::<Vec<_>>(),
+            "deleted": self.deleted.iter().map(|(key, size)| serde_json::json!({"key": key, "bytes": size})).collect::<Vec<_>>(),
+            "files_after": self.files_after,
+            "bytes_after": self.bytes_after,
+            "window_starts_at": self.window_starts_at,
+            "snapshots_kept": self.snapshots_kept,
+        })
+    }
+
     pub fn did_work(&self) -> bool {
         !self.compacted.is_empty() || !self.deleted.is_empty()
     }
@@ -418,6 +439,32 @@ fn prove(
         )));
     }
     Ok(())
+}
+
+/// Refuses to compact a replica written so recently that a `watch` may be
+/// writing it: a watch touches a replica only in answer to writes, at most
+/// one compaction interval after them, so a quiet minute (or two shortest
+/// intervals) means none is.
+pub fn refuse_if_active(
+    storage: &dyn Storage,
+    name: &str,
+    tracked: &mut Tracked,
+    retention: &Retention,
+    now_ms: i64,
+) -> Result<()> {
+    let shortest = retention.levels.iter().copied().min().unwrap_or_default();
+    let quiet = Duration::from_secs(60).max(shortest * 2);
+    let Some(age) = newest_write_age(storage, tracked, now_ms)? else {
+        return Ok(());
+    };
+    if age >= quiet {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "the replica of '{name}' was written {} s ago: a `watch` may be writing it, and a watch with [retention] compacts its own replicas. Run compact on replicas no watch writes (stop the watch and wait {} s), or pass --even-if-active",
+        age.as_secs(),
+        quiet.as_secs()
+    )))
 }
 
 /// Deletes every object of database `name` (its LTX files, markers and

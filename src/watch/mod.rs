@@ -114,6 +114,9 @@ pub struct Controls {
     pub stop: CancelToken,
     /// Set: read the config file again and rediscover (SIGHUP).
     pub reload: crate::cancel::Trigger,
+    /// The status board the watch keeps (what `walsync status` shows): an
+    /// embedder reads it with [`Board::all`].
+    pub board: Arc<Board>,
 }
 
 /// Replicates the databases of `selection`, and those that appear in it
@@ -165,7 +168,7 @@ pub fn watch(
         pollers,
         uploaders,
     });
-    let board = Arc::new(Board::default());
+    let board = Arc::clone(&controls.board);
     let circuit = Arc::new(circuit::Circuit::new(options.circuit));
     let (job_tx, job_rx) = bounded::<Job>(uploaders * 2);
     let queue = job_rx.clone();

@@ -55,9 +55,13 @@ impl Resolver {
     }
 
     /// Opens the replica storage for a one-shot command: each retry of a
-    /// request is said on stderr ("still trying …").
-    pub fn storage(&mut self, target: &Target) -> Result<Arc<dyn Storage>> {
-        let progress: s3::RetryProgress = Arc::new(|line: &str| eprintln!("walsync: {line}"));
+    /// request is said to `progress` ("still trying …"; the CLI prints it
+    /// on stderr, the Python package logs it).
+    pub fn storage(
+        &mut self,
+        target: &Target,
+        progress: s3::RetryProgress,
+    ) -> Result<Arc<dyn Storage>> {
         self.open(target, Some(progress))
     }
 
