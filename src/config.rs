@@ -13,6 +13,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// `watch` runs this command as its child (see `--exec`).
+    pub exec: Option<String>,
     #[serde(default)]
     pub s3: S3Section,
     #[serde(default)]

@@ -7,6 +7,7 @@
 //! argh's default 1; `--help` prints to standard output and exits 0.
 
 mod args;
+mod exec;
 mod explain;
 mod output;
 
@@ -147,6 +148,9 @@ pub struct WatchCmd {
     /// log lines as text or json, one object a line (default: $WALSYNC_LOG_FORMAT, else text)
     #[argh(option)]
     pub log_format: Option<String>,
+    /// run this command (e.g. "bin/server --port 8080") once replication is under way; SIGINT/SIGTERM go to it; when it exits, walsync ships what is committed and exits with its code (config: exec)
+    #[argh(option)]
+    pub exec: Option<String>,
 }}
 
 replica_command! {
@@ -570,6 +574,23 @@ fn watch(c: WatchCmd) -> Result<()> {
     })?;
     raise_open_files_limit(resolver.databases()?.len())?;
     let controls = Controls::default();
+    let exec = c
+        .exec
+        .clone()
+        .or_else(|| resolver.selection.config().exec.clone());
+    if let Some(command) = exec {
+        let command = exec::split(&command)?;
+        on_hangup(controls.reload.clone());
+        let code = exec::run(
+            &command,
+            storage,
+            resolver.selection,
+            options,
+            controls,
+            sink,
+        )?;
+        std::process::exit(code);
+    }
     on_signals(
         controls.stop.clone(),
         Some(

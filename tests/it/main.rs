@@ -7,6 +7,7 @@ mod harness;
 
 mod cli;
 mod compact;
+mod deploy;
 mod faults;
 mod fleet;
 mod interop;

@@ -1,0 +1,203 @@
+//! `walsync watch --exec "CMD ARGS"` (or `exec` in the config): walsync
+//! runs the application as its child, Litestream's `-exec` idiom for
+//! containers where one process must own the lifetime of both.
+//!
+//! Order, and why:
+//! 1. walsync starts replicating first, and starts the child only once
+//!    every database is open: if walsync cannot start (bad config, a
+//!    missing database), the child is never started, so an application
+//!    never runs unreplicated.
+//! 2. SIGINT and SIGTERM sent to walsync are forwarded to the child and do
+//!    not stop walsync: the application decides when to end, and its last
+//!    commits happen while walsync still replicates.
+//! 3. When the child exits, walsync ships what is committed, stops, and
+//!    exits with the child's code (128 + the signal's number when a signal
+//!    ended it), so the container's exit status is the application's. If
+//!    the child succeeded but walsync could not store everything by the
+//!    shutdown timeout, walsync's own error and exit code win: a failed
+//!    last upload is never hidden behind a 0.
+
+use crate::error::{Error, Result};
+use crate::event::{Event, EventSink};
+use crate::watch::{self, Controls, WatchOptions};
+use crossbeam_channel::{bounded, Sender};
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Splits a command line as a shell would, without expanding anything:
+/// words separated by blanks, 'single' and "double" quotes, and backslash
+/// escapes (outside single quotes).
+pub fn split(command: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = command.chars();
+    let unclosed = || Error::Usage(format!("--exec: unclosed quote in '{command}'"));
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next().ok_or_else(unclosed)? {
+                        '\'' => break,
+                        c => w.push(c),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next().ok_or_else(unclosed)? {
+                        '"' => break,
+                        '\\' => w.push(chars.next().ok_or_else(unclosed)?),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                let escaped = chars.next().unwrap_or('\\');
+                word.get_or_insert_with(String::new).push(escaped);
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    if words.is_empty() {
+        return Err(Error::Usage("--exec: the command is empty".into()));
+    }
+    Ok(words)
+}
+
+/// Passes events on and says when the watch is under way.
+struct Starting {
+    inner: Arc<dyn EventSink>,
+    started: Sender<()>,
+}
+
+impl EventSink for Starting {
+    fn emit(&self, event: Event) {
+        if matches!(event, Event::Watching { .. }) {
+            let _ = self.started.try_send(());
+        }
+        self.inner.emit(event);
+    }
+}
+
+/// The child's process ID while it runs (0: none), for the signal handler.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// Forwards the signal to the child. Only an atomic load and kill(2):
+/// async-signal-safe.
+extern "C" fn forward(signal: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe; `pid` is our child's.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// Runs `watch` with `command` as its child; returns the exit code.
+pub fn run(
+    command: &[String],
+    storage: Arc<dyn crate::storage::Storage>,
+    selection: crate::selection::Selection,
+    options: WatchOptions,
+    controls: Controls,
+    events: Arc<dyn EventSink>,
+) -> Result<i32> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Error::Usage("--exec: the command is empty".into()))?;
+    // SAFETY: installs handlers that only load an atomic and call kill(2).
+    unsafe {
+        libc::signal(libc::SIGINT, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+    }
+    let (started_tx, started_rx) = bounded(1);
+    let sink: Arc<dyn EventSink> = Arc::new(Starting {
+        inner: Arc::clone(&events),
+        started: started_tx,
+    });
+    let watching = controls.clone();
+    let watcher =
+        std::thread::spawn(move || watch::watch(storage, selection, &options, &watching, sink));
+    // Until every database is open; a watch that ended did not start.
+    while started_rx.recv_timeout(Duration::from_millis(20)).is_err() {
+        if watcher.is_finished() {
+            return match watcher.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::Other("watch stopped as it started".into())),
+            };
+        }
+    }
+    let code = match Command::new(program).args(args).spawn() {
+        Ok(mut child) => {
+            CHILD.store(child.id() as i32, Ordering::SeqCst);
+            let status = child.wait();
+            CHILD.store(0, Ordering::SeqCst);
+            let code = status.map(exit_code).map_err(|e| {
+                Error::Other(format!("waiting for the --exec command '{program}': {e}"))
+            });
+            eprintln!(
+                "walsync: the --exec command exited ({}); shipping what is committed",
+                match &code {
+                    Ok(c) => format!("code {c}"),
+                    Err(e) => e.to_string(),
+                }
+            );
+            code
+        }
+        Err(e) => Err(Error::Usage(format!(
+            "cannot start the --exec command '{program}': {e}"
+        ))),
+    };
+    controls.stop.cancel();
+    let shipped = watcher
+        .join()
+        .unwrap_or_else(|_| Err(Error::Other("the watch thread panicked".into())));
+    match (code, shipped) {
+        (Err(e), _) => Err(e),
+        (Ok(0), Err(e)) => Err(e),
+        (Ok(code), Err(e)) => {
+            eprintln!("walsync: {e}");
+            Ok(code)
+        }
+        (Ok(code), Ok(())) => Ok(code),
+    }
+}
+
+/// The exit code a shell would report for the child's status.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn splits_as_a_shell_would_without_expanding() {
+        let words = split(r#"python3 -c 'print("a b")' "x \"y\"" a\ b $HOME"#).unwrap();
+        assert_eq!(
+            words,
+            [
+                "python3",
+                "-c",
+                r#"print("a b")"#,
+                r#"x "y""#,
+                "a b",
+                "$HOME"
+            ]
+        );
+        assert!(split("  ").is_err());
+        assert!(split("echo 'unclosed").is_err());
+    }
+}
