@@ -366,7 +366,7 @@ impl ConfigFile {
                 .unwrap_or_default();
             let yaml = text.lines().any(|l| l.trim_start().starts_with("dbs:"));
             let hint = if yaml {
-                "this looks like a Litestream YAML config: walsync reads TOML, see README \"Coming from Litestream\" for the translation"
+                "this looks like a Litestream YAML config: walsync reads TOML; `walsync import-litestream FILE` prints the equivalent walsync.toml"
             } else {
                 "see README \"Config file\" for the keys walsync knows"
             };

@@ -67,6 +67,7 @@ pub mod wal;
 // What the library does, one module per concept.
 pub mod estimate;
 pub mod event;
+pub mod import;
 pub mod list;
 pub mod monitor;
 pub mod names;

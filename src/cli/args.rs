@@ -3,7 +3,7 @@
 //! the arguments before argh parses them.
 
 /// The commands, in the order `walsync help` lists them.
-pub const COMMANDS: [&str; 12] = [
+pub const COMMANDS: [&str; 13] = [
     "watch",
     "snapshot",
     "restore",
@@ -14,6 +14,7 @@ pub const COMMANDS: [&str; 12] = [
     "delete",
     "status",
     "explain",
+    "import-litestream",
     "pragma",
     "version",
 ];

@@ -62,6 +62,7 @@ pub enum Command {
     Delete(DeleteCmd),
     Status(StatusCmd),
     Explain(ExplainCmd),
+    ImportLitestream(ImportLitestreamCmd),
     Pragma(PragmaCmd),
     Version(VersionCmd),
 }
@@ -236,6 +237,15 @@ pub struct ReplicateCmd {
     #[argh(option)]
     pub metrics_addr: Option<String>,
 }}
+
+#[derive(FromArgs, Debug)]
+/// Print the walsync.toml equivalent of a Litestream config (keys walsync has no equivalent for are listed as comments, with why; secrets are never copied).
+#[argh(subcommand, name = "import-litestream")]
+pub struct ImportLitestreamCmd {
+    /// the Litestream config, e.g. /etc/litestream.yml
+    #[argh(positional)]
+    pub config: PathBuf,
+}
 
 replica_command! {
 /// List the databases in a replica.
@@ -523,6 +533,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Delete(c) => within(c.timeout, None, || delete(c)),
         Command::Status(c) => status(c),
         Command::Explain(c) => explain(c),
+        Command::ImportLitestream(c) => import_litestream(&c.config),
         Command::Pragma(_) => {
             print!("{}", PRAGMAS);
             Ok(())
@@ -924,6 +935,16 @@ fn explain(c: ExplainCmd) -> Result<()> {
     let dbs = resolver.databases()?;
     let plan = explain::plan(&storage.describe(), &dbs, &options);
     explain::print(&plan, c.json)
+}
+
+fn import_litestream(path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+    print!(
+        "{}",
+        crate::import::translate(&text, &path.display().to_string())?
+    );
+    Ok(())
 }
 
 fn delete(c: DeleteCmd) -> Result<()> {
