@@ -159,8 +159,8 @@ impl<'f> WalReader<'f> {
             return Ok(Resume::Reset);
         };
         let len = file_len(file)?;
-        let aligned =
-            saved.offset >= HEADER_SIZE && (saved.offset - HEADER_SIZE) % header.frame_size() == 0;
+        let aligned = saved.offset >= HEADER_SIZE
+            && (saved.offset - HEADER_SIZE).is_multiple_of(header.frame_size());
         if header.salt1 != saved.salt1
             || header.salt2 != saved.salt2
             || !aligned

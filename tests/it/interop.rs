@@ -680,7 +680,7 @@ fn walsync_compacted_to_litestream(backend: Backend, dir: &Path) {
         insert(&mut conn, 2, 900, round * 10);
         dest.wait_for_txid(NAME, want, Duration::from_secs(30));
         // The states of the last 4 s are inside the window when it stops.
-        if started.elapsed() > Duration::from_secs(8) && round % 3 == 0 {
+        if started.elapsed() > Duration::from_secs(8) && round.is_multiple_of(3) {
             states.record(&dest);
         }
         std::thread::sleep(Duration::from_millis(100));
