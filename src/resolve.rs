@@ -193,4 +193,9 @@ impl Resolver {
     pub fn replica_name(&self, arg: &str) -> Result<String> {
         self.selection.replica_name(arg, &self.replica)
     }
+
+    /// What a database argument names: a path (and its name) or a name.
+    pub fn database_arg(&self, arg: &str) -> Result<crate::selection::DatabaseArg> {
+        self.selection.database_arg(arg, &self.replica)
+    }
 }

@@ -401,15 +401,94 @@ impl Selection {
     /// A replica name given to `restore` or `verify`: a database file's path
     /// (named as `watch` with the same configuration names it) or a name.
     pub fn replica_name(&self, arg: &str, replica: &str) -> Result<String> {
+        Ok(self.database_arg(arg, replica)?.name().to_string())
+    }
+
+    /// What a command's database argument names: a database by its path
+    /// (an existing file, an absolute path, or a path a `[[databases]]`
+    /// entry matches, whether or not the file exists now), else a replica
+    /// name.
+    pub fn database_arg(&self, arg: &str, replica: &str) -> Result<DatabaseArg> {
         let path = Path::new(arg);
         if path.is_file() {
-            return Ok(self.database(path, None, replica)?.0.name);
+            let name = self.database(path, None, replica)?.0.name;
+            return Ok(DatabaseArg::Path {
+                name,
+                path: path.to_path_buf(),
+            });
+        }
+        if let Some(name) = self.name_for_missing(path, replica)? {
+            return Ok(DatabaseArg::Path {
+                name,
+                path: path.to_path_buf(),
+            });
         }
         // The empty name is a database at the replica's root.
         if !arg.is_empty() {
             names::validate(arg)?;
         }
-        Ok(arg.to_string())
+        Ok(DatabaseArg::Name(arg.to_string()))
+    }
+
+    /// The name `watch` with this configuration would give a database at
+    /// `path` that does not exist now (restore after a loss): its entry's
+    /// name or template (rule 1), the name its local state kept if that
+    /// is still there (rule 2), the glob's rule (3) or the stem (4). An
+    /// absolute path no entry matches is named by its stem, as `watch
+    /// PATH` names it. None: a relative path nothing matches (a name).
+    fn name_for_missing(&self, path: &Path, replica: &str) -> Result<Option<String>> {
+        let key = absolute(path).into_owned();
+        let matched = self.config.databases.iter().find_map(|entry| {
+            let glob = Glob::new(&entry.path);
+            if glob.has_wildcards() {
+                let captures = glob.captures(&key)?;
+                return Some(match &entry.name {
+                    Some(n) => Naming::Given {
+                        name: n.clone(),
+                        captures: Some(captures),
+                    },
+                    None => Naming::Glob(captures),
+                });
+            }
+            if absolute(Path::new(&entry.path)) != key {
+                return None;
+            }
+            Some(match &entry.name {
+                Some(n) => Naming::Given {
+                    name: n.clone(),
+                    captures: None,
+                },
+                None => Naming::Path,
+            })
+        });
+        let naming = match matched {
+            Some(naming) => naming,
+            None if path.is_absolute() => Naming::Path,
+            None => return Ok(None),
+        };
+        let candidate = Candidate {
+            kept: crate::watch::kept_name(&key, replica),
+            path: key,
+            naming,
+        };
+        Ok(names::assign(&[candidate])?.pop())
+    }
+}
+
+/// What a database argument names (see [`Selection::database_arg`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseArg {
+    /// A database by its path, and the name `watch` gives it.
+    Path { name: String, path: PathBuf },
+    /// A replica name.
+    Name(String),
+}
+
+impl DatabaseArg {
+    pub fn name(&self) -> &str {
+        match self {
+            DatabaseArg::Path { name, .. } | DatabaseArg::Name(name) => name,
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! Work that goes on in the background of a Python program: an in-app
-//! `watch` ([`Watch`]) and a read replica ([`Follow`]). Each runs the
-//! library's loop on its own thread and is steered through its handle:
+//! Work that goes on in the background: a `watch` ([`Watch`]) and a read
+//! replica ([`Follow`]). The package runs these in its worker process
+//! (python/walsync/_worker.py: never in the application's process, whose
+//! own SQLite would share locks with walsync's). Each runs the library's
+//! loop on its own thread and is steered through its handle:
 //! `stop()` cancels the loop and waits (without the GIL) until it returned,
 //! so that nothing is left running: a watch ships what is committed first,
 //! as SIGTERM makes the binary do. Dropping a handle stops it the same way.

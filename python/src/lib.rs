@@ -5,7 +5,8 @@
 //! (python/walsync/); this module only moves calls across:
 //!
 //! - [`client`]: a replica location and the one-shot commands;
-//! - [`handles`]: an in-app watch and a read replica on background threads;
+//! - [`handles`]: a watch and a read replica on background threads (run by
+//!   the package's worker process, python/walsync/_worker.py);
 //! - [`blocking`]: every call runs without the GIL and stays interruptible;
 //! - [`errors`]: walsync's errors as `walsync.errors` exceptions;
 //! - [`pylog`]: log lines through Python's `logging`.

@@ -194,3 +194,33 @@ def test_a_snapshot_beside_an_open_connection_leaves_its_wal_alone(tmp_path):
         time.sleep(0.3)
     ws.restore("app", tmp_path / "restored.db")
     assert len(rows_of(tmp_path / "restored.db")) == 35
+
+
+def test_an_application_killed_with_sigkill_loses_nothing_committed(tmp_path):
+    """The worker sees its input close when the application dies, however
+    it dies, and ships what is committed before it exits."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        f"""
+import sqlite3, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import make_db, with_rows
+from walsync import WalSync
+db = make_db({str(tmp_path / 'app.db')!r}, rows=5)
+handle = WalSync({f'file://{tmp_path}/replica'!r}).watch([{str(tmp_path / 'app.db')!r}], sync_interval=3600)
+for _ in range(40):
+    with_rows(db, 1)
+print(handle._worker._proc.pid, flush=True)
+time.sleep(60)
+"""
+    )
+    app = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    worker = int(app.stdout.readline())
+    app.kill()
+    app.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker}").exists() and "zombie" not in Path(f"/proc/{worker}/status").read_text():
+        assert time.monotonic() < deadline, "the worker outlived its application by 30 s"
+        time.sleep(0.05)
+    WalSync(f"file://{tmp_path}/replica").restore("app", tmp_path / "restored.db")
+    assert len(rows_of(tmp_path / "restored.db")) == 45

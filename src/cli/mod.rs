@@ -182,12 +182,12 @@ pub struct RestoreCmd {
     /// give up after this long without progress from storage, e.g. 90s (default 5m)
     #[argh(option, from_str_fn(duration))]
     pub timeout: Option<Duration>,
-    /// replica name of the database (see `walsync list`)
+    /// replica name of the database (see `walsync list`), or its path: /var/lib/app/acme/app.db, named as `watch` with the same --config names it, also when the file is gone
     #[argh(positional)]
     pub name: String,
-    /// output database file
+    /// output database file (default, when NAME is a path: that path)
     #[argh(option, short = 'o')]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     /// restore the state as of this TXID: as list prints it (0x0000000000000010, or Litestream's 0000000000000010, both hex) or decimal (16)
     #[argh(option, from_str_fn(txid))]
     pub txid: Option<u64>,
@@ -740,10 +740,11 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
             "use --txid or --point-in-time, not both".into(),
         ));
     }
+    let (name, output) = restore_target(&resolver, storage.as_ref(), &c.name, c.output)?;
     on_signals(cancel.clone(), None)?;
     let opts = RestoreOptions {
-        name: resolver.replica_name(&c.name)?,
-        output: c.output,
+        name,
+        output,
         txid: c.txid,
         point_in_time_ms,
         force: c.force,
@@ -765,6 +766,39 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The replica name and output of `restore NAME|PATH [-o OUT]`. A path
+/// names its database as `watch` would and is the default output; its
+/// replica must not record another database as its source (a name two
+/// databases could share by their stems is not guessed).
+fn restore_target(
+    resolver: &Resolver,
+    storage: &dyn crate::storage::Storage,
+    arg: &str,
+    output: Option<PathBuf>,
+) -> Result<(String, PathBuf)> {
+    use crate::selection::DatabaseArg;
+    match (resolver.database_arg(arg)?, output) {
+        (DatabaseArg::Name(name), Some(out)) => Ok((name, out)),
+        (DatabaseArg::Name(name), None) => Err(Error::Usage(format!(
+            "restore '{name}' needs -o OUT (the output file); give the database's path instead of its name to restore it in place"
+        ))),
+        (DatabaseArg::Path { name, path }, out) => {
+            let key = crate::selection::absolute(&path).into_owned();
+            if let Some(record) = crate::watch::identity::source_of(storage, &name)? {
+                if std::path::Path::new(&record.path) != key {
+                    return Err(Error::Restore(format!(
+                        "the replica '{name}' is the replica of {} (on {}), not of {}; restore it by name with -o",
+                        record.path,
+                        record.host,
+                        key.display()
+                    )));
+                }
+            }
+            Ok((name, out.unwrap_or(path)))
+        }
+    }
 }
 
 /// `walsync replicate`: follows the replica into `--local`.
@@ -817,9 +851,14 @@ fn restore_and_follow(c: RestoreCmd) -> Result<()> {
             "--follow restores the latest state and follows it: it takes no --txid, --point-in-time, --if-db-not-exists or --if-replica-exists".into(),
         ));
     }
+    let Some(local) = c.output else {
+        return Err(Error::Usage(
+            "--follow needs -o PATH: the local database to follow into".into(),
+        ));
+    };
     replicate(ReplicateCmd {
         name: c.name,
-        local: c.output,
+        local,
         interval: c.interval,
         once: false,
         force: c.force,

@@ -38,7 +38,7 @@ pub fn translate(text: &str, source: &str) -> Result<String> {
 }
 
 /// A database's replica location, split into the shared part and its name.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 struct Location {
     /// `s3://bucket` or `file://`.
     root: String,
@@ -65,7 +65,6 @@ impl Location {
     }
 }
 
-#[derive(Debug)]
 struct Database {
     path: String,
     /// A `dir:` entry: one name per file it matches, by template.
@@ -74,7 +73,7 @@ struct Database {
     settings: Vec<(String, String)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Translation {
     exec: Option<String>,
     sync: Vec<(String, String)>,
@@ -84,9 +83,23 @@ struct Translation {
     notes: Vec<String>,
 }
 
-/// A TOML string literal.
+/// A TOML basic string holding `text` (written by hand: the toml crate's
+/// serializer would add tens of kilobytes to the static binary for this).
 fn quoted(text: &str) -> String {
-    toml::Value::String(text.to_string()).to_string()
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A Litestream duration as a walsync one, if walsync reads it.
@@ -467,4 +480,21 @@ enum Section {
 /// A whole number as walsync writes it, if it is one.
 fn number(text: &str) -> Option<String> {
     text.parse::<u64>().ok().map(|n| n.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_strings_read_back_as_written() {
+        for s in [
+            "plain",
+            "a \"quoted\" \\ path",
+            "tab\there",
+            "line\nbreak",
+            "\u{1}",
+        ] {
+            let v: toml::Value = toml::from_str(&format!("k = {}", super::quoted(s))).unwrap();
+            assert_eq!(v["k"].as_str(), Some(s));
+        }
+    }
 }

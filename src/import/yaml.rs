@@ -8,7 +8,8 @@
 //! and this is all `import-litestream` needs.
 
 /// A YAML node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
+#[cfg_attr(test, derive(Debug))]
 pub enum Node {
     Map(Vec<(String, Node)>),
     List(Vec<Node>),
@@ -36,7 +37,7 @@ impl Node {
 
 /// One significant line: its number (from 1), indentation and content
 /// without the comment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Line {
     number: usize,
     indent: usize,

@@ -36,6 +36,24 @@ pub struct SourceRecord {
     pub host: String,
 }
 
+/// The source the replica of `name` records, if it records one walsync
+/// can read.
+pub fn source_of(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+) -> Result<Option<SourceRecord>> {
+    let Some(dl) = storage.get(&record_key(name))? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    dl.body
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Storage(format!("reading {}: {e}", record_key(name))))?;
+    // A record walsync cannot read says nothing about the source.
+    Ok(serde_json::from_str(&text).ok())
+}
+
 /// The key of the record under a database's name.
 pub fn record_key(name: &str) -> String {
     format!("{}.walsync-source", db_prefix(name))
@@ -91,16 +109,7 @@ impl Shipper {
     }
 
     fn read_record(&self) -> Result<Option<SourceRecord>> {
-        let Some(dl) = self.storage.get(&record_key(&self.name))? else {
-            return Ok(None);
-        };
-        let mut text = String::new();
-        dl.body
-            .take(64 * 1024)
-            .read_to_string(&mut text)
-            .map_err(|e| Error::Storage(format!("reading {}: {e}", record_key(&self.name))))?;
-        // A record walsync cannot read says nothing about the source.
-        Ok(serde_json::from_str(&text).ok())
+        source_of(self.storage.as_ref(), &self.name)
     }
 
     fn write_record(&self) -> Result<()> {

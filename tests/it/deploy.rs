@@ -392,3 +392,121 @@ fn a_litestream_config_given_to_watch_points_at_import_litestream() {
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(stderr(&out).contains("line 2"), "{}", text(&out));
 }
+
+/// Removes a database with its WAL, WAL-index and walsync's local state,
+/// as a lost volume would.
+fn lose(db: &Path) {
+    let dir = db.parent().unwrap();
+    let file = db.file_name().unwrap().to_str().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.starts_with(file) || name.starts_with(&format!(".{file}")) {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    assert!(!db.exists());
+}
+
+#[test]
+fn restore_by_path_finds_the_name_and_the_destination_in_the_config() {
+    let server = S3Server::start();
+    let dest = Dest::s3(&server, "by-path", "fleet");
+    let dir = tempfile::tempdir().unwrap();
+    let acme = dir.path().join("tenants/acme/app.db");
+    let globex = dir.path().join("tenants/globex/app.db");
+    for (db, seed) in [(&acme, 1), (&globex, 2)] {
+        let mut conn = create_db(db, 4096);
+        insert(&mut conn, 20, 300, seed);
+    }
+    let config = dir.path().join("walsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[databases]]\npath = \"{}/tenants/*/app.db\"\nname = \"tenants/{{1}}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let w = dest.watch(&[], &["--config", &config, "--sync-interval", "50ms"]);
+    dest.wait_for_txid("tenants/acme", 1, Duration::from_secs(20));
+    dest.wait_for_txid("tenants/globex", 1, Duration::from_secs(20));
+    w.stop_clean();
+    let expected = row_count(&acme);
+    lose(&acme);
+
+    // The path alone: named by the config's template, restored in place.
+    let acme_arg = acme.to_str().unwrap();
+    let out = dest.walsync(&["restore", acme_arg, "--config", &config, "-b", &dest.url]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(stderr(&out).contains("acme"), "{}", text(&out));
+    assert_eq!(row_count(&acme), expected);
+    integrity_ok(&acme);
+
+    // The path exists now: refused unless told.
+    let out = dest.walsync(&["restore", acme_arg, "--config", &config, "-b", &dest.url]);
+    assert_eq!(code(&out), 6, "{}", text(&out));
+    let out = dest.walsync(&[
+        "restore",
+        acme_arg,
+        "--config",
+        &config,
+        "-b",
+        &dest.url,
+        "--if-db-not-exists",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = dest.walsync(&[
+        "restore", acme_arg, "--config", &config, "-b", &dest.url, "--force",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(row_count(&acme), expected);
+
+    // -o still wins; a name still needs it.
+    let elsewhere = dir.path().join("copy.db");
+    let globex_arg = globex.to_str().unwrap();
+    let out = dest.walsync(&[
+        "restore",
+        globex_arg,
+        "--config",
+        &config,
+        "-b",
+        &dest.url,
+        "-o",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(row_count(&elsewhere), row_count(&globex));
+    let out = dest.walsync(&["restore", "tenants/acme", "-b", &dest.url]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(stderr(&out).contains("-o"), "{}", text(&out));
+}
+
+#[test]
+fn restore_by_path_refuses_a_replica_of_another_database() {
+    let server = S3Server::start();
+    let dest = Dest::s3(&server, "by-path-other", "apps");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("one/app.db");
+    let mut conn = create_db(&db, 4096);
+    insert(&mut conn, 5, 100, 7);
+    drop(conn);
+    dest.snapshot(&db);
+    // Another database with the same stem, never replicated: its path
+    // names "app" too, whose replica records the first as its source.
+    let other = dir.path().join("two/app.db");
+    let out = dest.walsync(&["restore", other.to_str().unwrap(), "-b", &dest.url]);
+    assert_eq!(code(&out), 6, "{}", text(&out));
+    assert!(stderr(&out).contains("is the replica of"), "{}", text(&out));
+    assert!(!other.exists());
+    // Its own path (lost) restores in place without a config.
+    lose(&db);
+    let out = dest.walsync(&["restore", db.to_str().unwrap(), "-b", &dest.url]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(row_count(&db), 5);
+}
