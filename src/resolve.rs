@@ -198,4 +198,37 @@ impl Resolver {
     pub fn database_arg(&self, arg: &str) -> Result<crate::selection::DatabaseArg> {
         self.selection.database_arg(arg, &self.replica)
     }
+
+    /// The replica name and output of `restore NAME|PATH [-o OUT]`. A path
+    /// names its database as `watch` would and is the default output; its
+    /// replica must not record another database as its source (a name two
+    /// databases could share by their stems is not guessed).
+    pub fn restore_target(
+        &self,
+        storage: &dyn Storage,
+        arg: &str,
+        output: Option<PathBuf>,
+    ) -> Result<(String, PathBuf)> {
+        use crate::selection::DatabaseArg;
+        match (self.database_arg(arg)?, output) {
+            (DatabaseArg::Name(name), Some(out)) => Ok((name, out)),
+            (DatabaseArg::Name(name), None) => Err(Error::Usage(format!(
+                "restore '{name}' needs -o OUT (the output file); give the database's path instead of its name to restore it in place"
+            ))),
+            (DatabaseArg::Path { name, path }, out) => {
+                let key = crate::selection::absolute(&path).into_owned();
+                if let Some(record) = crate::watch::identity::source_of(storage, &name)? {
+                    if std::path::Path::new(&record.path) != key {
+                        return Err(Error::Restore(format!(
+                            "the replica '{name}' is the replica of {} (on {}), not of {}; restore it by name with -o",
+                            record.path,
+                            record.host,
+                            key.display()
+                        )));
+                    }
+                }
+                Ok((name, out.unwrap_or(path)))
+            }
+        }
+    }
 }

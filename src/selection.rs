@@ -438,8 +438,9 @@ impl Selection {
     /// PATH` names it. None: a relative path nothing matches (a name).
     fn name_for_missing(&self, path: &Path, replica: &str) -> Result<Option<String>> {
         let key = absolute(path).into_owned();
-        let matched = self.config.databases.iter().find_map(|entry| {
-            let glob = Glob::new(&entry.path);
+        // The last entry that matches wins, as in `watch` (one_per_file).
+        let matched = self.config.databases.iter().rev().find_map(|entry| {
+            let glob = Glob::new(&absolute(Path::new(&entry.path)).to_string_lossy());
             if glob.has_wildcards() {
                 let captures = glob.captures(&key)?;
                 return Some(match &entry.name {

@@ -149,8 +149,11 @@ impl Client {
             if txid.is_some() && point_in_time_ms.is_some() {
                 return Err(Error::Usage("use txid or point_in_time, not both".into()));
             }
+            // A database path is checked against the replica's recorded
+            // source, as the CLI checks it.
+            let (name, output) = resolver.restore_target(storage.as_ref(), &name, Some(output))?;
             let options = RestoreOptions {
-                name: resolver.replica_name(&name)?,
+                name,
                 output,
                 txid,
                 point_in_time_ms,

@@ -224,3 +224,40 @@ time.sleep(60)
         time.sleep(0.05)
     WalSync(f"file://{tmp_path}/replica").restore("app", tmp_path / "restored.db")
     assert len(rows_of(tmp_path / "restored.db")) == 45
+
+
+def test_replies_stay_in_step_after_an_unread_answer(tmp_path):
+    """A KeyboardInterrupt while a request waits leaves its answer unread;
+    the next request must still get its own answer, not that one."""
+    make_db(tmp_path / "app.db")
+    with WalSync(f"file://{tmp_path}/replica").watch([tmp_path / "app.db"]) as handle:
+        worker = handle._worker
+        worker._requests += 1
+        worker._send({"id": worker._requests, "request": "running"})  # never read
+        [status] = handle.status()
+        assert status.name == "app"
+        assert handle.running is True
+
+
+def test_a_forked_child_leaves_its_parents_worker_alone(tmp_path):
+    """Pre-forking servers (gunicorn --preload) fork after the application
+    started a watch: the child must neither stop it nor read its replies."""
+    db = make_db(tmp_path / "app.db")
+    ws = WalSync(f"file://{tmp_path}/replica")
+    with ws.watch([tmp_path / "app.db"], sync_interval=0.05) as handle:
+        pid = os.fork()
+        if pid == 0:  # the child: what its exit would run
+            try:
+                walsync._stop_all()
+                handle.stop()
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the forked child hung at exit"
+            time.sleep(0.01)
+        assert handle.running
+        with_rows(db, 3)
+        assert handle.status()[0].name == "app"
+    ws.restore("app", tmp_path / "restored.db")
+    assert rows_of(tmp_path / "restored.db") == rows_of(tmp_path / "app.db")

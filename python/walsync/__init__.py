@@ -40,7 +40,6 @@ import json
 import os
 import re
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
@@ -246,10 +245,23 @@ def _status(rows: List[dict]) -> List[DatabaseStatus]:
     ]
 
 
-# Handles still running, stopped at interpreter exit so that what is
-# committed is shipped, as SIGTERM makes the binary do.
-_running: "weakref.WeakSet[_Background]" = weakref.WeakSet()
-_running_lock = threading.Lock()
+# Handles still running: kept alive until stopped (a handle dropped without
+# stop() keeps replicating, rather than stopping unseen), and stopped at
+# interpreter exit so that what is committed is shipped, as SIGTERM makes
+# the binary do. A child made by os.fork() starts with none: the workers
+# are its parent's.
+_running: "set[_Background]" = set()
+_running_lock = threading.RLock()
+
+
+def _forget_parents_handles() -> None:
+    global _running_lock
+    _running_lock = threading.RLock()
+    _running.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_handles)
 
 
 @atexit.register
@@ -508,7 +520,8 @@ class WalSync:
         a database that cannot be opened raises here.
 
         The handle's ``stop()`` ships what is committed, then stops; so
-        does leaving a ``with`` block, and the interpreter's exit. No
+        does leaving a ``with`` block, and the interpreter's exit (a handle
+        you drop keeps replicating until then). No
         control socket is opened unless ``socket`` (or the config) names
         one.
         """
@@ -536,8 +549,8 @@ class WalSync:
         self, name: str, local: PathLike, interval: Seconds = 1.0, force: bool = False
     ) -> ReadReplica:
         """Keeps the local database ``local`` following the replica of
-        ``name`` (a read replica), polling every ``interval`` seconds on a
-        background thread. Returns once ``local`` holds the replica's
+        ``name`` (a read replica), polling every ``interval`` seconds in the
+        background (in the worker process). Returns once ``local`` holds the replica's
         state. Refuses an existing ``local`` it did not write
         (:class:`RestoreError`) unless ``force``."""
         seconds = _seconds(interval, "interval")

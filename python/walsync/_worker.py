@@ -19,10 +19,11 @@ command. Calls that only read the replica or write a new file (``list``,
 
 Protocol (JSON, one object a line): the package writes the job; the worker
 answers ``{"started": true}`` (long jobs), ``{"result": …}`` or
-``{"error": {"class": …, "message": …}}``. A long job then takes
-requests (``status``, ``position``, ``running``), each answered with a
-result, until ``stop`` or the end of its input (the application exited):
-then it stops, shipping what is committed, and answers a last time. Log
+``{"error": {"class": …, "message": …}}``. A long job then takes numbered
+requests (``{"id": n, "request": "status"}``, ``position``, ``running``),
+each answered with its number, until ``stop`` or the end of its input (the
+application exited, however it ended): then it stops, shipping what is
+committed, and answers a last time. Log
 records come on the worker's stderr as JSON lines and are logged again by
 the package's ``walsync`` logger. The worker runs in a session of its own,
 so a Ctrl-C at the terminal reaches the application, which decides; a
@@ -67,11 +68,20 @@ def _log_records(stream: IO[bytes]) -> None:
 
 
 class Worker:
-    """A worker process running one job; see the module's doc."""
+    """A worker process running one job; see the module's doc.
+
+    Belongs to the process that started it: in a child made by
+    ``os.fork()`` (a pre-forking server) it does nothing, since the pipes
+    and the process are the parent's."""
 
     def __init__(self, job: Dict[str, Any]) -> None:
         job = dict(job, log_level=logging.getLogger("walsync").getEffectiveLevel())
-        self._lock = threading.Lock()
+        self._owner = os.getpid()
+        # Re-entrant: a signal handler or a logging handler may stop a
+        # handle while this thread is inside a request.
+        self._lock = threading.RLock()
+        self._requests = 0
+        self._finished = False
         # Isolated (-I: no current folder, no PYTHON* variables, no user
         # site) and given the folder this package was imported from, so the
         # worker runs this very package whatever the application's cwd.
@@ -88,56 +98,67 @@ class Worker:
             target=_log_records, args=(self._proc.stderr,), name="walsync-worker-log", daemon=True
         )
         self._logs.start()
-        self._finished = False
         self._send(job)
+
+    def _mine(self) -> bool:
+        return os.getpid() == self._owner
 
     def started(self) -> None:
         """Waits until a long job is under way; raises why it could not
         start (the process has then ended)."""
         try:
-            self._answer()
+            self._answer(None)
+        except errors.WalSyncError:
+            self._close()
+            raise
         except BaseException:
             self._kill()
             raise
 
     def request(self, name: str) -> Any:
-        """Sends a request to the running job and returns its answer."""
+        """Sends a request to the running job and returns its answer. Each
+        request carries a number and answers to earlier ones (left unread
+        by a KeyboardInterrupt) are skipped, so the replies stay in step."""
+        if not self._mine():
+            raise errors.WalSyncError("error: this handle belongs to the process that started it")
         with self._lock:
             if self._finished:
                 raise errors.WalSyncError("error: stopped")
-            self._send(name)
-            return self._answer()
+            self._requests += 1
+            self._send({"id": self._requests, "request": name})
+            return self._answer(self._requests)
 
     def result(self) -> Any:
         """The answer of a one-shot job, once its process ended."""
         try:
-            return self._answer_and_finish(None)
+            return self._answer(None)
         except KeyboardInterrupt:
             self._kill()
             raise
+        finally:
+            self._close()
 
     def stop(self) -> None:
         """Stops the job (it ships what is committed) and ends the
         process; raises the error that stopped the job, if one did."""
+        if not self._mine():
+            return
         with self._lock:
             if self._finished:
                 return
             try:
-                self._answer_and_finish("stop")
+                if self._proc.poll() is None:
+                    self._requests += 1
+                    self._send({"id": self._requests, "request": "stop"})
+                self._answer(self._requests)
             except KeyboardInterrupt:
                 self._kill()
                 raise
+            finally:
+                self._close()
 
     def alive(self) -> bool:
-        return not self._finished and self._proc.poll() is None
-
-    def _answer_and_finish(self, last: Optional[str]) -> Any:
-        try:
-            if last is not None and self._proc.poll() is None:
-                self._send(last)
-            return self._answer()
-        finally:
-            self._close()
+        return self._mine() and not self._finished and self._proc.poll() is None
 
     def _send(self, message: Any) -> None:
         stdin = self._proc.stdin
@@ -148,16 +169,21 @@ class Worker:
         except (BrokenPipeError, ValueError):
             pass  # the worker ended: _answer() says how
 
-    def _answer(self) -> Any:
+    def _answer(self, request: Optional[int]) -> Any:
+        """The next answer (to `request`, when numbered); an error answer
+        is raised as its class."""
         stdout = self._proc.stdout
         assert stdout is not None
-        line = stdout.readline()
-        if not line:
-            code = self._proc.wait()
-            raise errors.WalSyncError(
-                f"error: the walsync worker process ended unexpectedly (exit status {code})"
-            )
-        answer = json.loads(line)
+        while True:
+            line = stdout.readline()
+            if not line:
+                code = self._proc.wait()
+                raise errors.WalSyncError(
+                    f"error: the walsync worker process ended unexpectedly (exit status {code})"
+                )
+            answer = json.loads(line)
+            if request is None or answer.get("id") in (request, None):
+                break
         error = answer.get("error")
         if error:
             cls = getattr(errors, str(error.get("class")), errors.WalSyncError)
@@ -167,19 +193,20 @@ class Worker:
         return answer.get("result")
 
     def _close(self) -> None:
-        """Ends the input (a worker still running stops), waits for the
-        process and the log forwarder, and closes the pipes."""
-        if self._finished:
+        """Ends the input (a worker still running stops, shipping what is
+        committed), waits for the process and the log forwarder, and closes
+        the pipes."""
+        if self._finished or not self._mine():
             return
         self._finished = True
-        for pipe in (self._proc.stdin,):
-            try:
-                if pipe:
-                    pipe.close()
-            except OSError:
-                pass
+        try:
+            if self._proc.stdin:
+                self._proc.stdin.close()
+        except OSError:
+            pass
         self._proc.wait()
-        self._logs.join()
+        if threading.current_thread() is not self._logs:
+            self._logs.join()
         for pipe in (self._proc.stdout, self._proc.stderr):
             if pipe:
                 pipe.close()
@@ -187,7 +214,7 @@ class Worker:
     def _kill(self) -> None:
         """Interrupted: the worker is told to stop (SIGTERM: it ships what
         is committed) and waited for."""
-        if self._proc.poll() is None:
+        if self._mine() and self._proc.poll() is None:
             self._proc.terminate()
         self._close()
 
@@ -227,26 +254,33 @@ def _reply(**answer: Any) -> None:
     sys.stdout.flush()
 
 
-def _serve(handle: Any, requests: Dict[str, Any]) -> None:
+def _serve(handle: Any, requests: Dict[str, Any]) -> int:
     """Answers requests until ``stop``, the end of input or a signal; then
     stops the job and answers a last time."""
+    last = None
     try:
         for line in sys.stdin:
-            name = json.loads(line)
+            message = json.loads(line)
+            last, name = message.get("id"), message.get("request")
             if name == "stop":
                 break
             answer = requests.get(name)
             if answer is None:
-                _reply(error={"class": "ConfigError", "message": f"usage error: no request {name!r}"})
+                _reply(id=last, error={"class": "ConfigError", "message": f"usage error: no request {name!r}"})
             else:
-                _reply(result=answer())
+                _reply(id=last, result=answer())
     except _Stop:
         pass
-    handle.stop()
-    _reply(result=None)
+    try:
+        handle.stop()
+    except errors.WalSyncError as e:
+        _reply(id=last, error={"class": type(e).__name__, "message": e.message})
+        return e.exit_code
+    _reply(id=last, result=None)
+    return 0
 
 
-def _run(job: Dict[str, Any]) -> None:
+def _run(job: Dict[str, Any]) -> int:
     from . import _walsync
 
     client = _walsync.Client(**job["connection"])
@@ -259,13 +293,14 @@ def _run(job: Dict[str, Any]) -> None:
     elif kind == "watch":
         handle = client.watch(args["paths"], args["flags"])
         _reply(started=True)
-        _serve(handle, {"status": handle.status, "running": handle.running})
+        return _serve(handle, {"status": handle.status, "running": handle.running})
     elif kind == "replicate":
         handle = client.replicate(args["name"], args["local"], args["interval"], args["force"])
         _reply(started=True)
-        _serve(handle, {"position": handle.position, "running": handle.running})
+        return _serve(handle, {"position": handle.position, "running": handle.running})
     else:
         raise errors.ConfigError(f"usage error: no job {kind!r}")
+    return 0
 
 
 def main() -> int:
@@ -282,13 +317,12 @@ def main() -> int:
     logger.addHandler(_JsonLines())
     logger.propagate = False
     try:
-        _run(job)
+        return _run(job)
     except errors.WalSyncError as e:
         _reply(error={"class": type(e).__name__, "message": e.message})
         return e.exit_code
     except _Stop:
         _reply(error={"class": "WalSyncError", "message": "stopped: the worker was sent a signal"})
         return 1
-    return 0
 
 

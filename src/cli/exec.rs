@@ -9,7 +9,12 @@
 //!    never runs unreplicated.
 //! 2. SIGINT and SIGTERM sent to walsync are forwarded to the child and do
 //!    not stop walsync: the application decides when to end, and its last
-//!    commits happen while walsync still replicates.
+//!    commits happen while walsync still replicates. A SIGINT the terminal
+//!    sent (Ctrl-C reaches the whole foreground process group, the child
+//!    too) is not forwarded a second time. A signal that arrives before
+//!    the child runs stops walsync instead, and the child never starts
+//!    (signals are blocked from its spawn until its ID is recorded, so none
+//!    falls in between).
 //! 3. When the child exits, walsync ships what is committed, stops, and
 //!    exits with the child's code (128 + the signal's number when a signal
 //!    ended it), so the container's exit status is the application's. If
@@ -88,16 +93,98 @@ impl EventSink for Starting {
 /// The child's process ID while it runs (0: none), for the signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
-/// Forwards the signal to the child. Only an atomic load and kill(2):
-/// async-signal-safe.
-extern "C" fn forward(signal: libc::c_int) {
+/// A signal that came while no child ran (0: none).
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
+/// Forwards the signal to the child, or records it while there is none.
+/// Only atomics and kill(2), errno kept: async-signal-safe.
+extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel hands a valid siginfo_t to an SA_SIGINFO handler.
+    let from_terminal = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
     let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill(2) is async-signal-safe; `pid` is our child's.
-        unsafe {
-            libc::kill(pid, signal);
+    if pid <= 0 {
+        PENDING.store(signal, Ordering::SeqCst);
+        return;
+    }
+    if from_terminal {
+        return; // the child is in our process group: it has it already
+    }
+    // SAFETY: errno is thread-local; kill(2) is async-signal-safe and
+    // `pid` is our child's, not yet reaped.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::kill(pid, signal);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs [`forward`] for SIGINT and SIGTERM.
+fn install_forwarding() -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with our handler, SA_SIGINFO and an
+        // empty mask; the handler is async-signal-safe.
+        let ok = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut()) == 0
+        };
+        if !ok {
+            return Err(Error::Other(format!(
+                "cannot install the signal handler: {}",
+                std::io::Error::last_os_error()
+            )));
         }
     }
+    Ok(())
+}
+
+/// Blocks (`true`) or unblocks SIGINT and SIGTERM in this thread.
+fn block_signals(block: bool) {
+    // SAFETY: a local signal set, and pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let how = if block {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Starts the child with SIGINT and SIGTERM blocked in walsync until its ID
+/// is recorded, so none falls between spawn and record; the child unblocks
+/// them before exec (it inherits the mask otherwise: seen here, a child
+/// that never got the SIGTERM walsync forwarded) and gets back the
+/// open-files limit walsync found at start (walsync raised its own).
+fn spawn(program: &str, args: &[String]) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let limit = super::original_open_files_limit();
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: between fork and exec only async-signal-safe calls:
+    // pthread_sigmask and setrlimit on values copied in.
+    unsafe {
+        command.pre_exec(move || {
+            block_signals(false);
+            if let Some(limit) = limit {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            Ok(())
+        });
+    }
+    block_signals(true);
+    let spawned = command.spawn();
+    if let Ok(child) = &spawned {
+        CHILD.store(child.id() as i32, Ordering::SeqCst);
+    }
+    block_signals(false);
+    spawned
 }
 
 /// Runs `watch` with `command` as its child; returns the exit code.
@@ -112,11 +199,7 @@ pub fn run(
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::Usage("--exec: the command is empty".into()))?;
-    // SAFETY: installs handlers that only load an atomic and call kill(2).
-    unsafe {
-        libc::signal(libc::SIGINT, forward as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
-    }
+    install_forwarding()?;
     let (started_tx, started_rx) = bounded(1);
     let sink: Arc<dyn EventSink> = Arc::new(Starting {
         inner: Arc::clone(&events),
@@ -125,7 +208,8 @@ pub fn run(
     let watching = controls.clone();
     let watcher =
         std::thread::spawn(move || watch::watch(storage, selection, &options, &watching, sink));
-    // Until every database is open; a watch that ended did not start.
+    // Until every database is open; a watch that ended did not start, and
+    // a signal meanwhile stops walsync before the child ever runs.
     while started_rx.recv_timeout(Duration::from_millis(20)).is_err() {
         if watcher.is_finished() {
             return match watcher.join() {
@@ -133,10 +217,18 @@ pub fn run(
                 _ => Err(Error::Other("watch stopped as it started".into())),
             };
         }
+        let signal = PENDING.load(Ordering::SeqCst);
+        if signal != 0 {
+            eprintln!("walsync: stopping before the --exec command started (signal {signal})");
+            controls.stop.cancel();
+            return match watcher.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Ok(128 + signal),
+            };
+        }
     }
-    let code = match Command::new(program).args(args).spawn() {
+    let code = match spawn(program, args) {
         Ok(mut child) => {
-            CHILD.store(child.id() as i32, Ordering::SeqCst);
             let status = child.wait();
             CHILD.store(0, Ordering::SeqCst);
             let code = status.map(exit_code).map_err(|e| {

@@ -740,7 +740,7 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
             "use --txid or --point-in-time, not both".into(),
         ));
     }
-    let (name, output) = restore_target(&resolver, storage.as_ref(), &c.name, c.output)?;
+    let (name, output) = resolver.restore_target(storage.as_ref(), &c.name, c.output)?;
     on_signals(cancel.clone(), None)?;
     let opts = RestoreOptions {
         name,
@@ -766,39 +766,6 @@ fn restore(c: RestoreCmd, cancel: CancelToken) -> Result<()> {
         ),
     }
     Ok(())
-}
-
-/// The replica name and output of `restore NAME|PATH [-o OUT]`. A path
-/// names its database as `watch` would and is the default output; its
-/// replica must not record another database as its source (a name two
-/// databases could share by their stems is not guessed).
-fn restore_target(
-    resolver: &Resolver,
-    storage: &dyn crate::storage::Storage,
-    arg: &str,
-    output: Option<PathBuf>,
-) -> Result<(String, PathBuf)> {
-    use crate::selection::DatabaseArg;
-    match (resolver.database_arg(arg)?, output) {
-        (DatabaseArg::Name(name), Some(out)) => Ok((name, out)),
-        (DatabaseArg::Name(name), None) => Err(Error::Usage(format!(
-            "restore '{name}' needs -o OUT (the output file); give the database's path instead of its name to restore it in place"
-        ))),
-        (DatabaseArg::Path { name, path }, out) => {
-            let key = crate::selection::absolute(&path).into_owned();
-            if let Some(record) = crate::watch::identity::source_of(storage, &name)? {
-                if std::path::Path::new(&record.path) != key {
-                    return Err(Error::Restore(format!(
-                        "the replica '{name}' is the replica of {} (on {}), not of {}; restore it by name with -o",
-                        record.path,
-                        record.host,
-                        key.display()
-                    )));
-                }
-            }
-            Ok((name, out.unwrap_or(path)))
-        }
-    }
 }
 
 /// `walsync replicate`: follows the replica into `--local`.
@@ -1052,6 +1019,14 @@ fn on_signals(token: CancelToken, first: Option<&'static str>) -> Result<()> {
     }
 }
 
+/// The open-files limit the process started with, before
+/// [`raise_open_files_limit`] (a `--exec` child gets it back).
+static ORIGINAL_OPEN_FILES: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+fn original_open_files_limit() -> Option<libc::rlimit> {
+    ORIGINAL_OPEN_FILES.get().copied()
+}
+
 /// Raises the soft open-files limit to the hard limit; fails when even that
 /// is too low for `dbs` databases (each needs four descriptors: SQLite's
 /// database file, WAL and WAL-index, and walsync's database file; a few
@@ -1067,6 +1042,7 @@ fn raise_open_files_limit(dbs: usize) -> Result<()> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return Ok(());
         }
+        let _ = ORIGINAL_OPEN_FILES.set(lim);
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

@@ -34,6 +34,7 @@ pub fn translate(text: &str, source: &str) -> Result<String> {
     for (key, value) in entries {
         out.global(key, value);
     }
+    out.note_expansions("", &root);
     Ok(out.render(source))
 }
 
@@ -113,13 +114,41 @@ impl Translation {
         self.notes.push(format!("{key}: {why}"));
     }
 
+    /// Litestream expands `$VAR` and `${VAR}` anywhere in its config;
+    /// walsync expands nothing: every value holding a `$` is named.
+    fn note_expansions(&mut self, at: &str, node: &Node) {
+        match node {
+            Node::Map(entries) => {
+                for (k, v) in entries {
+                    let here = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    self.note_expansions(&here, v);
+                }
+            }
+            Node::List(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    self.note_expansions(&format!("{at}[{i}]"), v);
+                }
+            }
+            Node::Scalar(text) if text.contains('$') => self.note(
+                at,
+                "Litestream expands $VAR and ${VAR} here; walsync does not: the value is copied as written (put the value itself, or the variable walsync reads)",
+            ),
+            _ => {}
+        }
+    }
+
     fn global(&mut self, key: &str, value: &Node) {
         match key {
             "access-key-id" | "secret-access-key" => self.note(
                 key,
                 "not copied: walsync reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from its environment",
             ),
+            // Litestream's ":9090" listens on every interface; walsync's
+            // ":9090" means loopback, so the host is written out.
             "addr" => match value.text() {
+                Some(a) if a.starts_with(':') => self
+                    .monitoring
+                    .push(("metrics_addr".into(), quoted(&format!("0.0.0.0{a}")))),
                 Some(a) => self.monitoring.push(("metrics_addr".into(), quoted(a))),
                 None => self.note(key, "not a host:port"),
             },
@@ -287,10 +316,10 @@ impl Translation {
         if out.path.is_empty() {
             return self.note(&at, "no path (or dir): nothing to replicate");
         }
-        if out.path.contains('$') {
-            self.note(
-                &format!("{at}.path"),
-                "Litestream expands $VAR and ${VAR}; walsync does not: the path is copied as written",
+        if out.location.is_none() {
+            return self.note(
+                &at,
+                "no replica walsync can write (see the notes on its replica): not translated",
             );
         }
         self.databases.push(out);
@@ -306,11 +335,20 @@ impl Translation {
                 .and_then(|u| u.split_once("://").map(|(s, _)| s.to_string()))
                 .unwrap_or_else(|| "s3".into())
         });
+        let mut query: Vec<(String, String)> = Vec::new();
         let (root, path) = match (kind.as_str(), text("url")) {
-            ("s3", Some(url)) => match url.strip_prefix("s3://").and_then(|r| r.split_once('/').or(Some((r, "")))) {
-                Some((bucket, path)) => (format!("s3://{bucket}"), path.to_string()),
-                None => return self.note(&format!("{at}.url"), "not an s3:// URL"),
-            },
+            ("s3", Some(url)) => {
+                let (url, params) = url.split_once('?').unwrap_or((&url, ""));
+                query = params
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                match url.strip_prefix("s3://").map(|r| r.split_once('/').unwrap_or((r, ""))) {
+                    Some((bucket, path)) => (format!("s3://{bucket}"), path.to_string()),
+                    None => return self.note(&format!("{at}.url"), "not an s3:// URL"),
+                }
+            }
             ("s3", None) => match text("bucket") {
                 Some(bucket) => (format!("s3://{bucket}"), text("path").unwrap_or_default()),
                 None => return self.note(at, "an s3 replica without bucket or url"),
@@ -337,12 +375,42 @@ impl Translation {
                 "the replica is at the bucket's root: walsync keeps each database under a name; move it under a path, or restore it with `walsync restore \"\" -b URL`",
             );
         }
+        if root.starts_with("s3://") && root[5..].contains('.') {
+            return self.note(
+                at,
+                "an S3 URL with a provider's host as its bucket (bucket.host): not translated; write the bucket and the endpoint apart (bucket:, endpoint:) and import again",
+            );
+        }
+        let param = |names: &[&str]| {
+            query
+                .iter()
+                .find(|(k, _)| names.contains(&k.as_str()))
+                .map(|(_, v)| v.clone())
+        };
+        for (k, _) in &query {
+            if !["endpoint", "region", "forcePathStyle", "force-path-style"].contains(&k.as_str()) {
+                self.note(
+                    &format!("{at}.url ?{k}"),
+                    "not a URL parameter walsync knows",
+                );
+            }
+        }
+        let mut endpoint = text("endpoint").or_else(|| param(&["endpoint"]));
+        if let Some(e) = endpoint.as_mut().filter(|e| !e.contains("://")) {
+            *e = format!("https://{e}");
+            self.note(
+                &format!("{at}.endpoint"),
+                "given without a scheme: written as https://, as Litestream reads it",
+            );
+        }
         db.location = Some(Location {
             root,
             segments,
-            endpoint: text("endpoint"),
-            region: text("region"),
-            force_path_style: text("force-path-style").map(|v| v == "true"),
+            endpoint,
+            region: text("region").or_else(|| param(&["region"])),
+            force_path_style: text("force-path-style")
+                .or_else(|| param(&["forcePathStyle", "force-path-style"]))
+                .map(|v| v == "true"),
         });
         for (key, value) in entries {
             let here = format!("{at}.{key}");

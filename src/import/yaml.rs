@@ -46,11 +46,17 @@ struct Line {
 
 /// Parses `text`; an error names the line.
 pub fn parse(text: &str) -> Result<Node, String> {
-    let mut lines = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines: Vec<Line> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let number = i + 1;
         let content = strip_comment(raw);
         let trimmed = content.trim_end();
+        if trimmed.trim() == "---" && !lines.is_empty() {
+            return Err(format!(
+                "line {number}: a second YAML document; give import-litestream one config"
+            ));
+        }
         if trimmed.trim().is_empty() || trimmed.trim() == "---" {
             continue;
         }
@@ -303,5 +309,7 @@ empty:
         assert!(parse("exec: |\n  run\n").is_err());
         assert!(parse("a: 1\na: 2\n").unwrap_err().contains("twice"));
         assert!(parse("a:\n  b: 1\n c: 2\n").is_err());
+        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().contains("second"));
+        assert_eq!(parse("\u{feff}a: 1\n").unwrap().get("a"), Some(&s("1")));
     }
 }
