@@ -271,6 +271,9 @@ def _serve(handle: Any, requests: Dict[str, Any]) -> int:
                 _reply(id=last, result=answer())
     except _Stop:
         pass
+    # Stopping: a further signal must not cut the shipping short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         handle.stop()
     except errors.WalSyncError as e:

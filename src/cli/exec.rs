@@ -209,14 +209,10 @@ pub fn run(
     let watcher =
         std::thread::spawn(move || watch::watch(storage, selection, &options, &watching, sink));
     // Until every database is open; a watch that ended did not start, and
-    // a signal meanwhile stops walsync before the child ever runs.
-    while started_rx.recv_timeout(Duration::from_millis(20)).is_err() {
-        if watcher.is_finished() {
-            return match watcher.join() {
-                Ok(Err(e)) => Err(e),
-                _ => Err(Error::Other("watch stopped as it started".into())),
-            };
-        }
+    // a signal meanwhile (or before the spawn) stops walsync before the
+    // child ever runs.
+    loop {
+        let started = started_rx.recv_timeout(Duration::from_millis(20)).is_ok();
         let signal = PENDING.load(Ordering::SeqCst);
         if signal != 0 {
             eprintln!("walsync: stopping before the --exec command started (signal {signal})");
@@ -224,6 +220,15 @@ pub fn run(
             return match watcher.join() {
                 Ok(Err(e)) => Err(e),
                 _ => Ok(128 + signal),
+            };
+        }
+        if started {
+            break;
+        }
+        if watcher.is_finished() {
+            return match watcher.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::Other("watch stopped as it started".into())),
             };
         }
     }
