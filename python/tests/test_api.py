@@ -157,3 +157,29 @@ def test_no_signal_handler_of_walsyncs_replaces_pythons(tmp_path):
         pass
     after = {s: signal.getsignal(s) for s in before}
     assert after == before
+
+
+def test_status_of_a_running_walsync_watch(tmp_path):
+    """walsync.status() asks a `walsync watch` (here the console script)
+    over its control socket; None when none answers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_db(tmp_path / "app.db")
+    socket = tmp_path / "walsync.sock"
+    assert walsync.status(socket=socket) is None
+    command = Path(sys.executable).with_name("walsync")
+    proc = subprocess.Popen(
+        [command, "watch", tmp_path / "app.db", "-b", f"file://{tmp_path}/replica", "--socket", socket],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while (rows := walsync.status(socket=socket)) is None:
+            assert time.monotonic() < deadline, "the watch did not answer within 10 s"
+            time.sleep(0.05)
+        assert [r.name for r in rows] == ["app"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
