@@ -14,7 +14,6 @@
 use crate::client::Connection;
 use crate::errors;
 use crate::pylog::{self, PyLog};
-use crossbeam_channel::{bounded, Sender};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,7 +22,7 @@ use std::time::Duration;
 use walsync::resolve::{EngineFlags, Resolver};
 use walsync::selection::SettingFlags;
 use walsync::watch::{Board, Controls};
-use walsync::{CancelToken, Error, Event, EventSink, Storage};
+use walsync::{CancelToken, Error, EventSink, Storage};
 
 /// How often a start that waits lets Python run its signal handlers.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
@@ -84,21 +83,6 @@ impl WatchFlags {
             socket: self.socket.clone(),
             metrics_addr: self.metrics_addr.clone(),
         })
-    }
-}
-
-/// Passes events on to the log and says when the watch is under way.
-struct Starting {
-    log: PyLog,
-    started: Sender<()>,
-}
-
-impl EventSink for Starting {
-    fn emit(&self, event: Event) {
-        if matches!(event, Event::Watching { .. }) {
-            let _ = self.started.try_send(());
-        }
-        self.log.emit(event);
     }
 }
 
@@ -201,21 +185,17 @@ impl Watch {
         let prepared = prepare_watch(connection, paths, &flags);
         let (selection, storage, options) = prepared.map_err(|e| errors::to_py(py, e))?;
         let controls = Controls::default();
-        let (started_tx, started_rx) = bounded(1);
-        let sink = Arc::new(Starting {
-            log: PyLog::new(py),
-            started: started_tx,
-        });
+        let log: Arc<dyn EventSink> = Arc::new(PyLog::new(py));
         let watching = controls.clone();
         let background =
             Background::spawn(py, controls.stop.clone(), "walsync-watch", move || {
-                walsync::watch(storage, selection, &options, &watching, sink)
+                walsync::watch(storage, selection, &options, &watching, log)
             })?;
+        let started = || controls.started.take();
         let watch = Watch {
             background,
-            board: controls.board,
+            board: Arc::clone(&controls.board),
         };
-        let started = || started_rx.try_recv().is_ok();
         watch.background.wait_until(py, started)?;
         Ok(watch)
     }
@@ -255,10 +235,9 @@ impl Watch {
     }
 
     /// The status board as JSON (`walsync status --json`).
-    fn status(&self) -> PyResult<String> {
+    fn status(&self, py: Python<'_>) -> PyResult<String> {
         let all = self.board.all(walsync::fsutil::now_ms());
-        serde_json::to_string(&all)
-            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+        serde_json::to_string(&all).map_err(|e| errors::internal(py, format!("encoding JSON: {e}")))
     }
 }
 

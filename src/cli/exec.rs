@@ -23,9 +23,8 @@
 //!    last upload is never hidden behind a 0.
 
 use crate::error::{Error, Result};
-use crate::event::{Event, EventSink};
+use crate::event::EventSink;
 use crate::watch::{self, Controls, WatchOptions};
-use crossbeam_channel::{bounded, Sender};
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -73,21 +72,6 @@ pub fn split(command: &str) -> Result<Vec<String>> {
         return Err(Error::Usage("--exec: the command is empty".into()));
     }
     Ok(words)
-}
-
-/// Passes events on and says when the watch is under way.
-struct Starting {
-    inner: Arc<dyn EventSink>,
-    started: Sender<()>,
-}
-
-impl EventSink for Starting {
-    fn emit(&self, event: Event) {
-        if matches!(event, Event::Watching { .. }) {
-            let _ = self.started.try_send(());
-        }
-        self.inner.emit(event);
-    }
 }
 
 /// The child's process ID while it runs (0: none), for the signal handler.
@@ -200,19 +184,15 @@ pub fn run(
         .split_first()
         .ok_or_else(|| Error::Usage("--exec: the command is empty".into()))?;
     install_forwarding()?;
-    let (started_tx, started_rx) = bounded(1);
-    let sink: Arc<dyn EventSink> = Arc::new(Starting {
-        inner: Arc::clone(&events),
-        started: started_tx,
-    });
     let watching = controls.clone();
     let watcher =
-        std::thread::spawn(move || watch::watch(storage, selection, &options, &watching, sink));
+        std::thread::spawn(move || watch::watch(storage, selection, &options, &watching, events));
     // Until every database is open; a watch that ended did not start, and
     // a signal meanwhile (or before the spawn) stops walsync before the
     // child ever runs.
     loop {
-        let started = started_rx.recv_timeout(Duration::from_millis(20)).is_ok();
+        std::thread::sleep(Duration::from_millis(20));
+        let started = controls.started.take();
         let signal = PENDING.load(Ordering::SeqCst);
         if signal != 0 {
             eprintln!("walsync: stopping before the --exec command started (signal {signal})");

@@ -66,11 +66,12 @@ impl Location {
     }
 }
 
+/// A database walsync can replicate where its replica is.
 struct Database {
     path: String,
     /// A `dir:` entry: one name per file it matches, by template.
     per_file: bool,
-    location: Option<Location>,
+    location: Location,
     settings: Vec<(String, String)>,
 }
 
@@ -112,6 +113,12 @@ fn duration(text: &str) -> Option<String> {
 impl Translation {
     fn note(&mut self, key: &str, why: &str) {
         self.notes.push(format!("{key}: {why}"));
+    }
+
+    /// Notes why `key` is left out; nothing comes of it.
+    fn skip<T>(&mut self, key: &str, why: &str) -> Option<T> {
+        self.note(key, why);
+        None
     }
 
     /// Litestream expands `$VAR` and `${VAR}` anywhere in its config;
@@ -185,11 +192,17 @@ impl Translation {
 
     /// Sets a database's `key` (a later setting of it wins), or notes
     /// that `here` holds no value walsync reads.
-    fn put(&mut self, here: &str, db: &mut Database, key: &str, value: Option<String>) {
+    fn put(
+        &mut self,
+        here: &str,
+        settings: &mut Vec<(String, String)>,
+        key: &str,
+        value: Option<String>,
+    ) {
         match value {
             Some(v) => {
-                db.settings.retain(|(k, _)| k != key);
-                db.settings.push((key.into(), v));
+                settings.retain(|(k, _)| k != key);
+                settings.push((key.into(), v));
             }
             None => self.note(
                 here,
@@ -255,17 +268,13 @@ impl Translation {
         let Node::Map(entries) = db else {
             return self.note(&at, "not a mapping");
         };
-        let mut out = Database {
-            path: String::new(),
-            per_file: false,
-            location: None,
-            settings: Vec::new(),
-        };
+        let (mut path, mut per_file, mut settings, mut location) =
+            (String::new(), false, Vec::new(), None);
         let (mut dir, mut pattern) = (None, None);
         for (key, value) in entries {
             let here = format!("{at}.{key}");
             match (key.as_str(), value.text()) {
-                ("path", Some(p)) => out.path = p.to_string(),
+                ("path", Some(p)) => path = p.to_string(),
                 ("dir", Some(d)) => dir = Some(d.to_string()),
                 ("pattern", Some(p)) => pattern = Some(p.to_string()),
                 ("recursive", Some("true")) => self.note(
@@ -273,10 +282,10 @@ impl Translation {
                     "walsync globs match one folder level per `*`: list deeper levels as more [[databases]] entries",
                 ),
                 ("recursive", _) => {}
-                ("monitor-interval", d) => self.put(&here, &mut out, "sync_interval", d.and_then(duration)),
-                ("min-checkpoint-page-count", n) => self.put(&here, &mut out, "min_checkpoint_pages", n.and_then(number)),
+                ("monitor-interval", d) => self.put(&here, &mut settings, "sync_interval", d.and_then(duration)),
+                ("min-checkpoint-page-count", n) => self.put(&here, &mut settings, "min_checkpoint_pages", n.and_then(number)),
                 ("truncate-page-n" | "max-checkpoint-page-count", n) => {
-                    self.put(&here, &mut out, "truncate_checkpoint_pages", n.and_then(number))
+                    self.put(&here, &mut settings, "truncate_checkpoint_pages", n.and_then(number))
                 }
                 ("checkpoint-interval", _) => self.note(
                     &here,
@@ -287,7 +296,7 @@ impl Translation {
                     &here,
                     "walsync keeps its local state beside each database (.<file>-walsync)",
                 ),
-                ("replica", _) => self.replica(&here, value, &mut out),
+                ("replica", _) => location = self.replica(&here, value, &mut settings),
                 // After the other keys (below): its first replica.
                 ("replicas", _) => {}
                 _ => self.note(&here, "not a key walsync knows"),
@@ -295,7 +304,7 @@ impl Translation {
         }
         if let Some(Node::List(replicas)) = db.get("replicas") {
             if let Some(first) = replicas.first() {
-                self.replica(&format!("{at}.replicas[0]"), first, &mut out);
+                location = self.replica(&format!("{at}.replicas[0]"), first, &mut settings);
             }
             if replicas.len() > 1 {
                 self.note(
@@ -304,30 +313,43 @@ impl Translation {
                 );
             }
         }
-        if let (Some(dir), true) = (&dir, out.path.is_empty()) {
+        if let (Some(dir), true) = (&dir, path.is_empty()) {
             let pattern = pattern.as_deref().unwrap_or("*");
-            out.path = format!("{}/{pattern}", dir.trim_end_matches('/'));
-            out.per_file = true;
+            path = format!("{}/{pattern}", dir.trim_end_matches('/'));
+            per_file = true;
             self.note(
                 &format!("{at}.dir"),
                 "each database gets the name <replica path>/{1} ({1}: what the pattern's first * matched); check them against Litestream's with `walsync list -b URL` before the first watch",
             );
         }
-        if out.path.is_empty() {
+        if path.is_empty() {
             return self.note(&at, "no path (or dir): nothing to replicate");
         }
-        if out.location.is_none() {
+        let Some(location) = location else {
             return self.note(
                 &at,
                 "no replica walsync can write (see the notes on its replica): not translated",
             );
-        }
-        self.databases.push(out);
+        };
+        self.databases.push(Database {
+            path,
+            per_file,
+            location,
+            settings,
+        });
     }
 
-    fn replica(&mut self, at: &str, replica: &Node, db: &mut Database) {
+    /// The location of a replica walsync can write (its interval settings
+    /// go to `settings`), or None, with a note saying why not.
+    fn replica(
+        &mut self,
+        at: &str,
+        replica: &Node,
+        settings: &mut Vec<(String, String)>,
+    ) -> Option<Location> {
         let Node::Map(entries) = replica else {
-            return self.note(at, "not a mapping");
+            self.note(at, "not a mapping");
+            return None;
         };
         let text = |key: &str| replica.get(key).and_then(Node::text).map(str::to_string);
         let kind = text("type").unwrap_or_else(|| {
@@ -346,19 +368,19 @@ impl Translation {
                     .collect();
                 match url.strip_prefix("s3://").map(|r| r.split_once('/').unwrap_or((r, ""))) {
                     Some((bucket, path)) => (format!("s3://{bucket}"), path.to_string()),
-                    None => return self.note(&format!("{at}.url"), "not an s3:// URL"),
+                    None => return self.skip(&format!("{at}.url"), "not an s3:// URL"),
                 }
             }
             ("s3", None) => match text("bucket") {
                 Some(bucket) => (format!("s3://{bucket}"), text("path").unwrap_or_default()),
-                None => return self.note(at, "an s3 replica without bucket or url"),
+                None => return self.skip(at, "an s3 replica without bucket or url"),
             },
             ("file", url) => match url.and_then(|u| u.strip_prefix("file://").map(str::to_string)).or_else(|| text("path")) {
                 Some(path) if path.starts_with('/') => ("file://".to_string(), path),
-                _ => return self.note(at, "a file replica needs an absolute path"),
+                _ => return self.skip(at, "a file replica needs an absolute path"),
             },
             (other, _) => {
-                return self.note(
+                return self.skip(
                     at,
                     &format!("type {other}: walsync writes S3-compatible storage and folders (s3, file) only"),
                 )
@@ -370,13 +392,13 @@ impl Translation {
             .map(str::to_string)
             .collect();
         if segments.is_empty() {
-            return self.note(
+            return self.skip(
                 at,
                 "the replica is at the bucket's root: walsync keeps each database under a name; move it under a path, or restore it with `walsync restore \"\" -b URL`",
             );
         }
         if root.starts_with("s3://") && root[5..].contains('.') {
-            return self.note(
+            return self.skip(
                 at,
                 "an S3 URL with a provider's host as its bucket (bucket.host): not translated; write the bucket and the endpoint apart (bucket:, endpoint:) and import again",
             );
@@ -403,7 +425,7 @@ impl Translation {
                 "given without a scheme: written as https://, as Litestream reads it",
             );
         }
-        db.location = Some(Location {
+        let location = Location {
             root,
             segments,
             endpoint,
@@ -411,14 +433,14 @@ impl Translation {
             force_path_style: text("force-path-style")
                 .or_else(|| param(&["forcePathStyle", "force-path-style"]))
                 .map(|v| v == "true"),
-        });
+        };
         for (key, value) in entries {
             let here = format!("{at}.{key}");
             match (key.as_str(), value.text()) {
                 ("type" | "url" | "bucket" | "path" | "endpoint" | "region" | "force-path-style", _) => {}
-                ("sync-interval", d) => self.put(&here, db, "sync_interval", d.and_then(duration)),
-                ("validation-interval", d) => self.put(&here, db, "validation_interval", d.and_then(duration)),
-                ("snapshot-interval", d) => self.put(&here, db, "snapshot_interval", d.and_then(duration)),
+                ("sync-interval", d) => self.put(&here, settings, "sync_interval", d.and_then(duration)),
+                ("validation-interval", d) => self.put(&here, settings, "validation_interval", d.and_then(duration)),
+                ("snapshot-interval", d) => self.put(&here, settings, "snapshot_interval", d.and_then(duration)),
                 ("access-key-id" | "secret-access-key", _) => self.note(
                     &here,
                     "not copied: walsync reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from its environment",
@@ -435,17 +457,18 @@ impl Translation {
                 _ => self.note(&here, "not a key walsync knows"),
             }
         }
+        Some(location)
     }
 
     /// The shared location: the first database's place, and the longest
     /// path every database there shares (each keeps at least its last
     /// segment as its name).
     fn shared(&self) -> Option<(Location, usize)> {
-        let first = self.databases.iter().find_map(|d| d.location.clone())?;
+        let first = self.databases.first()?.location.clone();
         let here: Vec<&Location> = self
             .databases
             .iter()
-            .filter_map(|d| d.location.as_ref())
+            .map(|d| &d.location)
             .filter(|l| l.same_place(&first))
             .collect();
         let mut common = here.iter().map(|l| l.segments.len() - 1).min().unwrap_or(0);
@@ -501,11 +524,10 @@ impl Translation {
         }
         let mut elsewhere = Vec::new();
         for db in &self.databases {
-            let name = match (&db.location, &shared) {
-                (Some(l), Some((place, common))) if l.same_place(place) => {
-                    Some(l.segments[*common..].join("/"))
-                }
-                (Some(l), _) => {
+            let l = &db.location;
+            let name = match &shared {
+                Some((place, common)) if l.same_place(place) => l.segments[*common..].join("/"),
+                _ => {
                     elsewhere.push(format!(
                         "{}: replicated to {}/{} (another bucket, endpoint or region): walsync takes one replica location per config; give it a config of its own",
                         db.path,
@@ -514,16 +536,14 @@ impl Translation {
                     ));
                     continue;
                 }
-                (None, _) => None,
             };
             out.push_str(&format!("\n[[databases]]\npath = {}\n", quoted(&db.path)));
-            match name {
-                Some(n) if db.per_file => {
-                    out.push_str(&format!("name = {}\n", quoted(&format!("{n}/{{1}}"))))
-                }
-                Some(n) => out.push_str(&format!("name = {}\n", quoted(&n))),
-                None => {}
-            }
+            let name = if db.per_file {
+                format!("{name}/{{1}}")
+            } else {
+                name
+            };
+            out.push_str(&format!("name = {}\n", quoted(&name)));
             for (k, v) in &db.settings {
                 out.push_str(&format!("{k} = {v}\n"));
             }

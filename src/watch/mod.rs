@@ -117,6 +117,10 @@ pub struct Controls {
     /// The status board the watch keeps (what `walsync status` shows): an
     /// embedder reads it with [`Board::all`].
     pub board: Arc<Board>,
+    /// Set once every database given at start is open and replication is
+    /// under way (`--exec` starts its child then; the Python package
+    /// returns from `watch()`).
+    pub started: crate::cancel::Trigger,
 }
 
 /// Replicates the databases of `selection`, and those that appear in it
@@ -168,6 +172,7 @@ pub fn watch(
         pollers,
         uploaders,
     });
+    controls.started.set();
     let board = Arc::clone(&controls.board);
     let circuit = Arc::new(circuit::Circuit::new(options.circuit));
     let (job_tx, job_rx) = bounded::<Job>(uploaders * 2);

@@ -179,6 +179,12 @@ fn exec_never_starts_the_child_when_walsync_cannot_start() {
     let w = dest.watch(&[&db], &["--exec", "'unclosed"]);
     let (code, err) = w.wait();
     assert_eq!(code, 2, "{err}");
+    // A command that cannot be started: a usage error, once walsync has
+    // stopped cleanly.
+    let w = dest.watch(&[&db], &["--exec", "no-such-program-walsync-test"]);
+    let (code, err) = w.wait();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot start the --exec command"), "{err}");
     assert!(
         !marker.exists(),
         "the child ran although walsync could not start"
